@@ -1,0 +1,30 @@
+"""The jobs `vgen train` and `vgen bench` can run: name -> (module, config class, run function).
+
+Modules are imported only when their job runs, so `vgen --help` and config errors stay fast.
+A job's ``run(cfg, run_dir) -> int`` returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Training recipes arrive with their issues (Sol-RL, VAR, SAR, VARiant, ScaleWeaver).
+TRAIN: dict[str, tuple[str, str]] = {}
+# What each not-yet-landed recipe name will be, so a user gets a plain answer.
+PLANNED = {
+    "solrl": "Sol-RL for diffusion models",
+    "var": "VAR / FlexVAR training",
+    "sar": "SAR post-training",
+    "variant": "VARiant supernet training",
+    "scaleweaver": "ScaleWeaver control training",
+}
+BENCH: dict[str, tuple[str, str]] = {
+    "world": ("vgen.bench.world", "WorldBenchConfig"),
+}
+
+
+def resolve(table: dict[str, tuple[str, str]], name: str):
+    """(config class, run function, recipe name) of a registered job."""
+    module_name, cls_name = table[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, cls_name), module.run, module.RECIPE
