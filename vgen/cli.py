@@ -32,7 +32,11 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
 
     cls, run, recipe = recipes.resolve(table, name)
     cfg = C.load(cls, config, overrides, recipe=recipe)
-    run_dir = create_run_dir(cfg.run, recipe)
+    try:
+        run_dir = create_run_dir(cfg.run, recipe)
+    except (OSError, ValueError) as e:  # out_dir is a file, not writable, a name with a NUL byte, ...
+        why = getattr(e, "strerror", None) or e
+        raise UserError(f"cannot create a run directory in {cfg.run.out_dir!r}: {why}") from None
     C.save(cfg, run_dir / "config.yaml", recipe=recipe)
     print(f"vgen {kind} {name}: run directory {run_dir}", flush=True)
     return run(cfg, run_dir)
@@ -48,6 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = data.get("recipe")
     if name is None:
         raise C.ConfigError(f"{args.config}: missing key 'recipe' naming the training recipe")
+    if not isinstance(name, str):
+        raise C.ConfigError(f"{args.config}: 'recipe' must be a recipe name, got {C._show(name)}")
     if name not in recipes.TRAIN:
         if name in recipes.PLANNED:
             raise UserError(f"training recipe {name!r} ({recipes.PLANNED[name]}) is not implemented yet")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -40,8 +41,13 @@ def param(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | Non
     return dataclasses.field(default=default, metadata=meta)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 3, 60, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)  # bounded: YAML aliases can build a value whose full repr is gigabytes
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -113,7 +119,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond the float range
+                raise ConfigError(f"{key!r} must be a finite number, got {_show(value)}") from None
         if isinstance(value, str):
             try:
                 return float(value.strip())
@@ -175,7 +184,8 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if not isinstance(key, str):
-            raise ConfigError(f"config keys must be strings, got {_show(key)}" + (f" in {prefix[:-1]!r}" if prefix else ""))
+            where = f" in {prefix[:-1]!r}" if prefix else ""
+            raise ConfigError(f"config keys must be strings, got {_show(key)}{where}")
         if key not in fields:
             raise _unknown(prefix + key, cls, prefix)
         f, tp = fields[key]
@@ -206,10 +216,24 @@ def to_dict(obj: Any) -> Any:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys."""
+    """SafeLoader that refuses duplicate keys, and places every value it cannot construct."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, ConfigError):
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+            # PyYAML's own constructors fail like this on `2020-13-45`, `!!int ''`, `!!bool x`, 5000-digit ints
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            why = f" ({e})" if isinstance(e, (ValueError, OverflowError)) else ""  # the others say nothing useful
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_show(node.value)} as {tag}{why}", node.start_mark) from None
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    if not isinstance(node, yaml.MappingNode):  # `!!map [1]`
+        raise yaml.constructor.ConstructorError(None, None, f"expected a mapping, found a {node.id}", node.start_mark)
     loader.flatten_mapping(node)
     out = {}
     for key_node, value_node in node.value:
@@ -312,13 +336,17 @@ def apply_overrides(cls: type, data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {_show(item)}: {_show(key)} is not a dotted key like run.seed")
         tp = _field_type(cls, key)
         if dataclasses.is_dataclass(tp):
-            raise ConfigError(f"{key!r} is a section; set its keys one by one, e.g. {key}.{next(iter(_fields(tp)))}=...")
+            example = f"{key}.{next(iter(_fields(tp)))}=..."
+            raise ConfigError(f"{key!r} is a section; set its keys one by one, e.g. {example}")
         value = _parse_override_value(text, tp, key)
         node = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            node[part] = dict(child) if isinstance(child, dict) else {}
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part, {})
+            if not isinstance(child, dict):  # don't let an override hide a malformed section
+                raise ConfigError(f"{'.'.join(parts[:i + 1])!r} is a section: give a mapping of its keys, "
+                                  f"got {_show(child)}")
+            node[part] = dict(child)
             node = node[part]
         node[parts[-1]] = value
     return data

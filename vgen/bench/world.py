@@ -12,7 +12,6 @@ For ``n`` fresh images of a prompt split (categories balanced):
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from vgen.io import atomic_write_json, atomic_write_text, save_png
 from vgen.run import RunConfig
 from vgen.world.degrade import blur, jpeg
 from vgen.world.grammar import all_prompts, parse, sample_prompts
-from vgen.world.render import render_prompt
-from vgen.world.verify import verify
+from vgen.world.scene import render_prompt
+from vgen.world.verifier import verify
 from vgen.world.vocab import CATEGORIES
 
 RECIPE = "bench.world"
@@ -132,13 +131,11 @@ def _markdown(r: dict) -> str:
              "blur+jpeg applies both.", "", head, "|" + "---|" * (2 + 2 * len(names))]
     for cat in CATEGORIES:
         if cat in r["rates"]["clean"]:
-            cells = " | ".join(f"{r['rates'][v][cat]['accept']:.2%} | {r['rates'][v][cat]['reject']:.2%}" for v in names)
+            cells = " | ".join(f"{r['rates'][v][cat]['accept']:.2%} | {r['rates'][v][cat]['reject']:.2%}"
+                               for v in names)
             lines.append(f"| {cat} | {r['rates']['clean'][cat]['n']} | {cells} |")
     lines += ["", f"Verifier throughput: {r['throughput_images_per_s']:.0f} images/s "
               f"(batch {r['throughput_batch']}, one process); rendering: {r['render_images_per_s']:.0f} images/s.",
               "", "Result: " + ("all targets met." if r["passed"] else "FAILED: " + "; ".join(r["failures"]))]
     return "\n".join(lines) + "\n"
 
-
-def load_report(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "report.json").read_text())

@@ -1,8 +1,8 @@
 """The built-in shapes world: prompt grammar, renderer, verifier and datasets."""
 
 from vgen.world.grammar import Count, Exists, Relation, Spec, all_prompts, parse, sample_prompts, split_prompts
-from vgen.world.render import Obj, Scene, condition_maps, render, render_prompt, sample_scene
-from vgen.world.verify import Detection, Verdict, detect, scores, verify
+from vgen.world.scene import Obj, Scene, condition_maps, render, render_prompt, sample_scene
+from vgen.world.verifier import Detection, Verdict, detect, scores, verify
 from vgen.world.vocab import CATEGORIES, COLORS, SHAPES
 
 __all__ = [

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vgen.world.grammar import parse, sample_prompts
-from vgen.world.render import condition_maps, render, sample_scene
+from vgen.world.scene import condition_maps, render, sample_scene
 from vgen.world.vocab import CATEGORIES
 
 # The classes of class-conditional models: 70 prompts covering all six categories

@@ -21,7 +21,7 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from vgen.world.vocab import CATEGORIES, COLORS, NUMBERS, PLURALS, RELATIONS, SHAPES
 
@@ -58,7 +58,7 @@ class Count:
 
 @dataclass(frozen=True)
 class Relation:
-    """Some ``a`` lies ``rel`` some ``b`` (centroid relation, see verify.py)."""
+    """Some ``a`` lies ``rel`` some ``b`` (centroid relation, see verifier.py)."""
 
     a: str
     rel: str
@@ -118,7 +118,7 @@ def make_prompt(category: str, shapes: tuple[str, ...], colors: tuple[str | None
     raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_prompts(category: str | None = None) -> tuple[str, ...]:
     """Every prompt of the grammar (of one category), in a fixed order.
 
@@ -242,7 +242,7 @@ def _hash01(text: str) -> float:
     return int.from_bytes(hashlib.sha256((_SPLIT_SALT + text).encode()).digest()[:8], "big") / 2**64
 
 
-@lru_cache(maxsize=None)
+@cache
 def _split_of_key() -> dict[str, str]:
     out: dict[str, str] = {}
     for cat in CATEGORIES:
@@ -259,7 +259,7 @@ def split_of(prompt: str) -> str:
     return _split_of_key()[parse(prompt).key]
 
 
-@lru_cache(maxsize=None)
+@cache
 def split_prompts(split: str, category: str | None = None) -> tuple[str, ...]:
     """All prompts of one split (and category), in grammar order. Splits are disjoint in meaning."""
     if split not in SPLITS:

@@ -119,7 +119,7 @@ def render(scene: Scene, resolution: int = 64) -> np.ndarray:
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
         _draw(draw, o, big, COLORS[o.color])
-    return np.asarray(img.resize((resolution, resolution), Image.Resampling.BOX))
+    return np.array(img.resize((resolution, resolution), Image.Resampling.BOX))  # writable copy
 
 
 def coverage(scene: Scene, resolution: int = 64) -> np.ndarray:

@@ -52,6 +52,8 @@ class Detection:
     w: float       # sqrt(12 * variance) along x and y: the side of a square, pixels
     h: float
     area: float    # coverage-weighted area, pixels
+    skew: float    # vertical skewness of the mass (triangle ~ -0.57)
+    cross: float   # E[dx^2 dy^2] / E[dx^4] (square 5/9, disc 1/3, diamond 1/6)
 
 
 @dataclass
@@ -148,9 +150,10 @@ def detect(images) -> list[list[Detection]]:
     keep = np.flatnonzero(area >= MIN_AREA_FRACTION * h * w)
     keep = keep[keep > 0]
     rows = zip(img_of[keep].tolist(), shape[keep].tolist(), color[keep].tolist(), cx[keep].tolist(),
-               cy[keep].tolist(), width[keep].tolist(), height[keep].tolist(), area[keep].tolist())
-    for i, s, c, x_, y_, w_, h_, a_ in rows:
-        out[i].append(Detection(shape_names[s], _COLOR_NAMES[c], x_, y_, w_, h_, a_))
+               cy[keep].tolist(), width[keep].tolist(), height[keep].tolist(), area[keep].tolist(),
+               skew[keep].tolist(), cross[keep].tolist())
+    for i, s, c, *stats in rows:
+        out[i].append(Detection(shape_names[s], _COLOR_NAMES[c], *stats))
     return out
 
 
