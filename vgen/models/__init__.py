@@ -1,0 +1,1 @@
+"""Model pieces: diffusion policies (diffusers adapters) and, later, VAR models."""
