@@ -5,8 +5,9 @@ trained on the shapes world on CPU.
 
 Parts (all stock diffusers / transformers classes, saved with ``save_pretrained``):
   * two ``CLIPTextModelWithProjection`` text encoders with a CLIP BPE tokenizer built
-    locally for the grammar's words (vgen/models/tokenizer.py); no T5 (``text_encoder_3``
-    is None, so the pipeline feeds zero T5 tokens, see below);
+    locally for the grammar's words (vgen/models/tokenizer.py); a *null* T5: a genuine
+    ``T5EncoderModel`` whose output is exactly zero (final RMS-norm weight 0), as if T5 were
+    dropped, because diffusers only loads SD3 folders whose T5 slot is filled;
   * ``AutoencoderKL`` with 4x downsampling and 4 latent channels (64x64 -> 4x16x16), its
     ``scaling_factor`` / ``shift_factor`` set from the latent statistics as SD3 does;
   * ``SD3Transformer2DModel`` with patch size 2 (64 image tokens), RMS qk-norm;
@@ -18,8 +19,8 @@ v = eps - x0, s drawn logit-normal(0, 1) as in SD3; 10% of prompts are dropped t
 pipeline's default negative prompt) for classifier-free guidance; an EMA of the weights
 (decay 0.999, warmed up) is what gets saved.
 
-Zero T5 tokens: without T5 the stock pipeline appends ``max_sequence_length`` (default 256)
-identical zero tokens. Training uses one such token with a log(256) attention-logit bias,
+Zero T5 tokens: the null T5 gives ``max_sequence_length`` (default 256) identical zero
+tokens. Training uses one such token with a log(256) attention-logit bias,
 which is exactly the same function (vgen/models/attention.py), so the saved pipeline works
 with diffusers' default ``__call__`` arguments.
 
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vgen.models.attention import use_context_bias, use_stock_attention, zero_token_bias  # noqa: E402
+from vgen.models.sd3 import null_t5  # noqa: E402
 from vgen.models.tokenizer import build_clip_tokenizer  # noqa: E402
 from vgen.world.datasets import item_seed  # noqa: E402
 from vgen.world.grammar import _KNOWN, sample_prompts  # noqa: E402
@@ -208,6 +210,12 @@ def accuracy(images: np.ndarray, prompts: list[str]) -> dict:
             "per_category": per}
 
 
+def attach_null_t5(pipe, seed: int) -> None:
+    """Fill the pipeline's T5 slot with the zero-output T5 (see vgen.models.sd3.null_t5)."""
+    t5, t5_tok = null_t5(sorted(_KNOWN), pipe.transformer.config.joint_attention_dim, seed)
+    pipe.register_modules(text_encoder_3=t5, tokenizer_3=t5_tok)
+
+
 def model_card(info: dict) -> str:
     res, n = info["test"], {k: f"{v / 1e6:.2f}M" for k, v in info["params"].items()}
     rows = "\n".join(f"| {c} | {res['per_category'][c]:.1%} |" for c in CATEGORIES)
@@ -242,8 +250,10 @@ image = pipe("a photo of a red circle left of a blue square", num_inference_step
 | tokenizer, tokenizer_2 | `CLIPTokenizer`, built locally for the grammar's words, 16 tokens | |
 | scheduler | `FlowMatchEulerDiscreteScheduler`, shift {SCHEDULER_SHIFT} | |
 
-No T5 encoder: the pipeline feeds its default 256 zero T5 tokens, which training matched exactly
-(one token with a log(256) attention bias, see vgen/models/attention.py).
+`text_encoder_3` is a null T5: a genuine `T5EncoderModel` (1 layer) whose final norm weight is zero, so
+its output is exactly zero, the same as SD3 with T5 dropped; diffusers needs the slot filled to load the
+folder. The pipeline's default 256 zero T5 tokens are what training saw, exactly (one token with a
+log(256) attention bias, see vgen/models/attention.py).
 
 ## Training
 
@@ -308,6 +318,7 @@ def main() -> None:
                                     text_encoder=ema["text_encoder"], tokenizer=tok,
                                     text_encoder_2=ema["text_encoder_2"], tokenizer_2=copy.deepcopy(tok),
                                     text_encoder_3=None, tokenizer_3=None)
+    attach_null_t5(pipe, args.seed)
     pipe.set_progress_bar_config(disable=True)
     val = sample_prompts("val", 120, seed=args.seed + 5)
     sweep = {}

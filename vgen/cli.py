@@ -42,6 +42,16 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
     return run(cfg, run_dir)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from vgen.sample import sample
+
+    if args.steps < 1 or (args.chunk_size is not None and args.chunk_size < 1):
+        raise UserError("--steps and --chunk-size must be >= 1")
+    return sample(args.model, args.prompts, args.seeds, args.out, steps=args.steps, guidance=args.guidance,
+                  shift=args.shift, height=args.height, width=args.width, chunk_size=args.chunk_size,
+                  device=args.device, dtype=args.dtype)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vgen import config as C
     from vgen import recipes
@@ -100,8 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="build everything on the meta device and report sizes")
     t.set_defaults(func=cmd_train)
 
+    sm = sub.add_parser("sample", help="generate images from a local model folder")
+    sm.add_argument("--model", required=True, help="local pipeline folder, e.g. assets/sd3-tiny-shapes")
+    sm.add_argument("--prompts", nargs="+", required=True, help="prompts, or @FILE with one prompt per line")
+    sm.add_argument("--seeds", nargs="+", default=["0"], help="seeds and ranges (0 3 10-15); every prompt x seed")
+    sm.add_argument("--out", required=True, help="output folder")
+    sm.add_argument("--steps", type=int, default=20)
+    sm.add_argument("--guidance", type=float, default=4.5, help="CFG scale (1 = off)")
+    sm.add_argument("--shift", type=float, default=None, help="timestep shift (default: the scheduler's)")
+    sm.add_argument("--height", type=int, default=64)
+    sm.add_argument("--width", type=int, default=64)
+    sm.add_argument("--chunk-size", type=int, default=None, help="samples per batch (default: all)")
+    sm.add_argument("--device", default="cpu")
+    sm.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sm.set_defaults(func=cmd_sample)
+
     for name, help_text, arrives in (
-        ("sample", "generate images from a model folder", "the diffusion base and rollout engine (issue 3)"),
         ("eval", "GenEval-Shapes, FID-shapes and reward evaluation", "the evaluation harness (issue 5)"),
         ("export", "export a run as a model-card checkpoint folder", "model-card export (issue 5)"),
     ):

@@ -58,3 +58,14 @@ def build_clip_tokenizer(words: list[str], max_length: int):
     tok = CLIPTokenizer(vocab=vocab, merges=merges, unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=EOS)
     tok.model_max_length = max_length
     return tok
+
+
+def build_t5_tokenizer(words: list[str]):
+    """A T5 (Unigram) tokenizer over ``words`` plus single characters, built locally."""
+    from transformers import T5Tokenizer
+
+    pieces = ["<pad>", "</s>", "<unk>"]
+    pieces += ["▁" + w for w in sorted(set(w.lower() for w in words))]
+    pieces += sorted({c for w in words for c in w.lower()} | set("▁abcdefghijklmnopqrstuvwxyz0123456789"))
+    vocab = [(p, 0.0 if i < 3 else -float(i)) for i, p in enumerate(dict.fromkeys(pieces))]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-weight diffusers pipelines built locally (no downloads)."""
+
+import pytest
+import torch
+
+
+def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
+    """A genuine StableDiffusion3Pipeline with random weights, small enough for CPU tests."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from vgen.models.sd3 import null_t5
+    from vgen.models.tokenizer import build_clip_tokenizer
+    from vgen.world.grammar import _KNOWN
+
+    torch.manual_seed(seed)
+    tok = build_clip_tokenizer(sorted(_KNOWN), 16)
+
+    def clip():
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=16, projection_dim=16, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8, sample_size=32, shift_factor=0.1, scaling_factor=1.3,
+                        use_quant_conv=False, use_post_quant_conv=False).eval()
+    tr = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                               num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                               pooled_projection_dim=32, out_channels=4, pos_embed_max_size=16,
+                               qk_norm="rms_norm").eval()
+    t5, t5_tok = null_t5(sorted(_KNOWN), 32, seed) if with_t5 else (None, None)
+    return StableDiffusion3Pipeline(transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
+                                    text_encoder=clip(), tokenizer=tok, text_encoder_2=clip(), tokenizer_2=tok,
+                                    text_encoder_3=t5, tokenizer_3=t5_tok)
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe():
+    pipe = tiny_sd3_pipeline(with_t5=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,181 @@
+"""Batched flow-matching rollouts for a list of (prompt, seed) pairs.
+
+Guarantees:
+* a sample depends only on its (prompt, seed) and the settings, never on its batch or chunk:
+  noise comes from per-sample generators (seeds.py), and every model call is padded to at
+  least ``MIN_ROWS`` rows, because CPU BLAS picks another kernel (different rounding) for
+  matmuls with very few rows (the timestep / pooled-text embedders see one row per sample);
+  with >= 16 rows each row's result is the same whatever the batch. The VAE decodes in
+  micro-batches of exactly 16 (its convolutions vary with batch size). Bit-identity is tested
+  on CPU; on GPUs cuBLAS heuristics may still vary with batch size.
+* each distinct prompt is encoded once; the unconditional ("" ) embedding once;
+* no autograd graph is built (``torch.no_grad``); stored tensors can still feed training.
+
+CFG is on when ``guidance > 1``, as in diffusers: v = v_u + g (v_c - v_u).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from vgen.engine.flow import gaussian_log_prob, ode_step, sde_mean, sde_std, sde_step
+from vgen.engine.seeds import initial_noise, step_noise
+
+MIN_ROWS = 16
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    seeds: list[int]
+    latents: torch.Tensor                   # (B, C, h, w) final latents
+    images: torch.Tensor | None             # (B, 3, H, W) float in [0, 1]
+    sigmas: torch.Tensor                    # (T + 1,) noise levels visited, last is 0
+    timesteps: torch.Tensor                 # (T,) model timesteps (1000 * sigma)
+    trajectory: torch.Tensor | None = None  # (B, T + 1, C, h, w) latents before each step and the final
+    log_probs: torch.Tensor | None = None   # (B, T) SDE step log-probs (None for ODE)
+
+
+def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t if t.shape[0] >= n else torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])])
+
+
+def padded(fn, *tensors: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors, cond)`` with every batch padded to MIN_ROWS rows; returns the real rows."""
+    b = tensors[0].shape[0]
+    out = fn(*(_pad(t, MIN_ROWS) for t in tensors), {k: _pad(v, MIN_ROWS) for k, v in cond.items()})
+    return out[:b]
+
+
+def decode_fixed(policy, latents: torch.Tensor) -> torch.Tensor:
+    """Decode in micro-batches of exactly MIN_ROWS (the last one padded): convolution kernels
+    are chosen by batch size, so a fixed size keeps every image independent of its batch."""
+    out = [padded(lambda z, _: policy.decode(z), latents[i:i + MIN_ROWS]) for i in range(0, len(latents), MIN_ROWS)]
+    return torch.cat(out)
+
+
+def encode_unique(policy, prompts: list[str]) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Encode each distinct prompt once: (cond rows per distinct prompt, row index per sample)."""
+    order = list(dict.fromkeys(prompts))
+    padded_prompts = order + [order[-1]] * max(0, MIN_ROWS - len(order))
+    cond = {k: v[: len(order)] for k, v in policy.encode(padded_prompts).items()}
+    where = {p: i for i, p in enumerate(order)}
+    return cond, [where[p] for p in prompts]
+
+
+def guided_velocity(policy, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict | None,
+                    guidance: float) -> torch.Tensor:
+    """Model velocity with classifier-free guidance when ``uncond`` is given."""
+    tt = t.to(policy.device).expand(x.shape[0])
+    if uncond is None:
+        return padded(policy.velocity, x, tt, **cond)
+    both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+    v = padded(policy.velocity, torch.cat([x, x]), torch.cat([tt, tt]), **both)
+    v_u, v_c = v.chunk(2)
+    return v_u + guidance * (v_c - v_u)
+
+
+def schedule(policy, steps: int, shift: float | None = None, latent_shape=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas (T + 1,), timesteps (T,)) from the policy's own diffusers scheduler.
+
+    ``shift`` overrides the scheduler's static timestep shift; a policy with dynamic
+    shifting (FLUX) supplies ``mu`` through ``policy.scheduler_kwargs(latent_shape)``.
+    """
+    sched = policy.scheduler
+    if shift is not None:
+        sched = type(sched).from_config(sched.config, shift=shift)
+    kwargs = policy.scheduler_kwargs(latent_shape) if hasattr(policy, "scheduler_kwargs") else {}
+    sched.set_timesteps(steps, device="cpu", **kwargs)
+    return sched.sigmas.float().clone(), sched.timesteps.float().clone()
+
+
+def chunk_for_budget(policy, latent_shape, steps: int, cfg: bool, record: bool, budget_mb: float) -> int:
+    """Samples per chunk so that a chunk's activations and records fit ``budget_mb`` (an estimate:
+    about 16 activations of model width per token alive at once, no autograd)."""
+    c, h, w = latent_shape
+    p = getattr(policy.transformer.config, "patch_size", 1) or 1
+    width = policy.transformer.config.num_attention_heads * policy.transformer.config.attention_head_dim
+    tokens = (h // p) * (w // p) + 300
+    per = 16 * tokens * width * 4 * (2 if cfg else 1)
+    if record:
+        per += (steps + 1) * c * h * w * 4
+    return max(1, int(budget_mb * 2**20 // per))
+
+
+@torch.no_grad()
+def rollout(policy, prompts: list[str], seeds: list[int], *, steps: int = 10, guidance: float = 4.5,
+            shift: float | None = None, height: int = 64, width: int = 64, sde: bool = False,
+            noise_level: float = 0.7, record: bool = False, decode: bool = True, chunk_size: int | None = None,
+            memory_budget_mb: float | None = None, progress: bool = False) -> Rollout:
+    """Generate one sample per (prompt, seed) pair; see the module docstring."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    if not prompts:
+        raise ValueError("nothing to generate: no prompts")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    shape = policy.latent_shape(height, width)
+    sigmas, timesteps = schedule(policy, steps, shift, shape)
+    steps = len(timesteps)
+    s_cap = float(sigmas[1]) if len(sigmas) > 1 else 0.0
+    cond_rows, idx = encode_unique(policy, prompts)
+    use_cfg = guidance > 1.0
+    uncond_rows = encode_unique(policy, [""])[0] if use_cfg else None
+    if chunk_size is None:
+        chunk_size = (chunk_for_budget(policy, shape, steps, use_cfg, record, memory_budget_mb)
+                      if memory_budget_mb else len(prompts))
+    dev, dt = policy.device, policy.dtype
+
+    latents, images, trajs, logps = [], [], [], []
+    bar = tqdm(total=len(prompts) * steps, desc="rollout", unit="step", disable=not progress)
+    for lo in range(0, len(prompts), chunk_size):
+        sl = slice(lo, lo + chunk_size)
+        sd = list(seeds[sl])
+        rows = torch.tensor(idx[sl])
+        cond = {k: v[rows] for k, v in cond_rows.items()}
+        uncond = {k: v[[0] * len(sd)] for k, v in uncond_rows.items()} if use_cfg else None
+        x = initial_noise(sd, shape, device=dev, dtype=torch.float32)
+        traj, lps = [x.cpu()] if record else None, []
+        for k in range(steps):
+            v = guided_velocity(policy, x.to(dt), timesteps[k], cond, uncond, guidance)
+            if sde:
+                z = step_noise(sd, k, shape, device=dev)
+                x, lp = sde_step(x, v, sigmas[k], sigmas[k + 1], z, noise_level, s_cap)
+                lps.append(lp.cpu())
+            else:
+                x = ode_step(x, v, sigmas[k], sigmas[k + 1]).float()
+            if record:
+                traj.append(x.cpu())
+            bar.update(len(sd))
+        latents.append(x.cpu())
+        if decode:
+            images.append(decode_fixed(policy, x).cpu())
+        if record:
+            trajs.append(torch.stack(traj, 1))
+        if sde:
+            logps.append(torch.stack(lps, 1))
+    bar.close()
+    return Rollout(list(prompts), list(seeds), torch.cat(latents), torch.cat(images) if decode else None,
+                   sigmas, timesteps, torch.cat(trajs) if record else None, torch.cat(logps) if sde else None)
+
+
+def step_log_prob(policy, x: torch.Tensor, x_next: torch.Tensor, k: int, sigmas: torch.Tensor,
+                  timesteps: torch.Tensor, prompts: list[str], guidance: float, noise_level: float) -> torch.Tensor:
+    """log p(x_next | x) of SDE step ``k`` under the policy's current weights (B,), differentiable.
+
+    Used by policy-gradient losses: with unchanged weights it reproduces the rollout's
+    recorded log-probs, so the on-policy ratio is exactly 1.
+    """
+    cond_rows, idx = encode_unique(policy, prompts)
+    cond = {kk: v[torch.tensor(idx)] for kk, v in cond_rows.items()}
+    uncond = None
+    if guidance > 1.0:
+        u = encode_unique(policy, [""])[0]
+        uncond = {kk: v[[0] * len(prompts)] for kk, v in u.items()}
+    v = guided_velocity(policy, x.to(policy.device, policy.dtype), timesteps[k], cond, uncond, guidance)
+    s_cap = float(sigmas[1])
+    mean = sde_mean(x.to(v.device), v, sigmas[k], sigmas[k + 1], noise_level, s_cap)
+    return gaussian_log_prob(x_next.to(v.device), mean, sde_std(sigmas[k], sigmas[k + 1], noise_level, s_cap))
