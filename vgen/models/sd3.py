@@ -16,6 +16,7 @@ several times cheaper.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,7 +70,9 @@ class SD3Policy:
         if not (path / "model_index.json").is_file():
             raise UserError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
         try:
-            pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+            with warnings.catch_warnings():  # torch_dtype works on every supported diffusers; newer ones prefer dtype
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"cannot load the SD3 pipeline in {str(path)!r}: {str(e).splitlines()[0]}") from None
         pipe.set_progress_bar_config(disable=True)
