@@ -20,6 +20,7 @@ PLANNED = {
 }
 BENCH: dict[str, tuple[str, str]] = {
     "world": ("vgen.bench.world", "WorldBenchConfig"),
+    "rollout": ("vgen.bench.rollout", "RolloutBenchConfig"),
 }
 
 

@@ -81,14 +81,18 @@ def guided_velocity(policy, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond
 def schedule(policy, steps: int, shift: float | None = None, latent_shape=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigmas (T + 1,), timesteps (T,)) from the policy's own diffusers scheduler.
 
-    ``shift`` overrides the scheduler's static timestep shift; a policy with dynamic
-    shifting (FLUX) supplies ``mu`` through ``policy.scheduler_kwargs(latent_shape)``.
+    ``shift`` overrides the scheduler's static timestep shift; a policy whose pipeline sets
+    its own sigmas or dynamic shift (FLUX) supplies them through
+    ``policy.scheduler_kwargs(latent_shape, steps)``.
     """
     sched = policy.scheduler
     if shift is not None:
         sched = type(sched).from_config(sched.config, shift=shift)
-    kwargs = policy.scheduler_kwargs(latent_shape) if hasattr(policy, "scheduler_kwargs") else {}
-    sched.set_timesteps(steps, device="cpu", **kwargs)
+    if hasattr(policy, "scheduler_kwargs"):
+        kwargs = policy.scheduler_kwargs(latent_shape, steps)
+    else:
+        kwargs = {"num_inference_steps": steps}
+    sched.set_timesteps(device="cpu", **kwargs)
     return sched.sigmas.float().clone(), sched.timesteps.float().clone()
 
 
