@@ -41,6 +41,14 @@ def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
                                     text_encoder_3=t5, tokenizer_3=t5_tok)
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny random SD3 pipeline saved as a local folder, as a user's model would be."""
+    path = tmp_path_factory.mktemp("model")
+    tiny_sd3_pipeline(with_t5=True).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def sd3_pipe():
     pipe = tiny_sd3_pipeline(with_t5=True)

@@ -10,13 +10,6 @@ from vgen.cli import main
 from vgen.sample import parse_seeds
 
 
-@pytest.fixture(scope="module")
-def model_dir(sd3_pipe, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    sd3_pipe.save_pretrained(path)
-    return path
-
-
 def test_sample_writes_pngs_grid_and_records(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["sample", "--model", str(model_dir), "--prompts", "a photo of a red circle", "a cat",
