@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from vgen.errors import UserError
+from vgen.models.policy import FlowPolicy
 
 
-class FluxPolicy:
+class FluxPolicy(FlowPolicy):
     def __init__(self, transformer, scheduler, vae=None, encode_fn: Callable | None = None,
                  distilled_guidance: float = 3.5, vae_scale_factor: int = 8):
         self.transformer, self.scheduler, self.vae = transformer, scheduler, vae
@@ -39,14 +40,6 @@ class FluxPolicy:
             return {"ctx": pe, "pooled": pooled}
 
         return cls(pipe.transformer, pipe.scheduler, pipe.vae, encode, vae_scale_factor=pipe.vae_scale_factor, **kw)
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor * 2
@@ -85,9 +78,3 @@ class FluxPolicy:
                                txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return FluxPipeline._unpack_latents(out, h * self.vae_scale_factor, w * self.vae_scale_factor,
                                             self.vae_scale_factor)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        return (self.vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)

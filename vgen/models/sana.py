@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from vgen.errors import UserError
+from vgen.models.policy import FlowPolicy
 
 
-class SanaPolicy:
+class SanaPolicy(FlowPolicy):
     def __init__(self, transformer, scheduler, vae=None, encode_fn: Callable | None = None,
                  vae_scale_factor: int = 32):
         self.transformer, self.scheduler, self.vae = transformer, scheduler, vae
@@ -41,14 +42,6 @@ class SanaPolicy:
 
         return cls(pipe.transformer, scheduler, pipe.vae, encode, vae_scale_factor=pipe.vae_scale_factor)
 
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor
         if height % f or width % f:
@@ -69,8 +62,3 @@ class SanaPolicy:
         if out.shape[1] == 2 * x.shape[1]:  # learned variance: keep the velocity half
             out = out.chunk(2, dim=1)[0]
         return out
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return (self.vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)

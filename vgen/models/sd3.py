@@ -23,6 +23,7 @@ import torch
 
 from vgen.errors import UserError
 from vgen.models.attention import use_context_bias, use_stock_attention, zero_token_bias
+from vgen.models.policy import FlowPolicy
 
 
 def null_t5(words: list[str], dim: int, seed: int = 0):
@@ -49,7 +50,7 @@ def is_null_t5(encoder) -> bool:
     return norm is not None and not bool(norm.weight.detach().abs().max())
 
 
-class SD3Policy:
+class SD3Policy(FlowPolicy):
     def __init__(self, pipe, max_sequence_length: int = 256, fold_zero_tokens: bool = True):
         self.pipe = pipe
         self.transformer, self.vae, self.scheduler = pipe.transformer, pipe.vae, pipe.scheduler
@@ -78,14 +79,6 @@ class SD3Policy:
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device), **kw)
 
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.pipe.vae_scale_factor
         p = self.transformer.config.patch_size
@@ -111,10 +104,3 @@ class SD3Policy:
             kwargs["joint_attention_kwargs"] = {"context_bias": self._bias}
         return self.transformer(hidden_states=x.to(self.dtype), encoder_hidden_states=cond["ctx"],
                                 pooled_projections=cond["pooled"], timestep=t, return_dict=False, **kwargs)[0]
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) float in [0, 1], as the pipeline's postprocess makes them."""
-        cfg = self.vae.config
-        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        return (self.vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
