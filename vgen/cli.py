@@ -45,7 +45,7 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
 def cmd_sample(args: argparse.Namespace) -> int:
     from vgen.sample import sample
 
-    if args.steps < 1 or (args.chunk_size is not None and args.chunk_size < 1):
+    if (args.steps is not None and args.steps < 1) or (args.chunk_size is not None and args.chunk_size < 1):
         raise UserError("--steps and --chunk-size must be >= 1")
     return sample(args.model, args.prompts, args.seeds, args.out, steps=args.steps, guidance=args.guidance,
                   shift=args.shift, height=args.height, width=args.width, chunk_size=args.chunk_size,
@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--prompts", nargs="+", required=True, help="prompts, or @FILE with one prompt per line")
     sm.add_argument("--seeds", nargs="+", default=["0"], help="seeds and ranges (0 3 10-15); every prompt x seed")
     sm.add_argument("--out", required=True, help="output folder")
-    sm.add_argument("--steps", type=int, default=20)
-    sm.add_argument("--guidance", type=float, default=4.5, help="CFG scale (1 = off)")
+    sm.add_argument("--steps", type=int, default=None, help="default: the model's vgen_base.json, else 20")
+    sm.add_argument("--guidance", type=float, default=None,
+                    help="CFG scale, 1 = off (default: the model's vgen_base.json, else 4.5)")
     sm.add_argument("--shift", type=float, default=None, help="timestep shift (default: the scheduler's)")
     sm.add_argument("--height", type=int, default=64)
     sm.add_argument("--width", type=int, default=64)

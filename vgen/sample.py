@@ -78,7 +78,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "prompt"
 
 
-def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: int = 20, guidance: float = 4.5,
+def recommended(model: str | Path) -> dict:
+    """Sampling defaults a vgen base records in ``vgen_base.json`` (CFG scale, steps), if any."""
+    import json
+
+    try:
+        info = json.loads((Path(model) / "vgen_base.json").read_text())
+        return {"guidance": float(info["cfg"]), "steps": int(info["eval_steps"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: int | None = None,
+           guidance: float | None = None,
            shift: float | None = None, height: int = 64, width: int = 64, chunk_size: int | None = None,
            device: str = "cpu", dtype: str = "float32") -> int:
     from vgen.engine import rollout
@@ -86,6 +98,9 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
     from vgen.world.verifier import verify
 
     prompts, seed_list = read_prompts(prompts), parse_seeds(seeds)
+    rec = recommended(model)
+    steps = steps if steps is not None else rec.get("steps", 20)
+    guidance = guidance if guidance is not None else rec.get("guidance", 4.5)
     pairs = [(p, s) for p in prompts for s in seed_list]
     policy = load_policy(model, device, dtype)
     t0 = time.perf_counter()
