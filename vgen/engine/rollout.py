@@ -85,9 +85,8 @@ def schedule(policy, steps: int, shift: float | None = None, latent_shape=None) 
     its own sigmas or dynamic shift (FLUX) supplies them through
     ``policy.scheduler_kwargs(latent_shape, steps)``.
     """
-    sched = policy.scheduler
-    if shift is not None:
-        sched = type(sched).from_config(sched.config, shift=shift)
+    base = policy.scheduler  # a fresh copy: the pipeline's own scheduler keeps its state
+    sched = type(base).from_config(base.config, **({} if shift is None else {"shift": shift}))
     if hasattr(policy, "scheduler_kwargs"):
         kwargs = policy.scheduler_kwargs(latent_shape, steps)
     else:
