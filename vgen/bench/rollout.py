@@ -55,12 +55,14 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     from vgen.engine import rollout
     from vgen.engine.rollout import MIN_ROWS, _pad, encode_unique, schedule
     from vgen.engine.seeds import initial_noise
+    from vgen.models.sd3 import SD3Policy
     from vgen.sample import load_policy
     from vgen.world.grammar import sample_prompts
 
     torch.manual_seed(cfg.run.seed)
-    policy = load_policy(cfg.model)
-    pipe = policy.pipe
+    pipe = load_policy(cfg.model).pipe
+    # unfolded first: each policy sets the (shared) transformer's attention processor
+    policy = SD3Policy(pipe, fold_zero_tokens=False)
     prompts = sample_prompts("test", cfg.batch, seed=cfg.run.seed)
     seeds = list(range(cfg.batch))
     shape = policy.latent_shape(cfg.resolution, cfg.resolution)
@@ -68,7 +70,6 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     results: dict[str, float] = {}
 
     # diffusers' own loop, prompt embeddings precomputed (zero T5 tokens unfolded, as it always is)
-    policy.__init__(pipe, fold_zero_tokens=False)
     with torch.no_grad():
         pe, ne, pp, npool = pipe.encode_prompt(prompt=prompts, prompt_2=prompts, prompt_3=prompts,
                                                do_classifier_free_guidance=cfg.guidance > 1, device="cpu")
@@ -84,7 +85,7 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     results["engine"] = _best(lambda: rollout(policy, prompts, seeds, **kw), cfg.repeats)
 
     # the bare transformer forwards of the folded engine: CFG doubles the batch
-    policy.__init__(pipe, fold_zero_tokens=True)
+    policy = SD3Policy(pipe, fold_zero_tokens=True)
     results["engine_folded"] = _best(lambda: rollout(policy, prompts, seeds, **kw), cfg.repeats)
     cond, idx = encode_unique(policy, prompts)
     rows = torch.tensor(idx)
