@@ -89,10 +89,17 @@ class SD3Policy(FlowPolicy):
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Per-prompt conditioning: ``ctx`` (n, L, D) and ``pooled`` (n, D)."""
+        from diffusers.utils import logging as diffusers_logging
+
         n_seq = 1 if self.fold else self.max_sequence_length
-        ctx, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, prompt_3=prompts,
-                                                    do_classifier_free_guidance=False, max_sequence_length=n_seq,
-                                                    device=self.device)
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # folding truncates the (null) T5 input on purpose: no warning
+        try:
+            ctx, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, prompt_3=prompts,
+                                                        do_classifier_free_guidance=False, max_sequence_length=n_seq,
+                                                        device=self.device)
+        finally:
+            diffusers_logging.set_verbosity(level)
         return {"ctx": ctx, "pooled": pooled}
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
