@@ -97,3 +97,16 @@ def test_bad_arguments(policy):
         rollout(policy, PROMPTS[:2], [1], steps=2)
     with pytest.raises(Exception, match="multiples of 4"):
         rollout(policy, PROMPTS[:1], [1], steps=2, height=34, width=32)
+
+
+def test_a_memory_budget_only_changes_chunking(policy):
+    from vgen.engine.rollout import chunk_for_budget
+
+    shape = policy.latent_shape(32, 32)
+    small = chunk_for_budget(policy, shape, steps=3, cfg=True, record=True, budget_mb=1)
+    large = chunk_for_budget(policy, shape, steps=3, cfg=True, record=True, budget_mb=1024)
+    assert 1 <= small < large
+    prompts, seeds = PROMPTS * 4, list(range(12))
+    a = rollout(policy, prompts, seeds, steps=3, guidance=2.0, height=32, width=32, memory_budget_mb=1)
+    b = rollout(policy, prompts, seeds, steps=3, guidance=2.0, height=32, width=32)
+    assert torch.equal(a.images, b.images)
