@@ -48,3 +48,26 @@ def test_sample_bad_input_is_one_line(model_dir, tmp_path, capsys, args, needle)
 
 def test_parse_seeds():
     assert parse_seeds(["0", "5", "10-12"]) == [0, 5, 10, 11, 12]
+
+
+def test_a_folder_missing_a_component_is_one_line(model_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    shutil.rmtree(broken / "vae")
+    rc = main(["sample", "--model", str(broken), "--prompts", "a photo of a circle", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "missing its 'vae' component" in err and len(err.splitlines()) == 1, err
+    (broken / "vae").mkdir()  # present but empty: diffusers' own error, still one line
+    rc = main(["sample", "--model", str(broken), "--prompts", "a photo of a circle", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "cannot load the SD3 pipeline" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_prompt_longer_than_the_text_window_is_one_line(model_dir, tmp_path, capsys):
+    long = "a photo of " + " and ".join(["a red circle"] * 6)
+    rc = main(["sample", "--model", str(model_dir), "--prompts", long, "--out", str(tmp_path / "o"), "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "the text encoder reads at most 16" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -17,6 +17,7 @@ several times cheaper.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +25,37 @@ import torch
 from vgen.errors import UserError
 from vgen.models.attention import use_context_bias, use_stock_attention, zero_token_bias
 from vgen.models.policy import FlowPolicy
+
+
+def check_pipeline_folder(path: Path) -> None:
+    """A one-line error for a folder that is not a complete diffusers pipeline."""
+    import json
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise UserError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        entries = json.loads(index.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{index}: not valid JSON") from None
+    for name, value in entries.items():
+        if isinstance(value, list) and len(value) == 2 and value[0] and not (path / name).is_dir():
+            raise UserError(f"{str(path)!r} is missing its {name!r} component (no folder {name}/)")
+
+
+@contextmanager
+def quiet_loading():
+    """No per-file progress bars from diffusers / transformers while a pipeline loads."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
 
 
 def null_t5(words: list[str], dim: int, seed: int = 0):
@@ -68,13 +100,13 @@ class SD3Policy(FlowPolicy):
         from diffusers import StableDiffusion3Pipeline
 
         path = Path(path)
-        if not (path / "model_index.json").is_file():
-            raise UserError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
+        check_pipeline_folder(path)
         try:
-            with warnings.catch_warnings():  # torch_dtype works on every supported diffusers; newer ones prefer dtype
+            with warnings.catch_warnings(), quiet_loading():
+                # torch_dtype works on every supported diffusers; newer ones prefer dtype
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"cannot load the SD3 pipeline in {str(path)!r}: {str(e).splitlines()[0]}") from None
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device), **kw)
@@ -86,9 +118,22 @@ class SD3Policy(FlowPolicy):
             raise UserError(f"height and width must be multiples of {f * p}, got {height}x{width}")
         return (self.transformer.config.in_channels, height // f, width // f)
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Refuse a prompt longer than the longest text window instead of truncating it silently:
+        the CLIP window when T5 is absent or null, else T5's ``max_sequence_length``."""
+        if is_null_t5(self.pipe.text_encoder_3):
+            tok, window = self.pipe.tokenizer, self.pipe.tokenizer.model_max_length
+        else:
+            tok, window = self.pipe.tokenizer_3, self.max_sequence_length
+        for p in dict.fromkeys(prompts):
+            n = len(tok(p, truncation=False).input_ids)
+            if n > window:
+                raise UserError(f"prompt {p[:60]!r} is {n} tokens long; the text encoder reads at most {window}")
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Per-prompt conditioning: ``ctx`` (n, L, D) and ``pooled`` (n, D)."""
+        self.check_prompts(prompts)
         from diffusers.utils import logging as diffusers_logging
 
         n_seq = 1 if self.fold else self.max_sequence_length
