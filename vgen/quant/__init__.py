@@ -1,0 +1,1 @@
+"""Low-precision formats and backends (NVFP4 reference so far)."""
