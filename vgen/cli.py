@@ -88,6 +88,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from vgen.info import environment, format_environment
 
+    if args.quant_plan:
+        from vgen.info import quant_plan
+
+        print(quant_plan(args.quant_plan))
+        return 0
     env = environment()
     if args.json:
         import json
@@ -142,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="report the environment: versions, devices")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--quant-plan", metavar="MODEL_DIR", help="print which linears of the model's transformer the "
+                   "low-precision backends quantize")
     i.set_defaults(func=cmd_info)
     return p
 

@@ -38,7 +38,11 @@ def environment() -> dict:
         p = torch.cuda.get_device_properties(i)
         env["devices"].append({"index": i, "name": p.name, "capability": f"sm_{p.major}{p.minor}",
                                "memory_gib": round(p.total_memory / 2**30, 1)})
-    env["precision_backends"] = "not implemented yet (arrives with the precision-backends issue)"
+    from vgen.quant.backends import report, resolve
+
+    device = "cuda" if env["cuda_available"] else "cpu"
+    env["precision_backends"] = {a.name: {"available": a.ok, "reason": a.reason} for a in report(device)}
+    env["explore_backend_auto"] = resolve("auto", device)[1]
     return env
 
 
@@ -55,8 +59,34 @@ def format_environment(env: dict) -> str:
         lines.append(f"  cuda:{d['index']} {d['name']} ({d['capability']}, {d['memory_gib']} GiB)")
     if not env["devices"]:
         lines.append("  device: cpu")
-    lines.append(f"precision backends: {env['precision_backends']}")
+    lines.append("precision backends:")
+    for name, b in env["precision_backends"].items():
+        lines.append(f"  {name:10s} {'yes' if b['available'] else 'no ':4s} {b['reason']}")
+    lines.append(f"  explore backend: {env['explore_backend_auto']}")
     return "\n".join(lines)
+
+
+def quant_plan(model_dir: str) -> str:
+    """The module policy applied to a pipeline folder's denoiser (its transformer)."""
+    from pathlib import Path
+
+    from vgen.errors import UserError
+    from vgen.quant.policy import plan, summary
+
+    path = Path(model_dir) / "transformer"
+    if not (path / "config.json").is_file():
+        raise UserError(f"no transformer/config.json in {model_dir!r}: not a diffusers pipeline folder")
+    import json
+
+    from diffusers import models
+
+    cls_name = json.loads((path / "config.json").read_text()).get("_class_name", "")
+    cls = getattr(models, cls_name, None)
+    if cls is None:
+        raise UserError(f"{path}: unknown transformer class {cls_name!r}")
+    model = cls.from_config(cls.load_config(path))  # the architecture is enough: no weights needed
+    return f"quantization plan for {model_dir} ({cls_name}):\n" + summary(
+        plan(model), sum(p.numel() for p in model.parameters()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""Precision backends, the emulated NVFP4 linear, and the module policy."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vgen.errors import UserError
+from vgen.quant.backends import availability, report, resolve
+from vgen.quant.emulate import NVFP4EmuLinear
+from vgen.quant.nvfp4 import dequantize, quantize
+from vgen.quant.policy import plan
+
+
+def test_cpu_backends_and_auto():
+    avail = {a.name: a.ok for a in report("cpu")}
+    assert avail == {"fp32": True, "bf16": True, "fp8": False, "nvfp4": False, "nvfp4-emu": True}
+    name, why = resolve("auto", "cpu")
+    assert name == "bf16" and "sm_100" in why and "sm_89" in why
+
+
+@pytest.mark.parametrize("name, needle", [("fp8", "sm_89+"), ("nvfp4", "sm_100+")])
+def test_missing_hardware_is_a_one_line_error(name, needle):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match=needle) as e:
+        resolve(name, "cpu")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="unknown precision backend 'fp4'"):
+        availability("fp4")
+
+
+def test_emulated_linear_is_exactly_dequantize_then_fp32_matmul():
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 48)
+    x = torch.randn(5, 7, 64, generator=g)
+    emu = NVFP4EmuLinear(lin)
+    ref = dequantize(quantize(x)) @ dequantize(quantize(lin.weight.detach())).T + lin.bias.detach()
+    assert torch.equal(emu(x), ref)
+
+
+def test_emulated_linear_sqnr_on_a_gaussian_1024_layer():
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(1024, 1024, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(1024, 1024, generator=g))
+    x = torch.randn(256, 1024, generator=g)
+    with torch.no_grad():
+        ref, got = lin(x), NVFP4EmuLinear(lin)(x)
+    sqnr = 10 * math.log10(ref.pow(2).sum() / (ref - got).pow(2).sum())
+    assert sqnr >= 16, sqnr
+
+
+def test_refresh_requantizes_in_place():
+    lin = nn.Linear(32, 32)
+    emu = NVFP4EmuLinear(lin)
+    with torch.no_grad():
+        lin.weight.mul_(2)
+    emu.set_weight(lin.weight)
+    assert torch.equal(emu.weight_dq, dequantize(quantize(lin.weight.detach())))
+
+
+def test_policy_quantizes_block_attention_and_mlps_only(sd3_pipe):
+    tr = sd3_pipe.transformer  # tiny: width 16, so lower the size floor to see the rule itself
+    decisions = {d.name: d for d in plan(tr, min_features=16)}
+    assert decisions["transformer_blocks.0.attn.to_q"].quantize
+    assert decisions["transformer_blocks.0.ff.net.2"].quantize
+    assert not decisions["transformer_blocks.0.norm1.linear"].quantize  # adaLN modulation
+    assert not decisions["proj_out"].quantize and not decisions["norm_out.linear"].quantize
+    assert not any(d.quantize for n, d in decisions.items() if "embed" in n)
+    assert not any(d.quantize for d in plan(tr))  # with the default floor (64) nothing this small
+    forced = {d.name: d for d in plan(tr, include=("proj_out",), exclude=("*.attn.to_q",), min_features=16)}
+    assert forced["proj_out"].quantize and not forced["transformer_blocks.0.attn.to_q"].quantize

@@ -1,0 +1,92 @@
+"""Precision backends: which exist, which this machine can run, and which ``auto`` picks.
+
+  fp32       full precision, everywhere
+  bf16       bfloat16 weights and activations; CPUs and sm80+ GPUs
+  fp8        torchao float8 rowwise dynamic (W8A8); CUDA sm89+ (Ada, Hopper, Blackwell)
+  nvfp4      torchao NVFP4 dynamic W4A4; CUDA sm100+ (Blackwell)
+  nvfp4-emu  W4A4 quantize-dequantize in fp32 (vgen.quant.emulate), any device: fidelity studies
+  auto       the fastest low precision for the explore role: nvfp4 > fp8 > bf16, with the reason
+
+Asking for a backend the hardware lacks is a one-line error naming the requirement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vgen.errors import UserError
+
+BACKENDS = ("fp32", "bf16", "fp8", "nvfp4", "nvfp4-emu", "auto")
+
+
+@dataclass(frozen=True)
+class Availability:
+    name: str
+    ok: bool
+    reason: str
+
+
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def _torchao_has(module: str, attr: str) -> bool:
+    try:
+        mod = __import__(module, fromlist=[attr])
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return hasattr(mod, attr)
+
+
+def availability(name: str, device: str | torch.device = "cpu") -> Availability:
+    """Whether ``name`` can run on ``device``, and why (not)."""
+    dev = torch.device(device)
+    cap = _capability(dev)
+    where = f"sm_{cap[0]}{cap[1]}" if cap else ("no CUDA device" if dev.type != "cuda" else "CUDA unavailable")
+    if name in ("fp32", "nvfp4-emu"):
+        return Availability(name, True, "runs on any device")
+    if name == "bf16":
+        if dev.type == "cpu":
+            return Availability(name, True, "CPU bfloat16 matmul")
+        ok = cap is not None and cap >= (8, 0)
+        return Availability(name, ok, f"needs sm_80+; this device: {where}")
+    if name == "fp8":
+        if cap is None or cap < (8, 9):
+            return Availability(name, False, f"needs a CUDA GPU with sm_89+ (Ada/Hopper); this device: {where}")
+        if not _torchao_has("torchao.quantization", "Float8DynamicActivationFloat8WeightConfig"):
+            return Availability(name, False, "needs torchao with Float8DynamicActivationFloat8WeightConfig")
+        return Availability(name, True, f"torchao float8 rowwise on {where}")
+    if name == "nvfp4":
+        if cap is None or cap < (10, 0):
+            return Availability(name, False, f"needs a CUDA GPU with sm_100+ (Blackwell); this device: {where}")
+        if not _torchao_has("torchao.prototype.mx_formats", "NVFP4DynamicActivationNVFP4WeightConfig"):
+            return Availability(name, False, "needs torchao with NVFP4DynamicActivationNVFP4WeightConfig")
+        return Availability(name, True, f"torchao NVFP4 W4A4 on {where}")
+    raise UserError(f"unknown precision backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def resolve(name: str, device: str | torch.device = "cpu") -> tuple[str, str]:
+    """(concrete backend, why) for a requested one; ``auto`` takes the first available of
+    nvfp4, fp8, bf16. A concrete backend the hardware lacks is a one-line UserError."""
+    if name == "auto":
+        skipped = []
+        for cand in ("nvfp4", "fp8", "bf16"):
+            a = availability(cand, device)
+            if a.ok:
+                why = f"auto -> {cand}: {a.reason}" + (f" ({'; '.join(skipped)})" if skipped else "")
+                return cand, why
+            skipped.append(f"{cand}: {a.reason}")
+        return "fp32", "auto -> fp32: " + "; ".join(skipped)
+    a = availability(name, device)
+    if not a.ok:
+        raise UserError(f"precision backend {name!r} is not available: {a.reason}")
+    return name, a.reason
+
+
+def report(device: str | torch.device = "cpu") -> list[Availability]:
+    """Every concrete backend's availability on ``device`` (for `vgen info`)."""
+    return [availability(n, device) for n in BACKENDS if n != "auto"]
