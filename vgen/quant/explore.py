@@ -1,0 +1,122 @@
+"""The explore-precision copy of a policy's denoiser, and its cheap refresh.
+
+Sol-RL explores with a low-precision copy of the policy it trains. ``explore_copy`` builds
+that copy once: LoRA (peft) merged into plain weights, then the module policy's linears
+converted for the backend (bf16 cast; nvfp4-emu emulated W4A4; torchao float8 / NVFP4 on
+GPUs). ``refresh`` later copies the trained weights (LoRA merged again) into the same
+modules in place, re-quantizing only what the backend quantizes: no module is rebuilt,
+no memory is reallocated for the bf16 / fp32 cases.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import time
+
+import torch
+from torch import nn
+
+from vgen.quant.backends import resolve
+from vgen.quant.emulate import NVFP4EmuLinear
+from vgen.quant.policy import plan
+
+
+def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return {}
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+@torch.no_grad()
+def merged_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight of ``model`` under its plain name, with active LoRA adapters merged in."""
+    out: dict[str, torch.Tensor] = {}
+    loras = _lora_layers(model)
+    for name, layer in loras.items():
+        base = layer.get_base_layer()
+        w = base.weight.detach()
+        for adapter in layer.active_adapters:
+            if adapter in layer.lora_A and not layer.merged:
+                w = w + layer.get_delta_weight(adapter).to(w.dtype)
+        out[f"{name}.weight"] = w
+        if base.bias is not None:
+            out[f"{name}.bias"] = base.bias.detach()
+    for name, p in model.named_parameters():
+        if "lora_" in name or ".base_layer." in name:
+            continue
+        out.setdefault(name, p.detach())
+    return out
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def explore_copy(model: nn.Module, backend: str = "auto", device: str | torch.device = "cpu",
+                 min_features: int = 64) -> nn.Module:
+    """A frozen low-precision copy of ``model`` for the explore role (``copy.vgen_backend`` says which)."""
+    name, why = resolve(backend, device)
+    loras = _lora_layers(model)
+    clone = _copy.deepcopy(model)
+    weights = merged_weights(model)
+    for lname in loras:  # plain linears in place of the LoRA wrappers
+        _set_module(clone, lname, _copy.deepcopy(loras[lname].get_base_layer()))
+    clone.load_state_dict({k: v for k, v in weights.items()}, strict=False)
+    clone.requires_grad_(False).eval()
+    targets = [d.name for d in plan(clone, min_features=min_features) if d.quantize]
+    if name == "bf16":
+        clone.to(torch.bfloat16)
+    elif name == "nvfp4-emu":
+        for t in targets:
+            _set_module(clone, t, NVFP4EmuLinear(clone.get_submodule(t)))
+    elif name in ("fp8", "nvfp4"):
+        _torchao_quantize(clone, name, set(targets))
+    clone.vgen_backend, clone.vgen_backend_reason, clone.vgen_targets = name, why, targets
+    return clone
+
+
+def _torchao_quantize(model: nn.Module, backend: str, targets: set[str]) -> None:
+    from torchao.quantization import quantize_
+
+    if backend == "fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    else:
+        from torchao.prototype.mx_formats import NVFP4DynamicActivationNVFP4WeightConfig
+
+        config = NVFP4DynamicActivationNVFP4WeightConfig()
+    model.to(torch.bfloat16)
+    quantize_(model, config, filter_fn=lambda m, fqn: fqn in targets)
+
+
+@torch.no_grad()
+def refresh(clone: nn.Module, model: nn.Module) -> float:
+    """Load ``model``'s current weights (LoRA merged) into ``clone`` in place; returns seconds taken."""
+    t0 = time.perf_counter()
+    weights = merged_weights(model)
+    targets = set(clone.vgen_targets)
+    for name, module in clone.named_modules():
+        if isinstance(module, NVFP4EmuLinear):
+            module.set_weight(weights[f"{name}.weight"])
+            if module.bias is not None:
+                module.bias.copy_(weights[f"{name}.bias"])
+        elif name in targets and clone.vgen_backend in ("fp8", "nvfp4"):
+            fresh = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                              device=weights[f"{name}.weight"].device, dtype=torch.bfloat16)
+            fresh.weight.copy_(weights[f"{name}.weight"])
+            if fresh.bias is not None:
+                fresh.bias.copy_(weights[f"{name}.bias"])
+            _torchao_quantize(fresh, clone.vgen_backend, {""})
+            module.weight = fresh.weight
+            if module.bias is not None:
+                module.bias.copy_(fresh.bias)
+    quantized = {f"{n}.{k}" for n, m in clone.named_modules() if isinstance(m, NVFP4EmuLinear)
+                 or (n in targets and clone.vgen_backend in ("fp8", "nvfp4")) for k in ("weight", "bias")}
+    for name, p in clone.named_parameters():
+        if name not in quantized and name in weights:
+            p.copy_(weights[name])
+    return time.perf_counter() - t0
