@@ -66,7 +66,7 @@ def test_help_and_version_exit_zero(capsys, flag):
 def test_usage_errors_are_one_line(capsys):
     assert "the following arguments are required: COMMAND" in user_error(capsys)
     assert "invalid choice: 'frobnicate'" in user_error(capsys, "frobnicate")
-    assert user_error(capsys, "bench", "nope") == "unknown benchmark 'nope'; available: world, rollout"
+    assert user_error(capsys, "bench", "nope") == "unknown benchmark 'nope'; available: world, rollout, explore"
     assert "unrecognized arguments: --nope" in user_error(capsys, "info", "--nope")
 
 

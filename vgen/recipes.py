@@ -21,6 +21,7 @@ PLANNED = {
 BENCH: dict[str, tuple[str, str]] = {
     "world": ("vgen.bench.world", "WorldBenchConfig"),
     "rollout": ("vgen.bench.rollout", "RolloutBenchConfig"),
+    "explore": ("vgen.bench.explore", "ExploreBenchConfig"),
 }
 
 
