@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vgen.bench.timing import best_time
 from vgen.config import param
 from vgen.io import atomic_write_json, atomic_write_text
 from vgen.run import RunConfig
@@ -27,16 +28,6 @@ class ExploreBenchConfig:
     lora_rank: int = param(8, ge=1, le=1024, help="LoRA rank on the attention projections")
     batch: int = param(128, ge=1, le=8192, help="rows of the timed forward (64 prompts x CFG)")
     repeats: int = param(5, ge=1, le=100, help="timed repeats; the best is kept")
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def run(cfg: ExploreBenchConfig, run_dir: Path) -> int:
@@ -59,7 +50,7 @@ def run(cfg: ExploreBenchConfig, run_dir: Path) -> int:
              pooled_projections=torch.randn(cfg.batch, c.pooled_projection_dim, generator=g),
              timestep=torch.full((cfg.batch,), 500.0), return_dict=False)
     with torch.no_grad():
-        base_fwd = _best(lambda: tr(**x), cfg.repeats)
+        base_fwd = best_time(lambda: tr(**x), cfg.repeats)
     rows = {}
     for a in report("cpu" if not torch.cuda.is_available() else "cuda"):
         if not a.ok:
@@ -72,7 +63,7 @@ def run(cfg: ExploreBenchConfig, run_dir: Path) -> int:
         dt = torch.bfloat16 if a.name == "bf16" else torch.float32
         xx = {k: (v.to(dt) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in x.items()}
         with torch.no_grad():
-            fwd = _best(lambda clone=clone, xx=xx: clone(**xx), cfg.repeats)
+            fwd = best_time(lambda clone=clone, xx=xx: clone(**xx), cfg.repeats)
         rows[a.name] = {"available": True, "build_ms": build * 1e3, "refresh_ms": refresh_s * 1e3,
                         "forward_ms": fwd * 1e3, "speed_vs_fp32_original": base_fwd / fwd,
                         "quantized_linears": len(clone.vgen_targets)}

@@ -16,12 +16,12 @@ Each is timed ``repeats`` times after a warm-up and the best time is kept.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from vgen.bench.timing import best_time
 from vgen.config import param
 from vgen.io import atomic_write_json, atomic_write_text
 from vgen.run import RunConfig
@@ -39,16 +39,6 @@ class RolloutBenchConfig:
     resolution: int = param(64, ge=16, le=2048, help="image side, pixels")
     repeats: int = param(3, ge=1, le=20, help="timed repeats; the best is kept")
     bf16: bool = param(True, help="also time the engine in bfloat16")
-
-
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
@@ -81,12 +71,12 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
                  negative_pooled_prompt_embeds=npool, latents=noise, num_inference_steps=cfg.steps,
                  guidance_scale=cfg.guidance, height=cfg.resolution, width=cfg.resolution, output_type="pt")
 
-    results["diffusers"] = _best(diffusers_call, cfg.repeats)
-    results["engine"] = _best(lambda: rollout(policy, prompts, seeds, **kw), cfg.repeats)
+    results["diffusers"] = best_time(diffusers_call, cfg.repeats)
+    results["engine"] = best_time(lambda: rollout(policy, prompts, seeds, **kw), cfg.repeats)
 
     # the bare transformer forwards of the folded engine: CFG doubles the batch
     policy = SD3Policy(pipe, fold_zero_tokens=True)
-    results["engine_folded"] = _best(lambda: rollout(policy, prompts, seeds, **kw), cfg.repeats)
+    results["engine_folded"] = best_time(lambda: rollout(policy, prompts, seeds, **kw), cfg.repeats)
     cond, idx = encode_unique(policy, prompts)
     rows = torch.tensor(idx)
     n = cfg.batch * (2 if cfg.guidance > 1 else 1)
@@ -99,10 +89,10 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
             for t in timesteps:
                 policy.velocity(x, t.expand(x.shape[0]), c)
 
-    results["forwards"] = _best(forwards, cfg.repeats)
+    results["forwards"] = best_time(forwards, cfg.repeats)
     if cfg.bf16:
         bf = load_policy(cfg.model, dtype="bfloat16")
-        results["engine_bf16"] = _best(lambda: rollout(bf, prompts, seeds, **kw), cfg.repeats)
+        results["engine_bf16"] = best_time(lambda: rollout(bf, prompts, seeds, **kw), cfg.repeats)
 
     ips = {k: cfg.batch / v for k, v in results.items() if k != "forwards"}
     report = {
