@@ -20,20 +20,11 @@ from vgen.io import atomic_write_json, save_png
 
 def load_policy(path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """The engine policy for a local model folder, chosen by its model_index.json."""
-    import json
-
     import torch
 
-    path = Path(path)
-    index = path / "model_index.json"
-    if not path.is_dir():
-        raise UserError(f"model folder not found: {str(path)!r}")
-    if not index.is_file():
-        raise UserError(f"{str(path)!r} has no model_index.json: not a diffusers pipeline folder")
-    try:
-        kind = json.loads(index.read_text()).get("_class_name")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{index}: not valid JSON") from None
+    from vgen.models.policy import check_pipeline_folder
+
+    kind = check_pipeline_folder(Path(path)).get("_class_name")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")

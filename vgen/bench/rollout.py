@@ -43,7 +43,7 @@ class RolloutBenchConfig:
 
 def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     from vgen.engine import rollout
-    from vgen.engine.rollout import MIN_ROWS, _pad, encode_unique, schedule
+    from vgen.engine.rollout import MIN_ROWS, encode_unique, pad_rows, schedule
     from vgen.engine.seeds import initial_noise
     from vgen.models.sd3 import SD3Policy
     from vgen.sample import load_policy
@@ -80,8 +80,8 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     cond, idx = encode_unique(policy, prompts)
     rows = torch.tensor(idx)
     n = cfg.batch * (2 if cfg.guidance > 1 else 1)
-    c = {k: _pad(torch.cat([v[rows]] * (n // cfg.batch)), MIN_ROWS) for k, v in cond.items()}
-    x = _pad(torch.randn(n, *shape), MIN_ROWS)
+    c = {k: pad_rows(torch.cat([v[rows]] * (n // cfg.batch)), MIN_ROWS) for k, v in cond.items()}
+    x = pad_rows(torch.randn(n, *shape), MIN_ROWS)
     _, timesteps = schedule(policy, cfg.steps)
 
     def forwards():

@@ -39,14 +39,14 @@ class Rollout:
     log_probs: torch.Tensor | None = None   # (B, T) SDE step log-probs (None for ODE)
 
 
-def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
+def pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if t.shape[0] >= n else torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])])
 
 
 def padded(fn, *tensors: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
     """``fn(*tensors, cond)`` with every batch padded to MIN_ROWS rows; returns the real rows."""
     b = tensors[0].shape[0]
-    out = fn(*(_pad(t, MIN_ROWS) for t in tensors), {k: _pad(v, MIN_ROWS) for k, v in cond.items()})
+    out = fn(*(pad_rows(t, MIN_ROWS) for t in tensors), {k: pad_rows(v, MIN_ROWS) for k, v in cond.items()})
     return out[:b]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vgen.errors import UserError
-from vgen.models.policy import FlowPolicy
+from vgen.models.policy import FlowPolicy, check_pipeline_folder
 
 
 class FluxPolicy(FlowPolicy):
@@ -30,6 +30,7 @@ class FluxPolicy(FlowPolicy):
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", **kw):
         from diffusers import FluxPipeline
 
+        check_pipeline_folder(Path(path))
         try:
             pipe = FluxPipeline.from_pretrained(Path(path), torch_dtype=dtype, local_files_only=True).to(device)
         except (OSError, ValueError, KeyError) as e:

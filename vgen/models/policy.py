@@ -8,7 +8,11 @@ optionally ``scheduler_kwargs(latent_shape, steps)`` when its pipeline sets its 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from vgen.errors import UserError
 
 
 class FlowPolicy:
@@ -28,3 +32,22 @@ class FlowPolicy:
         cfg = self.vae.config
         z = latents.to(self.vae.dtype) / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
         return (self.vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
+
+
+def check_pipeline_folder(path: Path) -> dict:
+    """model_index.json of a complete diffusers pipeline folder; else a one-line UserError."""
+    import json
+
+    if not path.is_dir():
+        raise UserError(f"model folder not found: {str(path)!r}")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise UserError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        entries = json.loads(index.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{index}: not valid JSON") from None
+    for name, value in entries.items():
+        if isinstance(value, list) and len(value) == 2 and value[0] and not (path / name).is_dir():
+            raise UserError(f"{str(path)!r} is missing its {name!r} component (no folder {name}/)")
+    return entries

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from vgen.errors import UserError
-from vgen.models.policy import FlowPolicy
+from vgen.models.policy import FlowPolicy, check_pipeline_folder
 
 
 class SanaPolicy(FlowPolicy):
@@ -29,6 +29,7 @@ class SanaPolicy(FlowPolicy):
                         flow_shift: float | None = None):
         from diffusers import FlowMatchEulerDiscreteScheduler, SanaPipeline
 
+        check_pipeline_folder(Path(path))
         try:
             pipe = SanaPipeline.from_pretrained(Path(path), torch_dtype=dtype, local_files_only=True).to(device)
         except (OSError, ValueError, KeyError) as e:

@@ -24,23 +24,7 @@ import torch
 
 from vgen.errors import UserError
 from vgen.models.attention import use_context_bias, use_stock_attention, zero_token_bias
-from vgen.models.policy import FlowPolicy
-
-
-def check_pipeline_folder(path: Path) -> None:
-    """A one-line error for a folder that is not a complete diffusers pipeline."""
-    import json
-
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise UserError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
-    try:
-        entries = json.loads(index.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{index}: not valid JSON") from None
-    for name, value in entries.items():
-        if isinstance(value, list) and len(value) == 2 and value[0] and not (path / name).is_dir():
-            raise UserError(f"{str(path)!r} is missing its {name!r} component (no folder {name}/)")
+from vgen.models.policy import FlowPolicy, check_pipeline_folder
 
 
 @contextmanager
