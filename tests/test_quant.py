@@ -72,3 +72,13 @@ def test_policy_quantizes_block_attention_and_mlps_only(sd3_pipe):
     assert not any(d.quantize for d in plan(tr))  # with the default floor (64) nothing this small
     forced = {d.name: d for d in plan(tr, include=("proj_out",), exclude=("*.attn.to_q",), min_features=16)}
     assert forced["proj_out"].quantize and not forced["transformer_blocks.0.attn.to_q"].quantize
+
+
+def test_info_quant_plan_cli(model_dir, tmp_path, capsys):
+    from vgen.cli import main
+
+    assert main(["info", "--quant-plan", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "SD3Transformer2DModel" in out and "linears quantized" in out and "proj_out" in out
+    assert main(["info", "--quant-plan", str(tmp_path)]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
