@@ -66,6 +66,16 @@ def encode_unique(policy, prompts: list[str]) -> tuple[dict[str, torch.Tensor], 
     return cond, [where[p] for p in prompts]
 
 
+def conditioning(policy, prompts: list[str], guidance: float) -> tuple[dict, dict | None]:
+    """Per-sample (cond, uncond) rows; each distinct prompt and "" encoded once; uncond only with CFG."""
+    cond_rows, idx = encode_unique(policy, prompts)
+    cond = {k: v[torch.tensor(idx)] for k, v in cond_rows.items()}
+    if guidance <= 1.0:
+        return cond, None
+    u = encode_unique(policy, [""])[0]
+    return cond, {k: v[[0] * len(prompts)] for k, v in u.items()}
+
+
 def guided_velocity(policy, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict | None,
                     guidance: float) -> torch.Tensor:
     """Model velocity with classifier-free guidance when ``uncond`` is given."""
@@ -124,9 +134,8 @@ def rollout(policy, prompts: list[str], seeds: list[int], *, steps: int = 10, gu
     sigmas, timesteps = schedule(policy, steps, shift, shape)
     steps = len(timesteps)
     s_cap = float(sigmas[1]) if len(sigmas) > 1 else 0.0
-    cond_rows, idx = encode_unique(policy, prompts)
-    use_cfg = guidance > 1.0
-    uncond_rows = encode_unique(policy, [""])[0] if use_cfg else None
+    all_cond, all_uncond = conditioning(policy, prompts, guidance)
+    use_cfg = all_uncond is not None
     if chunk_size is None:
         chunk_size = (chunk_for_budget(policy, shape, steps, use_cfg, record, memory_budget_mb)
                       if memory_budget_mb else len(prompts))
@@ -137,9 +146,8 @@ def rollout(policy, prompts: list[str], seeds: list[int], *, steps: int = 10, gu
     for lo in range(0, len(prompts), chunk_size):
         sl = slice(lo, lo + chunk_size)
         sd = list(seeds[sl])
-        rows = torch.tensor(idx[sl])
-        cond = {k: v[rows] for k, v in cond_rows.items()}
-        uncond = {k: v[[0] * len(sd)] for k, v in uncond_rows.items()} if use_cfg else None
+        cond = {k: v[sl] for k, v in all_cond.items()}
+        uncond = {k: v[sl] for k, v in all_uncond.items()} if use_cfg else None
         x = initial_noise(sd, shape, device=dev, dtype=torch.float32)
         traj, lps = [x.cpu()] if record else None, []
         for k in range(steps):
@@ -166,18 +174,15 @@ def rollout(policy, prompts: list[str], seeds: list[int], *, steps: int = 10, gu
 
 
 def step_log_prob(policy, x: torch.Tensor, x_next: torch.Tensor, k: int, sigmas: torch.Tensor,
-                  timesteps: torch.Tensor, prompts: list[str], guidance: float, noise_level: float) -> torch.Tensor:
+                  timesteps: torch.Tensor, prompts: list[str], guidance: float, noise_level: float,
+                  cond: tuple[dict, dict | None] | None = None) -> torch.Tensor:
     """log p(x_next | x) of SDE step ``k`` under the policy's current weights (B,), differentiable.
 
     Used by policy-gradient losses: with unchanged weights it reproduces the rollout's
-    recorded log-probs, so the on-policy ratio is exactly 1.
+    recorded log-probs, so the on-policy ratio is exactly 1. Pass ``cond`` (from
+    :func:`conditioning`) when calling it for many steps, so prompts are encoded once.
     """
-    cond_rows, idx = encode_unique(policy, prompts)
-    cond = {kk: v[torch.tensor(idx)] for kk, v in cond_rows.items()}
-    uncond = None
-    if guidance > 1.0:
-        u = encode_unique(policy, [""])[0]
-        uncond = {kk: v[[0] * len(prompts)] for kk, v in u.items()}
+    cond, uncond = cond if cond is not None else conditioning(policy, prompts, guidance)
     v = guided_velocity(policy, x.to(policy.device, policy.dtype), timesteps[k], cond, uncond, guidance)
     s_cap = float(sigmas[1])
     mean = sde_mean(x.to(v.device), v, sigmas[k], sigmas[k + 1], noise_level, s_cap)

@@ -64,7 +64,7 @@ def explore_copy(model: nn.Module, backend: str = "auto", device: str | torch.de
     weights = merged_weights(model)
     for lname in loras:  # plain linears in place of the LoRA wrappers
         _set_module(clone, lname, _copy.deepcopy(loras[lname].get_base_layer()))
-    clone.load_state_dict({k: v for k, v in weights.items()}, strict=False)
+    clone.load_state_dict(weights, strict=False)
     clone.requires_grad_(False).eval()
     targets = [d.name for d in plan(clone, min_features=min_features) if d.quantize]
     if name == "bf16":
@@ -99,7 +99,10 @@ def refresh(clone: nn.Module, model: nn.Module) -> float:
     t0 = time.perf_counter()
     weights = merged_weights(model)
     targets = set(clone.vgen_targets)
+    handled = set()  # parameters re-quantized below; the rest are plain copies
     for name, module in clone.named_modules():
+        if isinstance(module, NVFP4EmuLinear) or (name in targets and clone.vgen_backend in ("fp8", "nvfp4")):
+            handled |= {f"{name}.weight", f"{name}.bias"}
         if isinstance(module, NVFP4EmuLinear):
             module.set_weight(weights[f"{name}.weight"])
             if module.bias is not None:
@@ -114,9 +117,7 @@ def refresh(clone: nn.Module, model: nn.Module) -> float:
             module.weight = fresh.weight
             if module.bias is not None:
                 module.bias.copy_(fresh.bias)
-    quantized = {f"{n}.{k}" for n, m in clone.named_modules() if isinstance(m, NVFP4EmuLinear)
-                 or (n in targets and clone.vgen_backend in ("fp8", "nvfp4")) for k in ("weight", "bias")}
     for name, p in clone.named_parameters():
-        if name not in quantized and name in weights:
+        if name not in handled and name in weights:
             p.copy_(weights[name])
     return time.perf_counter() - t0
