@@ -1,6 +1,8 @@
-"""`vgen bench rollout` and `vgen bench explore` run end to end and report every figure (speeds not asserted)."""
+"""The benchmarks run end to end and report every figure (speeds not asserted)."""
 
 import json
+
+import torch
 
 from vgen.cli import main
 
@@ -21,5 +23,33 @@ def test_bench_explore_reports_every_backend(model_dir, tmp_path, capsys):
                f"run.out_dir={tmp_path}", "run.name=e"])
     assert rc == 0
     r = json.loads((tmp_path / "e" / "report.json").read_text())
-    assert set(r["backends"]) == {"fp32", "bf16", "fp8", "nvfp4", "nvfp4-emu"}
+    assert set(r["backends"]) == {"fp32", "bf16", "fp8", "nvfp4", "nvfp4-te", "nvfp4-emu"}
     assert r["backends"]["nvfp4-emu"]["refresh_ms"] > 0 and r["backends"]["bf16"]["available"]
+
+
+def test_bench_fidelity_compares_cheap_rankings_with_the_reference(model_dir, tmp_path, capsys):
+    rc = main(["bench", "fidelity", f"model={model_dir}", "prompts=2", "seeds=6", "top_k=2", "preview_steps=2",
+               "steps=3", "guidance=3.0", "cheap=[nvfp4-emu, fp32]", "min_features=16", f"run.out_dir={tmp_path}",
+               "run.name=f"])
+    assert rc == 0
+    r = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert set(r["cheap"]) == {"nvfp4-emu", "fp32"} and len(r["prompts"]) == 2
+    for v in r["cheap"].values():
+        assert len(v["per_group_tau"]) == 2 and 0 <= v["top2_overlap_mean"] <= 1
+    assert r["cheap"]["nvfp4-emu"]["quantized_linears"] > 0
+
+
+def test_bench_fidelity_refuses_an_unavailable_backend_before_any_work(model_dir, tmp_path, capsys):
+    rc = main(["bench", "fidelity", f"model={model_dir}", "cheap=[fp8]", f"run.out_dir={tmp_path}"])
+    assert rc == 2 and "sm_89+" in capsys.readouterr().err
+
+
+def test_bench_quant_reports_cpu_figures_and_skips_gpu_part(model_dir, tmp_path, capsys):
+    rc = main(["bench", "quant", f"model={model_dir}", "rows=32", "cols=64", "batch=2", "steps=1", "repeats=1",
+               f"run.out_dir={tmp_path}", "run.name=q"])
+    assert rc == 0
+    r = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert set(r["quantize_cpu"]) == {"vgen_quantize", "vgen_dequantize", "vgen_pack", "torchao_to_nvfp4"}
+    assert set(r["rollout_cpu"]) == {"fp32", "bf16", "nvfp4-emu copy"}
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in r["gpu"]["skipped"]

@@ -15,12 +15,12 @@ from vgen.quant.policy import plan
 
 def test_cpu_backends_and_auto():
     avail = {a.name: a.ok for a in report("cpu")}
-    assert avail == {"fp32": True, "bf16": True, "fp8": False, "nvfp4": False, "nvfp4-emu": True}
+    assert avail == {"fp32": True, "bf16": True, "fp8": False, "nvfp4": False, "nvfp4-te": False, "nvfp4-emu": True}
     name, why = resolve("auto", "cpu")
     assert name == "bf16" and "sm_100" in why and "sm_89" in why
 
 
-@pytest.mark.parametrize("name, needle", [("fp8", "sm_89+"), ("nvfp4", "sm_100+")])
+@pytest.mark.parametrize("name, needle", [("fp8", "sm_89+"), ("nvfp4", "sm_100+"), ("nvfp4-te", "sm_100+")])
 def test_missing_hardware_is_a_one_line_error(name, needle):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -29,6 +29,18 @@ def test_missing_hardware_is_a_one_line_error(name, needle):
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="unknown precision backend 'fp4'"):
         availability("fp4")
+
+
+def test_transformer_engine_backend_is_import_guarded(monkeypatch):
+    """On a Blackwell-class device without the `te` extra, nvfp4-te names the missing package."""
+    import vgen.quant.backends as b
+
+    monkeypatch.setattr(b, "_capability", lambda dev: (10, 0))
+    monkeypatch.setattr(b, "_has", lambda module, attr: not module.startswith("transformer_engine"))
+    a = b.availability("nvfp4-te", "cuda")
+    assert not a.ok and "Transformer Engine" in a.reason and "vgen[te]" in a.reason
+    assert b.availability("nvfp4", "cuda").ok
+    assert b.resolve("auto", "cuda")[0] == "nvfp4"  # auto prefers torchao's NVFP4
 
 
 def test_emulated_linear_is_exactly_dequantize_then_fp32_matmul():

@@ -22,6 +22,8 @@ BENCH: dict[str, tuple[str, str]] = {
     "world": ("vgen.bench.world", "WorldBenchConfig"),
     "rollout": ("vgen.bench.rollout", "RolloutBenchConfig"),
     "explore": ("vgen.bench.explore", "ExploreBenchConfig"),
+    "fidelity": ("vgen.bench.fidelity", "FidelityBenchConfig"),
+    "quant": ("vgen.bench.quant", "QuantBenchConfig"),
 }
 
 

@@ -76,13 +76,20 @@ def conditioning(policy, prompts: list[str], guidance: float) -> tuple[dict, dic
     return cond, {k: v[[0] * len(prompts)] for k, v in u.items()}
 
 
+def _in_dtype(cond: dict, dtype: torch.dtype) -> dict:
+    """Floating conditioning in the denoiser's dtype: an explore copy may run in bf16 while the
+    text encoders it shares with the policy stay in fp32."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+
+
 def guided_velocity(policy, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict | None,
                     guidance: float) -> torch.Tensor:
     """Model velocity with classifier-free guidance when ``uncond`` is given."""
     tt = t.to(policy.device).expand(x.shape[0])
+    cond = _in_dtype(cond, policy.dtype)
     if uncond is None:
         return padded(policy.velocity, x, tt, **cond)
-    both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+    both = {k: torch.cat([v, cond[k]]) for k, v in _in_dtype(uncond, policy.dtype).items()}
     v = padded(policy.velocity, torch.cat([x, x]), torch.cat([tt, tt]), **both)
     v_u, v_c = v.chunk(2)
     return v_u + guidance * (v_c - v_u)

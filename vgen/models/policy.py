@@ -8,6 +8,7 @@ optionally ``scheduler_kwargs(latent_shape, steps)`` when its pipeline sets its 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -25,6 +26,13 @@ class FlowPolicy:
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
+
+    def with_transformer(self, transformer) -> FlowPolicy:
+        """The same policy (text encoders, VAE, scheduler shared) over another denoiser, e.g. a
+        low-precision explore copy of this one's."""
+        other = copy.copy(self)
+        other.transformer = transformer
+        return other
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

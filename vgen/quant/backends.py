@@ -4,6 +4,7 @@
   bf16       bfloat16 weights and activations; CPUs and sm80+ GPUs
   fp8        torchao float8 rowwise dynamic (W8A8); CUDA sm89+ (Ada, Hopper, Blackwell)
   nvfp4      torchao NVFP4 dynamic W4A4; CUDA sm100+ (Blackwell)
+  nvfp4-te   Transformer Engine NVFP4 (NVFP4BlockScaling); sm100+ with the optional `te` extra
   nvfp4-emu  W4A4 quantize-dequantize in fp32 (vgen.quant.emulate), any device: fidelity studies
   auto       the fastest low precision for the explore role: nvfp4 > fp8 > bf16, with the reason
 
@@ -18,7 +19,7 @@ import torch
 
 from vgen.errors import UserError
 
-BACKENDS = ("fp32", "bf16", "fp8", "nvfp4", "nvfp4-emu", "auto")
+BACKENDS = ("fp32", "bf16", "fp8", "nvfp4", "nvfp4-te", "nvfp4-emu", "auto")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def _capability(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device)
 
 
-def _torchao_has(module: str, attr: str) -> bool:
+def _has(module: str, attr: str) -> bool:
     try:
         mod = __import__(module, fromlist=[attr])
     except Exception:  # noqa: BLE001 - any import failure means "not usable here"
@@ -57,15 +58,21 @@ def availability(name: str, device: str | torch.device = "cpu") -> Availability:
     if name == "fp8":
         if cap is None or cap < (8, 9):
             return Availability(name, False, f"needs a CUDA GPU with sm_89+ (Ada/Hopper); this device: {where}")
-        if not _torchao_has("torchao.quantization", "Float8DynamicActivationFloat8WeightConfig"):
+        if not _has("torchao.quantization", "Float8DynamicActivationFloat8WeightConfig"):
             return Availability(name, False, "needs torchao with Float8DynamicActivationFloat8WeightConfig")
         return Availability(name, True, f"torchao float8 rowwise on {where}")
     if name == "nvfp4":
         if cap is None or cap < (10, 0):
             return Availability(name, False, f"needs a CUDA GPU with sm_100+ (Blackwell); this device: {where}")
-        if not _torchao_has("torchao.prototype.mx_formats", "NVFP4DynamicActivationNVFP4WeightConfig"):
+        if not _has("torchao.prototype.mx_formats", "NVFP4DynamicActivationNVFP4WeightConfig"):
             return Availability(name, False, "needs torchao with NVFP4DynamicActivationNVFP4WeightConfig")
         return Availability(name, True, f"torchao NVFP4 W4A4 on {where}")
+    if name == "nvfp4-te":
+        if cap is None or cap < (10, 0):
+            return Availability(name, False, f"needs a CUDA GPU with sm_100+ (Blackwell); this device: {where}")
+        if not _has("transformer_engine.common.recipe", "NVFP4BlockScaling"):
+            return Availability(name, False, "needs Transformer Engine >= 2.8 (pip install 'vgen[te]')")
+        return Availability(name, True, f"Transformer Engine NVFP4BlockScaling on {where}")
     raise UserError(f"unknown precision backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -2,8 +2,8 @@
 
 Sol-RL explores with a low-precision copy of the policy it trains. ``explore_copy`` builds
 that copy once: LoRA (peft) merged into plain weights, then the module policy's linears
-converted for the backend (bf16 cast; nvfp4-emu emulated W4A4; torchao float8 / NVFP4 on
-GPUs). ``refresh`` later copies the trained weights (LoRA merged again) into the same
+converted for the backend (bf16 cast; nvfp4-emu emulated W4A4; torchao float8 / NVFP4 or
+Transformer Engine NVFP4 on GPUs). ``refresh`` later copies the trained weights (LoRA merged again) into the same
 modules in place, re-quantizing only what the backend quantizes: no module is rebuilt,
 no memory is reallocated for the bf16 / fp32 cases.
 """
@@ -69,13 +69,24 @@ def explore_copy(model: nn.Module, backend: str = "auto", device: str | torch.de
     targets = [d.name for d in plan(clone, min_features=min_features) if d.quantize]
     if name == "bf16":
         clone.to(torch.bfloat16)
-    elif name == "nvfp4-emu":
+    elif name in ("nvfp4-emu", "nvfp4-te"):
+        if name == "nvfp4-te":
+            from vgen.quant.te import TENVFP4Linear as wrap
+
+            clone.to(torch.bfloat16)
+        else:
+            wrap = NVFP4EmuLinear
         for t in targets:
-            _set_module(clone, t, NVFP4EmuLinear(clone.get_submodule(t)))
+            _set_module(clone, t, wrap(clone.get_submodule(t)))
     elif name in ("fp8", "nvfp4"):
         _torchao_quantize(clone, name, set(targets))
     clone.vgen_backend, clone.vgen_backend_reason, clone.vgen_targets = name, why, targets
     return clone
+
+
+def explore_policy(policy, backend: str = "auto", min_features: int = 64):
+    """``policy`` over an explore copy of its denoiser (text encoders, VAE, scheduler shared)."""
+    return policy.with_transformer(explore_copy(policy.transformer, backend, policy.device, min_features))
 
 
 def _torchao_quantize(model: nn.Module, backend: str, targets: set[str]) -> None:
@@ -101,9 +112,9 @@ def refresh(clone: nn.Module, model: nn.Module) -> float:
     targets = set(clone.vgen_targets)
     handled = set()  # parameters re-quantized below; the rest are plain copies
     for name, module in clone.named_modules():
-        if isinstance(module, NVFP4EmuLinear) or (name in targets and clone.vgen_backend in ("fp8", "nvfp4")):
-            handled |= {f"{name}.weight", f"{name}.bias"}
-        if isinstance(module, NVFP4EmuLinear):
+        if hasattr(module, "set_weight") or (name in targets and clone.vgen_backend in ("fp8", "nvfp4")):
+            handled |= {f"{name}.weight", f"{name}.bias", f"{name}.inner.weight", f"{name}.inner.bias"}
+        if hasattr(module, "set_weight"):  # NVFP4EmuLinear, TENVFP4Linear
             module.set_weight(weights[f"{name}.weight"])
             if module.bias is not None:
                 module.bias.copy_(weights[f"{name}.bias"])
