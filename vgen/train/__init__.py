@@ -1,0 +1,1 @@
+"""Shared trainer scaffolding: checkpoints, resume, run directories' contents."""

@@ -1,0 +1,188 @@
+"""Checkpoints of a training run, and reading a run back (for resume, eval and export).
+
+A run directory written by a vgen trainer holds::
+
+    config.yaml                 the resolved config (``recipe:`` first; ``model:`` names the base folder)
+    checkpoints/latest          text: the name of the newest complete checkpoint
+    checkpoints/step-000120/
+        meta.json               step, kind ("lora" | "full"), config hash, vgen version, base model
+        adapter_config.json     kind "lora": the peft adapter of the denoiser
+        adapter_model.safetensors
+        transformer/            kind "full": the denoiser, diffusers ``save_pretrained`` layout
+        state.pt                optimizer, EMA, RNG states, data position (torch.save of tensors and
+                                plain data: loads with ``weights_only=True``)
+    eval/step-000120/report.json   evaluations made during or after training
+
+A checkpoint is written into a hidden temporary folder and renamed into place, then
+``latest`` is replaced atomically: a run killed at any moment leaves the previous
+checkpoint intact and ``latest`` naming a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vgen import __version__
+from vgen.errors import UserError
+from vgen.io import atomic_write_json, atomic_write_text
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the config's canonical JSON, without the ``run`` section (name, out_dir and
+    resume do not change what is trained)."""
+    body = {k: v for k, v in config.items() if k != "run"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _is_lora(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "peft_config", None))
+
+
+def save_weights(model: torch.nn.Module, folder: Path, metadata: dict[str, str] | None = None) -> str:
+    """The trained denoiser's weights into ``folder``: the peft adapter alone when it has one
+    (kind "lora"), else the whole model in the diffusers layout (kind "full")."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", **(metadata or {})}
+    if _is_lora(model):
+        from peft import get_peft_model_state_dict
+
+        (model.peft_config["default"]).save_pretrained(str(folder))
+        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(state, str(folder / ADAPTER_WEIGHTS), metadata=meta)
+        return "lora"
+    model.save_pretrained(str(folder / "transformer"), safe_serialization=True)
+    return "full"
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict, config: dict,
+                    base_model: str) -> Path:
+    """Write checkpoint ``step`` atomically (see the module docstring); returns its folder."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    try:
+        h = config_hash(config)
+        kind = save_weights(model, tmp, {"vgen_version": __version__, "config_hash": h})
+        torch.save(state, tmp / "state.pt")
+        atomic_write_json(tmp / "meta.json", {"step": step, "kind": kind, "config_hash": h,
+                                              "vgen_version": __version__, "base_model": base_model})
+        final = root / name
+        if final.exists():  # a re-run of the same step after a resume: replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / "latest", name + "\n")
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None when it has none."""
+    latest = Path(run_dir) / "checkpoints" / "latest"
+    if not latest.is_file():
+        return None
+    folder = latest.parent / latest.read_text().strip()
+    if not (folder / "meta.json").is_file():
+        raise UserError(f"{latest} names {folder.name!r}, which is not a complete checkpoint")
+    return folder
+
+
+def read_meta(ckpt: Path) -> dict:
+    try:
+        return json.loads((Path(ckpt) / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read checkpoint {str(ckpt)!r}: {e}") from None
+
+
+def load_state(ckpt: Path) -> dict:
+    try:
+        return torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable state file is the same user error
+        raise UserError(f"checkpoint {str(ckpt)!r} has a missing or corrupt state.pt ({type(e).__name__})") from None
+
+
+def apply_weights(ckpt: Path, model: torch.nn.Module) -> str:
+    """Load a checkpoint's denoiser weights into the base ``model`` in place: attaches the
+    LoRA adapter (kind "lora") or replaces every weight (kind "full"). Returns the kind."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    kind = read_meta(ckpt).get("kind")
+    try:
+        if kind == "lora":
+            from peft import LoraConfig, set_peft_model_state_dict
+
+            if not _is_lora(model):
+                model.add_adapter(LoraConfig.from_pretrained(str(ckpt)))
+            result = set_peft_model_state_dict(model, load_file(str(ckpt / ADAPTER_WEIGHTS)))
+            if getattr(result, "unexpected_keys", None):
+                raise UserError(f"checkpoint {str(ckpt)!r} does not fit this model: "
+                                f"unexpected {result.unexpected_keys[0]!r}")
+        elif kind == "full":
+            folder = ckpt / "transformer"
+            files = sorted(folder.glob("*.safetensors"))
+            if not files:
+                raise UserError(f"checkpoint {str(ckpt)!r} has no transformer weights")
+            state = {}
+            for f in files:
+                state.update(load_file(str(f)))
+            model.load_state_dict(state, strict=True)
+        else:
+            raise UserError(f"checkpoint {str(ckpt)!r} has an unknown kind {kind!r}")
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot load checkpoint {str(ckpt)!r}: {str(e).splitlines()[0]}") from None
+    return kind
+
+
+def latest_eval(run_dir: Path) -> dict | None:
+    """The newest evaluation report of a run (``eval/*/report.json`` by step), or None."""
+    reports = sorted(Path(run_dir).glob("eval/*/report.json"))
+    if not reports:
+        return None
+    try:
+        return json.loads(reports[-1].read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{reports[-1]}: not a readable evaluation report") from None
+
+
+def read_run(run_dir: Path) -> dict:
+    """What a run directory says about itself: config, base model, newest checkpoint and evaluation."""
+    from vgen.config import read_yaml
+
+    run_dir = Path(run_dir)
+    config = read_yaml(run_dir / "config.yaml")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        raise UserError(f"{run_dir / 'config.yaml'} names no base model (a top-level 'model:' key)")
+    ckpt = latest_checkpoint(run_dir)
+    return {"dir": run_dir, "config": config, "base_model": config["model"], "checkpoint": ckpt,
+            "meta": read_meta(ckpt) if ckpt else None, "eval": latest_eval(run_dir)}
+
+
+def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """(policy, info) for a model folder or a run directory (its base with the newest checkpoint
+    applied); anything else is a one-line UserError."""
+    from vgen.sample import load_policy
+
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        return load_policy(path, device, dtype), {"kind": "model", "dir": path, "eval": None}
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"{str(path)!r} is neither a model folder (model_index.json) nor a vgen run (config.yaml)")
+    info = read_run(path)
+    if info["checkpoint"] is None:
+        raise UserError(f"run {str(path)!r} has no checkpoint yet (checkpoints/latest is missing)")
+    policy = load_policy(info["base_model"], device, dtype)
+    apply_weights(info["checkpoint"], policy.transformer)
+    return policy, {"kind": "run", **info}
