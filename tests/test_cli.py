@@ -83,24 +83,31 @@ def test_info_json(capsys):
     assert env["libraries"]["torch"] == metadata.version("torch") and isinstance(env["cuda_available"], bool)
 
 
-@pytest.mark.parametrize("command", ["eval", "export"])
+@pytest.mark.parametrize("command", ["eval"])
 def test_planned_commands_say_not_implemented_yet(capsys, command):
     message = user_error(capsys, command, "some", "args")
     assert message.startswith(f"'vgen {command}' is not implemented yet")
+
+
+def test_export_is_wired_and_its_usage_errors_are_one_line(capsys, tmp_path):
+    """The command itself is tested in test_export.py."""
+    assert "the following arguments are required: RUN_OR_MODEL, OUT_DIR" in user_error(capsys, "export")
+    assert "invalid choice: 'onnx'" in user_error(capsys, "export", "a", "b", "--format", "onnx")
+    assert "is not a folder" in user_error(capsys, "export", tmp_path / "nope", tmp_path / "out")
 
 
 # ---------------------------------------------------------------- vgen train
 
 
 def test_train_planned_recipe_is_not_implemented_yet(capsys, tmp_path):
-    (tmp_path / "t.yaml").write_text("recipe: solrl\nlr: 1e-5\n")
+    (tmp_path / "t.yaml").write_text("recipe: var\n")
     message = user_error(capsys, "train", tmp_path / "t.yaml")
-    assert message == "training recipe 'solrl' (Sol-RL for diffusion models) is not implemented yet"
+    assert message == "training recipe 'var' (VAR / FlexVAR training) is not implemented yet"
 
 
 def test_train_unknown_recipe_lists_what_is_available(capsys, tmp_path):
     (tmp_path / "t.yaml").write_text("recipe: nope\n")
-    assert user_error(capsys, "train", tmp_path / "t.yaml").endswith("unknown recipe 'nope'; available: none yet")
+    assert user_error(capsys, "train", tmp_path / "t.yaml").endswith("unknown recipe 'nope'; available: solrl")
 
 
 def test_train_config_problems(capsys, tmp_path):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 
 # Training recipes arrive with their issues (Sol-RL, VAR, SAR, VARiant, ScaleWeaver).
-TRAIN: dict[str, tuple[str, str]] = {}
+TRAIN: dict[str, tuple[str, str]] = {
+    "solrl": ("vgen.rl.trainer", "SolRLConfig"),
+}
 # What each not-yet-landed recipe name will be, so a user gets a plain answer.
 PLANNED = {
-    "solrl": "Sol-RL for diffusion models",
     "var": "VAR / FlexVAR training",
     "sar": "SAR post-training",
     "variant": "VARiant supernet training",

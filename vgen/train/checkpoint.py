@@ -36,10 +36,18 @@ from vgen.io import atomic_write_json, atomic_write_text
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
+NOT_HASHED = ("run", "resume", "iterations", "progress")
+
+
+def resumable(config: dict) -> dict:
+    """The part of a config that decides what is trained: not the run section (name, out_dir),
+    ``resume``, ``progress`` or the iteration count (a finished run may be extended)."""
+    return {k: v for k, v in config.items() if k not in NOT_HASHED}
+
+
 def config_hash(config: dict) -> str:
-    """sha256 of the config's canonical JSON, without the ``run`` section (name, out_dir and
-    resume do not change what is trained)."""
-    body = {k: v for k, v in config.items() if k != "run"}
+    """sha256 of the resumable part of a config (see :func:`resumable`), as canonical JSON."""
+    body = resumable(config)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -186,3 +194,21 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32"):
     policy = load_policy(info["base_model"], device, dtype)
     apply_weights(info["checkpoint"], policy.transformer)
     return policy, {"kind": "run", **info}
+
+
+def check_resumable(run_dir: Path, config: dict) -> Path:
+    """The newest checkpoint of ``run_dir`` if ``config`` may continue it; a checkpoint written
+    under another config is refused with the differing keys named."""
+    from vgen.config import read_yaml
+
+    ckpt = latest_checkpoint(run_dir)
+    old = read_yaml(Path(run_dir) / "config.yaml")
+    old = old if isinstance(old, dict) else {}
+    if config_hash(old) != read_meta(ckpt).get("config_hash"):
+        raise UserError(f"cannot resume {run_dir}: its config.yaml does not match its checkpoint's config hash")
+    if config_hash(config) != config_hash(old):
+        a, b = resumable(old), resumable(config)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise UserError(f"cannot resume {run_dir}: its checkpoint was trained with another config "
+                        f"(differs in: {', '.join(diff)})")
+    return ckpt
