@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vgen import __version__
 from vgen.errors import UserError
@@ -18,13 +19,6 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _not_yet(what: str, arrives: str):
-    def handler(args: argparse.Namespace) -> int:
-        raise UserError(f"'vgen {what}' is not implemented yet; it arrives with {arrives}")
-
-    return handler
-
-
 def _job(table: dict, name: str, config: str | None, overrides: list[str], kind: str) -> int:
     from vgen import config as C
     from vgen import recipes
@@ -32,6 +26,13 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
 
     cls, run, recipe = recipes.resolve(table, name)
     cfg = C.load(cls, config, overrides, recipe=recipe)
+    existing = Path(cfg.run.out_dir) / cfg.run.name if cfg.run.name else None
+    if getattr(cfg, "resume", "never") == "auto" and existing and (existing / "checkpoints" / "latest").is_file():
+        from vgen.train.checkpoint import check_resumable
+
+        check_resumable(existing, C.to_dict(cfg))  # refuses a checkpoint of another config
+        print(f"vgen {kind} {name}: resuming {existing}", flush=True)
+        return run(cfg, existing)
     try:
         run_dir = create_run_dir(cfg.run, recipe)
     except (OSError, ValueError) as e:  # out_dir is a file, not writable, a name with a NUL byte, ...
@@ -50,6 +51,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return sample(args.model, args.prompts, args.seeds, args.out, steps=args.steps, guidance=args.guidance,
                   shift=args.shift, height=args.height, width=args.width, chunk_size=args.chunk_size,
                   device=args.device, dtype=args.dtype)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vgen.export import export
+
+    result = export(args.src, args.out, fmt=args.format, merge_lora=args.merge_lora, force=args.force)
+    print(f"exported {args.src} to {result['out']} (format {result['format']}"
+          + (", LoRA merged" if result["merged"] else "") + ")")
+    print(f"model card: {result['card']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vgen.eval.harness import run_eval
+    from vgen.sample import parse_seeds
+
+    if (args.steps is not None and args.steps < 1) or args.fid_reference < 2:
+        raise UserError("--steps must be >= 1 and --fid-reference >= 2")
+    out = run_eval(args.model, args.out, args.n, parse_seeds(args.seeds), tuple(args.metrics), args.rewards,
+                   args.steps, args.guidance, args.resolution, args.inception_weights, args.fid_reference, args.force)
+    print(f"evaluation written to {out} (report.json, report.md, samples.png)")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -131,13 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     sm.set_defaults(func=cmd_sample)
 
-    for name, help_text, arrives in (
-        ("eval", "GenEval-Shapes, FID-shapes and reward evaluation", "the evaluation harness (issue 5)"),
-        ("export", "export a run as a model-card checkpoint folder", "model-card export (issue 5)"),
-    ):
-        s = sub.add_parser(name, help=f"{help_text} (not implemented yet)")
-        s.add_argument("args", nargs=argparse.REMAINDER)
-        s.set_defaults(func=_not_yet(name, arrives))
+    ev = sub.add_parser("eval", help="GenEval-Shapes, FID-shapes / KID and rewards of a model or a run")
+    ev.add_argument("--model", required=True, help="local model folder or vgen run directory (newest checkpoint)")
+    ev.add_argument("--metrics", nargs="+", default=["geneval", "fid"], help="geneval and/or fid (FID-shapes + KID)")
+    ev.add_argument("--rewards", nargs="*", default=[], metavar="NAME[=PATH]",
+                    help="registered rewards to average, e.g. jpeg_compressibility pickscore=/models/pickscore")
+    ev.add_argument("--n", type=int, default=300, help="test-split prompts (categories balanced)")
+    ev.add_argument("--seeds", nargs="+", default=["0"], help="seeds and ranges; every prompt x seed")
+    ev.add_argument("--out", default=None, help="report folder (default: RUN/eval/step-N, or runs/eval-...)")
+    ev.add_argument("--steps", type=int, default=None, help="default: the base's vgen_base.json, else 20")
+    ev.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the base's, else 3.0)")
+    ev.add_argument("--resolution", type=int, default=64)
+    ev.add_argument("--inception-weights", default=None, metavar="FILE",
+                    help="local Inception-v3 FID weights: adds Inception FID / KID (never downloaded)")
+    ev.add_argument("--fid-reference", type=int, default=2000, help="real test-split images behind FID (cached)")
+    ev.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    ev.set_defaults(func=cmd_eval)
+
+    e = sub.add_parser("export", help="export a run or a model folder as a folder to hand on: weights + model card")
+    e.add_argument("src", metavar="RUN_OR_MODEL", help="a vgen run directory or a local diffusers model folder")
+    e.add_argument("out", metavar="OUT_DIR", help="the folder to write (built aside, renamed into place when complete)")
+    e.add_argument("--format", default="diffusers", choices=["diffusers", "peft", "vgen"],
+                   help="diffusers: a complete pipeline folder (default); peft: the LoRA adapter alone; "
+                   "vgen: the checkpoint as a minimal run directory")
+    e.add_argument("--merge-lora", action="store_true", help="fuse a LoRA into the transformer weights (diffusers)")
+    e.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
+    e.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="run a benchmark (world: verifier accuracy and speed)")
     b.add_argument("name", help="benchmark name: world")

@@ -1,0 +1,378 @@
+"""`vgen export`: a run or a model folder as one folder a user can hand to a colleague.
+
+Formats (``fmt``):
+
+* ``diffusers`` (default): a complete pipeline folder written by ``save_pretrained`` (safetensors).
+  A LoRA run adds its adapter as ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights(OUT)``);
+  with ``merge_lora`` the adapter is fused into the transformer weights and no adapter file is written.
+  A full fine-tune gives the base pipeline with the trained transformer; a model folder, itself.
+* ``peft``: the LoRA alone: ``adapter_config.json`` + ``adapter_model.safetensors`` in the layout
+  ``PeftModel.save_pretrained`` writes (keys ``base_model.model.<module>...``, so
+  ``PeftModel.from_pretrained(transformer, OUT)`` loads it), plus ``pytorch_lora_weights.safetensors``
+  for ``pipe.load_lora_weights``. Only LoRA runs have an adapter to export.
+* ``vgen``: a minimal run directory that ``vgen.train.checkpoint.load_model`` reads back: ``config.yaml``
+  (``model:`` made an absolute path), ``checkpoints/latest``, the newest checkpoint's ``meta.json`` and
+  weights as they are (no ``state.pt``: optimizer and RNG state are for resuming, not for handing on), and
+  the newest evaluation report. It still needs the base folder it names.
+
+Every format adds ``README.md`` (card.py) and ``samples.png``, and every safetensors file written
+carries ``vgen_version`` and ``config_hash`` in its metadata. Components keep the dtype their source
+stores (a bf16 base stays bf16; LoRA merges are computed in float32 first).
+
+Nothing is overwritten by accident and nothing half-written is left: the folder is built in a hidden
+temporary folder beside OUT (same filesystem), renamed into place only once complete (``force``
+replaces an existing non-empty OUT at that moment, never earlier), and removed on any failure.
+Nothing is uploaded anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from vgen import __version__
+from vgen.errors import UserError
+
+FORMATS = ("diffusers", "peft", "vgen")
+LORA_FILE = "pytorch_lora_weights.safetensors"
+PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before module names
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def export(src: str | Path, out: str | Path, fmt: str = "diffusers", merge_lora: bool = False, force: bool = False,
+           *, sample_steps: int | None = None, sample_size: int | None = None) -> dict:
+    """Export ``src`` (a model folder or a run directory) to the folder ``out``; see the module docstring.
+
+    ``merge_lora`` is refused with the peft and vgen formats and changes nothing for a source without a
+    LoRA. ``sample_steps`` / ``sample_size`` override the sample grid's steps and resolution (default: the
+    base's ``vgen_base.json``, else 20 steps and the pipeline's default size). Returns
+    ``{"out", "card", "format", "kind", "merged"}`` (``out`` made absolute).
+    """
+    src, out = Path(src), Path(os.path.abspath(out))  # absolute: "." or "x/" still name a folder and its parent
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
+    if merge_lora and fmt != "diffusers":
+        raise UserError(f"--merge-lora applies to --format diffusers only (the {fmt} format keeps the adapter apart)")
+    source = read_source(src)
+    if fmt == "peft" and source["kind"] != "lora":
+        what = "a model folder" if source["kind"] == "model" else "a full fine-tune run"
+        raise UserError(f"{str(src)!r} is {what}: it has no LoRA adapter to export with --format peft")
+    if fmt == "vgen" and source["kind"] == "model":
+        raise UserError(f"{str(src)!r} is a model folder, not a vgen run: export it with --format diffusers")
+    _check_out(out, force, [src, source["base"]])
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as e:
+        raise UserError(f"cannot write beside {str(out)!r}: {e.strerror or e}") from None
+    try:
+        _build(source, tmp, fmt, merge_lora, out.name, sample_steps, sample_size)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the folder the usual mode
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": out, "card": out / "README.md", "format": fmt, "kind": source["kind"],
+            "merged": merge_lora and source["kind"] == "lora"}
+
+
+def read_source(src: Path) -> dict:
+    """What is exported: kind ("model" | "lora" | "full"), base folder, config, checkpoint, eval; a
+    missing, unknown or incomplete source is a one-line UserError."""
+    from vgen.models.policy import check_pipeline_folder
+    from vgen.train.checkpoint import config_hash, read_run
+
+    if not src.is_dir():
+        raise UserError(f"nothing to export: {str(src)!r} is not a folder")
+    if (src / "model_index.json").is_file():
+        check_pipeline_folder(src)
+        digest = hashlib.sha256((src / "model_index.json").read_bytes() + b"none").hexdigest()[:16]
+        return {"kind": "model", "dir": src, "base": src, "config": None, "meta": None, "checkpoint": None,
+                "eval": None, "eval_name": None, "config_hash": digest}
+    if not (src / "config.yaml").is_file():
+        raise UserError(f"{str(src)!r} is neither a model folder (model_index.json) nor a vgen run (config.yaml)")
+    info = read_run(src)
+    ckpt, meta = info["checkpoint"], info["meta"]
+    if ckpt is None:
+        raise UserError(f"run {str(src)!r} has no checkpoint yet (checkpoints/latest is missing): nothing to export")
+    if not isinstance(meta, dict) or meta.get("kind") not in ("lora", "full"):
+        kind = meta.get("kind") if isinstance(meta, dict) else None
+        raise UserError(f"checkpoint {str(ckpt)!r} has a corrupt meta.json (kind {kind!r}, expected 'lora' or 'full')")
+    reports = sorted(src.glob("eval/*/report.json"))  # the same order as checkpoint.latest_eval
+    return {"kind": meta["kind"], "dir": src, "base": Path(info["base_model"]), "config": info["config"],
+            "meta": meta, "checkpoint": ckpt, "eval": info["eval"],
+            "eval_name": reports[-1].parent.name if reports else None,
+            "config_hash": str(meta.get("config_hash") or config_hash(info["config"]))}
+
+
+def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
+    """Refuse to replace anything but a folder, a non-empty one without ``force``, or one that holds the source."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"{str(out)!r} exists and is not a folder; choose another output path")
+    if any(out.iterdir()) and not force:
+        raise UserError(f"{str(out)!r} is not empty; use --force to replace it")
+    here = out.resolve()
+    for s in sources:
+        s = s.resolve()
+        if s == here or here in s.parents:
+            raise UserError(f"refusing to replace {str(out)!r}: it holds the source {str(s)!r}")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- building the folder
+
+
+def _build(source: dict, tmp: Path, fmt: str, merge: bool, name: str, steps: int | None, size: int | None) -> None:
+    from vgen.export.card import base_card_metadata, build_card
+    from vgen.sample import load_policy
+    from vgen.train.checkpoint import apply_weights
+
+    policy = load_policy(source["base"])  # also checks the base folder; float32, merged LoRA is exact there
+    if source["checkpoint"] is not None:
+        apply_weights(source["checkpoint"], policy.transformer)
+    samples = _samples(source, policy, tmp / "samples.png", steps, size)
+    files = {"diffusers": _write_diffusers, "peft": _write_peft, "vgen": _write_vgen}[fmt](source, policy, tmp, merge)
+    stamp_safetensors(tmp, {"vgen_version": __version__, "config_hash": source["config_hash"]})
+    base_card = base_card_metadata(source["base"])
+    build_card(_summary(source, fmt, merge, name, samples, files, policy, base_card)).save(tmp / "README.md")
+
+
+def _lora_state(transformer) -> tuple[dict[str, torch.Tensor], object]:
+    """The attached adapter's weights (diffusers module names) and its LoraConfig."""
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+    return state, copy.deepcopy(transformer.peft_config["default"])
+
+
+def _write_diffusers(source: dict, policy, tmp: Path, merge: bool) -> list[tuple[str, str]]:
+    from vgen.models.sd3 import quiet_loading
+
+    pipe, tr = policy.pipe, policy.transformer
+    files = [("model_index.json", "the diffusers pipeline index"),
+             ("*/", "the pipeline's components (safetensors weights and configs)")]
+    lora = None
+    if source["kind"] == "lora":
+        lora = _lora_state(tr)
+        if merge:
+            tr.fuse_lora()  # W += scale * B A in every adapted linear ...
+        tr.unload_lora()  # ... then plain linears again (unfused: exactly the base weights)
+    _restore_dtypes(pipe, source)
+    with quiet_loading():
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if lora is not None and not merge:
+        _save_diffusers_lora(type(pipe), tmp, *lora)
+        files.append((LORA_FILE, "the LoRA adapter of the transformer, for `pipe.load_lora_weights`"))
+    base = source["base"]
+    try:
+        rec = json.loads((base / "vgen_base.json").read_text())
+        keep = {k: rec[k] for k in ("cfg", "eval_steps", "resolution") if k in rec}
+    except (OSError, ValueError, TypeError):
+        keep = {}
+    if keep:  # vgen's sampling defaults (vgen.sample.recommended), not the base's own test scores
+        (tmp / "vgen_base.json").write_text(json.dumps(keep, indent=2) + "\n")
+        files.append(("vgen_base.json", "vgen's recommended sampling settings (CFG scale, steps)"))
+    for lic in sorted(base.glob("LICENSE*")) + sorted(base.glob("NOTICE*")):
+        if lic.is_file():
+            shutil.copy2(lic, tmp / lic.name)
+            files.append((lic.name, "the base model's license terms"))
+    return files
+
+
+def _save_diffusers_lora(pipe_cls, folder: Path, state: dict, config) -> None:
+    """The adapter in diffusers' LoRA format, with its LoraConfig as metadata so that rank, alpha and
+    targets are read back exactly rather than inferred from shapes."""
+    pipe_cls.save_lora_weights(str(folder), transformer_lora_layers=state,
+                               transformer_lora_adapter_metadata=config.to_dict())
+
+
+def _write_peft(source: dict, policy, tmp: Path, merge: bool) -> list[tuple[str, str]]:
+    from safetensors.torch import save_file
+
+    state, config = _lora_state(policy.transformer)
+    config.base_model_name_or_path = source["base"].resolve().name
+    config.save_pretrained(str(tmp))
+    save_file({PEFT_PREFIX + k: v for k, v in state.items()}, str(tmp / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    _save_diffusers_lora(type(policy.pipe), tmp, state, config)
+    return [("adapter_config.json", "the peft LoraConfig"),
+            ("adapter_model.safetensors", "the adapter weights, as `PeftModel.save_pretrained` lays them out"),
+            (LORA_FILE, "the same adapter in diffusers' format, for `pipe.load_lora_weights`")]
+
+
+def _write_vgen(source: dict, policy, tmp: Path, merge: bool) -> list[tuple[str, str]]:
+    ckpt = source["checkpoint"]
+    dst = tmp / "checkpoints" / ckpt.name
+    dst.mkdir(parents=True)
+    shutil.copy2(ckpt / "meta.json", dst / "meta.json")
+    if source["kind"] == "lora":
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(ckpt / f, dst / f)
+    else:
+        shutil.copytree(ckpt / "transformer", dst / "transformer")
+    (tmp / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+    config = {**source["config"], "model": str(source["base"].resolve())}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    files = [("config.yaml", "the run's resolved config; `model:` is the base folder's absolute path"),
+             ("checkpoints/latest", "names the checkpoint"),
+             (f"checkpoints/{ckpt.name}/", "meta.json and the denoiser weights as the run saved them")]
+    if source["eval_name"]:
+        rel = Path("eval") / source["eval_name"] / "report.json"
+        (tmp / rel).parent.mkdir(parents=True)
+        shutil.copy2(source["dir"] / rel, tmp / rel)
+        files.append((str(rel), "the run's newest evaluation report"))
+    return files
+
+
+def _stored_dtype(folder: Path) -> torch.dtype | None:
+    """The floating dtype of the first tensor in a component folder's safetensors, from the header alone."""
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error):
+            return None
+        for key, entry in header.items():
+            if key != "__metadata__" and entry.get("dtype") in _DTYPES:
+                return _DTYPES[entry["dtype"]]
+    return None
+
+
+def _restore_dtypes(pipe, source: dict) -> None:
+    """Cast each component back to the dtype its source folder stores (vgen loads in float32)."""
+    for name, module in pipe.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        folder = source["base"] / name
+        if name == "transformer" and source["kind"] == "full":
+            folder = source["checkpoint"] / "transformer"
+        dtype = _stored_dtype(folder)
+        if dtype is not None and dtype != torch.float32:
+            module.to(dtype)
+
+
+def stamp_safetensors(folder: Path, metadata: dict[str, str]) -> None:
+    """Add ``metadata`` (and ``format: pt``) to every safetensors file under ``folder``, keeping what
+    each already has (e.g. diffusers' ``lora_adapter_metadata``); rewritten via a temporary file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            old = h.metadata() or {}
+        tmp = f.with_name(f".{f.name}.tmp")
+        save_file(load_file(str(f)), str(tmp), metadata={**old, "format": "pt", **metadata})
+        os.replace(tmp, f)
+
+
+# ---------------------------------------------------------------- samples and the card's facts
+
+
+def _sampling(source: dict, policy, steps: int | None, size: int | None) -> dict:
+    from vgen.sample import recommended
+
+    rec = recommended(source["base"])
+    if size is None:
+        try:
+            size = int(json.loads((source["base"] / "vgen_base.json").read_text())["resolution"])
+        except (OSError, ValueError, KeyError, TypeError):
+            size = int(policy.pipe.default_sample_size * policy.pipe.vae_scale_factor)
+    return {"steps": steps or rec.get("steps", 20), "guidance": rec.get("guidance", 4.5), "size": size}
+
+
+def _samples(source: dict, policy, path: Path, steps: int | None, size: int | None) -> dict:
+    """samples.png: the run's newest ``samples/*.png`` when it has one, else a fresh grid of 8 held-out
+    (test-split) prompts x seed 0 from the exported weights. The prompts are the first 8 distinct ones of
+    ``sample_prompts("test", ..., seed=0)`` (categories in turn): a repeated prompt with the same seed
+    would only repeat a tile. Returns the settings and a caption."""
+    from vgen.world.grammar import sample_prompts
+
+    s = _sampling(source, policy, steps, size)
+    prompts = list(dict.fromkeys(sample_prompts("test", 64, seed=0)))[:8]
+    s["example_prompt"] = prompts[0]
+    made = sorted((source["dir"] / "samples").glob("*.png")) if source["kind"] != "model" else []
+    if made:
+        shutil.copy2(made[-1], path)
+        s["note"] = f"The run's newest sample sheet, copied from `samples/{made[-1].name}`."
+        return s
+    from vgen.engine import rollout
+    from vgen.images import make_grid
+    from vgen.io import save_png
+    from vgen.world.verifier import verify
+
+    r = rollout(policy, prompts, [0] * len(prompts), steps=s["steps"], guidance=s["guidance"], height=s["size"],
+                width=s["size"])
+    images = (r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    marks = [v.strict for v in verify(images, prompts)]
+    save_png(path, make_grid(list(images), prompts, cols=4, marks=marks))
+    s["note"] = (f"{len(prompts)} held-out (test-split) prompts of vgen's shapes world, seed 0, {s['steps']} steps, "
+                 f"CFG {s['guidance']}, {s['size']}x{s['size']}, made at export. The bar above each image is the "
+                 f"shapes verifier's strict verdict (green: correct); {sum(marks)}/{len(marks)} correct.")
+    return s
+
+
+def _summary(source: dict, fmt: str, merge: bool, name: str, samples: dict, files: list, policy,
+             base_card: dict) -> dict:
+    """Everything card.build_card states, gathered in one place."""
+    from vgen.export.card import WORLD_DATASET
+
+    base = source["base"].resolve()
+    kind, config = source["kind"], source["config"]
+    lora = kind == "lora"
+    recipe = str(config.get("recipe")) if config and config.get("recipe") else None
+    pipe_cls = type(policy.pipe).__name__
+    if kind == "model":
+        desc = f"The diffusers `{pipe_cls}` `{base.name}`, exported by vgen as is."
+        base_model = base_card.get("base_model")
+        datasets = base_card.get("datasets") or ([WORLD_DATASET] if (base / "vgen_base.json").is_file() else None)
+    else:
+        step = source["meta"].get("step", source["checkpoint"].name)
+        what = "A LoRA fine-tune" if lora else "A full fine-tune of the transformer"
+        desc = f"{what} of `{base.name}` trained with vgen's `{recipe}` recipe (checkpoint step {step})"
+        desc += {"diffusers": (": the base pipeline plus the LoRA adapter in `pytorch_lora_weights.safetensors`."
+                               if lora and not merge else ", as a complete diffusers pipeline"
+                               + (" with the LoRA merged into the transformer weights." if lora else ".")),
+                 "peft": f": the LoRA adapter alone; load it on top of the base model `{base.name}`.",
+                 "vgen": f": vgen's own checkpoint form (a minimal run directory), needing the base `{base.name}`.",
+                 }[fmt]
+        base_model, datasets = base.name, [WORLD_DATASET]
+    files = [*files, ("README.md", "this card"), ("samples.png", "the sample sheet shown above")]
+    return {"name": name, "description": desc, "format": fmt, "lora": lora, "merged": merge and lora,
+            "pipeline_class": pipe_cls, "base_name": base.name, "base_path": str(base), "base_card": base_card,
+            "base_model": base_model, "datasets": datasets, "recipe": recipe, "kind": kind, "config": config,
+            "checkpoint": source["checkpoint"].name if source["checkpoint"] else None,
+            "config_hash": source["config_hash"], "eval": source["eval"], "eval_name": source["eval_name"],
+            "samples_note": samples["note"], "steps": samples["steps"], "guidance": samples["guidance"],
+            "size": samples["size"], "example_prompt": samples["example_prompt"], "files": files,
+            "vgen_version": __version__}
