@@ -36,11 +36,11 @@ from vgen.io import atomic_write_json, atomic_write_text
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-NOT_HASHED = ("run", "resume", "iterations", "progress")
+NOT_HASHED = ("recipe", "run", "resume", "iterations", "progress")
 
 
 def resumable(config: dict) -> dict:
-    """The part of a config that decides what is trained: not the run section (name, out_dir),
+    """The part of a config that decides what is trained: not the recipe line, the run section,
     ``resume``, ``progress`` or the iteration count (a finished run may be extended)."""
     return {k: v for k, v in config.items() if k not in NOT_HASHED}
 
