@@ -106,3 +106,24 @@ def test_nan_rewards_are_dropped_and_flat_groups_give_no_gradient(tmp_path, mode
     assert _train(tmp_path, model_dir, "flat", "iterations=1", "reward={test_const: 1.0}") == 0
     m = _metrics(tmp_path / "flat")[1]
     assert m["degenerate_groups"] == 2 and m["trained_samples"] == 0 and m["loss"] == 0.0
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, model_dir):
+    """DDP-style data parallelism (torchrun / accelerate launch, 2 CPU processes on gloo): the
+    same global batch gives the same metrics as one process, within float tolerance."""
+    common = ["configs/solrl/tiny.yaml", f"model={model_dir}", *TINY, "reward={jpeg_compressibility: 1.0}",
+              "lr=0.01", "iterations=3", f"run.out_dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "vgen.cli", "train", *common, "run.name=two"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run([sys.executable, "-m", "vgen.cli", "train", *common, "run.name=one"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3] and b[3]["trained_samples"] == 8
+    for step in a:
+        assert a[step].keys() == b[step].keys()
+        for key, v in a[step].items():
+            assert v == pytest.approx(b[step][key], rel=1e-5, abs=1e-7), (step, key)

@@ -19,20 +19,19 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _job(table: dict, name: str, config: str | None, overrides: list[str], kind: str) -> int:
+def _run_dir(cfg, recipe: str, name: str, kind: str) -> str:
+    """The run directory a job writes to: a named run with a checkpoint is continued when
+    ``resume=auto`` and its config matches; otherwise a fresh directory with the config saved."""
     from vgen import config as C
-    from vgen import recipes
     from vgen.run import create_run_dir
 
-    cls, run, recipe = recipes.resolve(table, name)
-    cfg = C.load(cls, config, overrides, recipe=recipe)
     existing = Path(cfg.run.out_dir) / cfg.run.name if cfg.run.name else None
     if getattr(cfg, "resume", "never") == "auto" and existing and (existing / "checkpoints" / "latest").is_file():
         from vgen.train.checkpoint import check_resumable
 
         check_resumable(existing, C.to_dict(cfg))  # refuses a checkpoint of another config
         print(f"vgen {kind} {name}: resuming {existing}", flush=True)
-        return run(cfg, existing)
+        return str(existing)
     try:
         run_dir = create_run_dir(cfg.run, recipe)
     except (OSError, ValueError) as e:  # out_dir is a file, not writable, a name with a NUL byte, ...
@@ -40,6 +39,18 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
         raise UserError(f"cannot create a run directory in {cfg.run.out_dir!r}: {why}") from None
     C.save(cfg, run_dir / "config.yaml", recipe=recipe)
     print(f"vgen {kind} {name}: run directory {run_dir}", flush=True)
+    return str(run_dir)
+
+
+def _job(table: dict, name: str, config: str | None, overrides: list[str], kind: str) -> int:
+    from vgen import config as C
+    from vgen import recipes
+    from vgen.train.dist import on_main
+
+    cls, run, recipe = recipes.resolve(table, name)
+    cfg = C.load(cls, config, overrides, recipe=recipe)
+    run_dir = Path(on_main(lambda: _run_dir(cfg, recipe, name, kind)))  # one directory for all processes
+    cfg.run.name = run_dir.name
     return run(cfg, run_dir)
 
 

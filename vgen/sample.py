@@ -32,7 +32,16 @@ def load_policy(path: str | Path, device: str = "cpu", dtype: str = "float32"):
         from vgen.models.sd3 import SD3Policy
 
         return SD3Policy.from_pretrained(path, dtype=torch_dtype, device=device)
-    raise UserError(f"{str(path)!r} holds a {kind!r}; vgen sample supports StableDiffusion3Pipeline folders so far")
+    if kind in ("FluxPipeline",):
+        from vgen.models.flux import FluxPolicy
+
+        return FluxPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
+    if kind in ("SanaPipeline",):
+        from vgen.models.sana import SanaPolicy
+
+        return SanaPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
+    raise UserError(f"{str(path)!r} holds a {kind!r}; vgen supports StableDiffusion3Pipeline, FluxPipeline and "
+                    "SanaPipeline folders")
 
 
 def parse_seeds(items: list[str]) -> list[int]:

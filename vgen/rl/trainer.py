@@ -80,13 +80,10 @@ class SolRLConfig:
     checkpoint_every: int = param(5, ge=0, help="checkpoint every this many iterations (0: only at the end)")
     resume: str = param("auto", help="auto: continue the run named run.name if it has a checkpoint; never")
     progress: bool = param(True, help="show a progress bar")
+    export: Literal["none", "diffusers", "peft", "vgen"] = param("none", help="export the final model to RUN/export")
 
 
 # ---------------------------------------------------------------- pieces of the loop
-
-
-def _training_rng(cfg: SolRLConfig, step: int) -> np.random.Generator:
-    return np.random.default_rng([cfg.run.seed, step])
 
 
 def _prompts(cfg: SolRLConfig, step: int) -> list[str]:
@@ -193,54 +190,76 @@ def _setup(cfg: SolRLConfig):
     return policy, params, ref, opt, reward, explore, steps, guidance
 
 
-def _update(cfg: SolRLConfig, policy, params, ema, ref, opt, prompts, x0, adv, keep, sigmas, step) -> dict:
-    """One DiffusionNFT optimizer step on the kept samples; returns loss diagnostics."""
+def _noise_and_levels(seeds: list[int], step: int, sigmas: torch.Tensor, fraction: float, shape) -> tuple:
+    """Training noise levels (B, n) and forward noises (n, B, ...) of each sample from its own seed
+    and the iteration alone: the same in any batch, micro-batch or process."""
+    from vgen.engine.seeds import step_seed
+    from vgen.rl.losses import sample_s
+
+    levels, noises = [], []
+    for sd in seeds:
+        g = torch.Generator().manual_seed(step_seed(sd, 1_000_000 + step))
+        levels.append(sample_s(1, sigmas, fraction, generator=g))
+        noises.append(torch.randn((levels[-1].shape[1], *shape), generator=g))
+    return torch.cat(levels), torch.stack(noises, 1)
+
+
+def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seeds, x0, adv, keep, sigmas,
+            step) -> dict:
+    """One DiffusionNFT optimizer step on the kept samples of every process; returns diagnostics.
+
+    Each process backpropagates its samples' share of the global mean loss; gradients are then
+    summed over processes, so the step equals a one-process step on the whole batch."""
     from vgen.engine.rollout import conditioning
-    from vgen.rl.losses import diffusionnft_loss, forward_noise, kl_velocity, sample_s
+    from vgen.rl.losses import diffusionnft_loss, forward_noise, kl_velocity
 
     idx = np.flatnonzero(keep.ravel())
-    if len(idx) == 0:
+    counts = torch.tensor([float(len(idx))])
+    dist.sum_([counts])
+    n_global = int(counts.item())
+    if n_global == 0:
         return {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "trained_samples": 0}
     k = x0.shape[1]
-    flat_x0 = x0.reshape(-1, *x0.shape[2:])[idx]
-    flat_p = [prompts[i // k] for i in idx]
-    flat_a = torch.as_tensor(adv.ravel()[idx], dtype=torch.float32).clamp(-cfg.adv_max, cfg.adv_max)
-    gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
-    levels = sample_s(len(idx), sigmas, cfg.timestep_fraction, generator=gen)
-    cond, _ = conditioning(policy, flat_p, 1.0)  # DiffusionNFT trains the conditional velocity (CFG-free)
-    tr = policy.transformer
-    opt.zero_grad(set_to_none=True)
-    total = kl_total = 0.0
-    passes = levels.shape[1]
-    for j in range(passes):
-        for lo in range(0, len(idx), cfg.train_batch):
-            sl = slice(lo, lo + cfg.train_batch)
-            s = levels[sl, j]
-            x = forward_noise(flat_x0[sl], s, torch.randn(flat_x0[sl].shape, generator=gen))
-            t = s * 1000
-            c = {kk: v[sl] for kk, v in cond.items()}
-            with torch.no_grad(), _swapped(params, ema):
-                v_old = policy.velocity(x, t, c).float()
-            v = policy.velocity(x, t, c).float()
-            out = diffusionnft_loss(v, v_old, x, flat_x0[sl], s, flat_a[sl], cfg.adv_max, cfg.nft_beta)
-            loss = out.loss
-            if cfg.kl_beta:
-                with torch.no_grad(), _reference(tr, ref, params):
-                    v_ref = policy.velocity(x, t, c).float()
-                kl = kl_velocity(v, v_ref).mean()
-                loss = loss + cfg.kl_beta * kl
-                kl_total += float(kl) * len(s)
-            weight = len(s) / (len(idx) * passes)
-            (loss * weight).backward()
-            total += out.loss.item() * weight
+    opt.zero_grad(set_to_none=False)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    sums = torch.zeros(2)  # loss, kl (weighted sums over this process's samples)
+    if len(idx):
+        flat_x0 = x0.reshape(-1, *x0.shape[2:])[idx]
+        flat_p = [prompts[i // k] for i in idx]
+        flat_a = torch.as_tensor(adv.ravel()[idx], dtype=torch.float32).clamp(-cfg.adv_max, cfg.adv_max)
+        levels, noises = _noise_and_levels(seeds.ravel()[idx].tolist(), step, sigmas, cfg.timestep_fraction,
+                                           flat_x0.shape[1:])
+        cond, _ = conditioning(policy, flat_p, 1.0)  # DiffusionNFT trains the conditional velocity (CFG-free)
+        passes = levels.shape[1]
+        for j in range(passes):
+            for lo in range(0, len(idx), cfg.train_batch):
+                sl = slice(lo, lo + cfg.train_batch)
+                s = levels[sl, j]
+                x = forward_noise(flat_x0[sl], s, noises[j, sl])
+                t, c = s * 1000, {kk: v[sl] for kk, v in cond.items()}
+                with torch.no_grad(), _swapped(params, ema):
+                    v_old = policy.velocity(x, t, c).float()
+                v = policy.velocity(x, t, c).float()
+                loss = diffusionnft_loss(v, v_old, x, flat_x0[sl], s, flat_a[sl], cfg.adv_max, cfg.nft_beta).loss
+                weight = len(s) / (n_global * passes)
+                sums[0] += loss.item() * weight
+                if cfg.kl_beta:
+                    with torch.no_grad(), _reference(policy.transformer, ref, params):
+                        v_ref = policy.velocity(x, t, c).float()
+                    kl = kl_velocity(v, v_ref).mean()
+                    loss = loss + cfg.kl_beta * kl
+                    sums[1] += kl.item() * weight
+                (loss * weight).backward()
+    dist.sum_([p.grad for p in params] + [sums])
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    out = {"loss": float(sums[0]), "kl": float(sums[1]), "grad_norm": float(norm), "trained_samples": n_global}
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)  # a non-finite gradient never reaches the weights
-        return {"loss": total, "kl": kl_total / (len(idx) * passes), "grad_norm": float(norm),
-                "trained_samples": len(idx), "skipped_update": 1}
+        return {**out, "skipped_update": 1}
     opt.step()
-    return {"loss": total, "kl": kl_total / (len(idx) * passes), "grad_norm": float(norm),
-            "trained_samples": len(idx)}
+    return out
 
 
 def _held_out(cfg: SolRLConfig, policy, steps, guidance, run_dir: Path, step: int) -> float:
@@ -264,6 +283,16 @@ def _state(step: int, opt, ema: list[torch.Tensor], history: dict) -> dict:
             "history": json.dumps(history)}
 
 
+def _gather_rows(dist, local: np.ndarray) -> np.ndarray:
+    """The global (prompts, ...) array from every process's rows (global row i lives in process
+    i % world, local row i // world)."""
+    parts = dist.gather(local)
+    out = np.empty((sum(len(p) for p in parts), *local.shape[1:]), local.dtype)
+    for rank, part in enumerate(parts):
+        out[rank::dist.world] = part
+    return out
+
+
 def run(cfg: SolRLConfig, run_dir: Path) -> int:
     from tqdm.auto import tqdm
 
@@ -274,8 +303,10 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     from vgen.rl.losses import ema_update
     from vgen.rl.selection import select
     from vgen.train.checkpoint import apply_weights, latest_checkpoint, load_state, save_checkpoint
+    from vgen.train.dist import Dist
     from vgen.train.logging import MetricLog
 
+    dist = Dist()
     torch.manual_seed(cfg.run.seed)
     config = to_dict(cfg)
     policy, params, ref, opt, reward, explore, steps, guidance = _setup(cfg)
@@ -292,19 +323,24 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         start, history = int(st["step"]), json.loads(st["history"])
         if explore is not None:
             refresh(explore.transformer, policy.transformer)
-        print(f"resumed from {ckpt} at iteration {start}", flush=True)
+        if dist.main:
+            print(f"resumed from {ckpt} at iteration {start}", flush=True)
     sigmas, _ = schedule(policy, steps)
-    log = MetricLog(run_dir, start)
+    log = MetricLog(run_dir, start) if dist.main else None
     n_cand = cfg.k if cfg.family == "diffusionnft" else cfg.candidates
-    bar = tqdm(total=cfg.iterations, initial=start, desc=f"{cfg.family}", unit="it", disable=not cfg.progress)
+    bar = tqdm(total=cfg.iterations, initial=start, desc=f"{cfg.family}", unit="it",
+               disable=not (cfg.progress and dist.main))
     if start == 0:
-        history["eval"].append([0, _held_out(cfg, policy, steps, guidance, run_dir, 0)])
-        log.write(0, {"eval_strict": history["eval"][-1][1]})
+        if dist.main:
+            history["eval"].append([0, _held_out(cfg, policy, steps, guidance, run_dir, 0)])
+            log.write(0, {"eval_strict": history["eval"][-1][1]})
+        dist.barrier()
     for step in range(start + 1, cfg.iterations + 1):
         times, m = {}, {}
-        rng = _training_rng(cfg, step)
-        prompts = _prompts(cfg, step)
-        seeds = _seeds(cfg, step, len(prompts), n_cand)
+        all_prompts = _prompts(cfg, step)
+        prompts = dist.shard(all_prompts)
+        rows = dist.shard(list(range(len(all_prompts))))  # global prompt indices of this process
+        seeds = _seeds(cfg, step, len(all_prompts), n_cand)[rows]
 
         # 1-2. explore (or generate in train precision for the families without an explore pass)
         t = time.perf_counter()
@@ -319,9 +355,10 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         ex_r = _score(reward, ex_images, prompts)
         times["score"] = time.perf_counter() - t
 
-        # 3. select k per prompt
+        # 3. select k per prompt (each prompt's own generator: the same choice in any process)
         t = time.perf_counter()
-        chosen = np.stack([_fill(select(r, cfg.k, cfg.select, rng), cfg.k, len(r)) for r in ex_r])
+        chosen = np.stack([_fill(select(r, cfg.k, cfg.select, np.random.default_rng([cfg.run.seed, step, g])),
+                                 cfg.k, len(r)) for r, g in zip(ex_r, rows)])
         sel_seeds = np.take_along_axis(seeds, chosen, 1)
         times["select"] = time.perf_counter() - t
 
@@ -336,51 +373,65 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
             r = np.take_along_axis(ex_r, chosen, 1)
         times["regenerate"] = time.perf_counter() - t
 
-        # 5. advantages; non-finite rewards dropped, flat groups counted
-        valid = np.isfinite(r)
-        if not valid.all():
+        # 5. advantages over the whole batch (global std needs it); non-finite rewards dropped
+        all_r, all_ex = _gather_rows(dist, r), _gather_rows(dist, ex_r)
+        valid = np.isfinite(all_r)
+        if not valid.all() and dist.main:
             warnings.warn(f"iteration {step}: {int((~valid).sum())} non-finite rewards dropped", stacklevel=1)
-        adv = advantages(np.where(valid, r, 0.0), cfg.advantage, valid=valid)
+        adv = advantages(np.where(valid, all_r, 0.0), cfg.advantage, valid=valid)
 
         # 6. update on the k samples
         t = time.perf_counter()
-        m.update(_update(cfg, policy, params, ema, ref, opt, prompts, x0, adv.values, adv.contributes, sigmas,
-                         step))
+        m.update(_update(cfg, dist, policy, params, ema, ref, opt, prompts, sel_seeds, x0, adv.values[rows],
+                         adv.contributes[rows], sigmas, step))
         times["update"] = time.perf_counter() - t
 
         # 7. old policy, explore copy
         ema_update(ema, params, step)
         if explore is not None:
             times["refresh"] = refresh(explore.transformer, policy.transformer)
-        finite_ex = ex_r[np.isfinite(ex_r)]
-        m.update({"reward_explore_mean": float(finite_ex.mean()) if finite_ex.size else math.nan,
-                  "reward_explore_std": float(finite_ex.std()) if finite_ex.size else math.nan,
-                  "reward_mean": float(r[valid].mean()) if valid.any() else math.nan,
-                  "reward_std": float(r[valid].std()) if valid.any() else math.nan,
-                  "nonfinite_rewards": int((~valid).sum() + (~np.isfinite(ex_r)).sum()),
-                  "degenerate_groups": adv.n_degenerate,
-                  "images_per_s": (ex_r.size + (r.size if cfg.family == "sol_rl" else 0))
-                  / max(times["explore"] + times["regenerate"], 1e-9)})
-        if cfg.family == "sol_rl":
-            ex_sel = np.take_along_axis(ex_r, chosen, 1)
-            m.update(_ranking_stats(ex_sel, r, cfg.k))
-        m.update({f"time_{k}": v for k, v in times.items()})
-        if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.iterations:
-            history["eval"].append([step, _held_out(cfg, policy, steps, guidance, run_dir, step)])
-            m["eval_strict"] = history["eval"][-1][1]
-        if cfg.sample_every and step % cfg.sample_every == 0:
-            _sample_grid(run_dir, step, images, prompts)
-        log.write(step, m)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations:
-            save_checkpoint(run_dir, step, policy.transformer, _state(step, opt, ema, history), config, cfg.model)
-        bar.set_postfix(reward=f"{m['reward_mean']:.3f}", loss=f"{m['loss']:.4f}")
+        if dist.main:
+            finite_ex = all_ex[np.isfinite(all_ex)]
+            m.update({"reward_explore_mean": float(finite_ex.mean()) if finite_ex.size else math.nan,
+                      "reward_explore_std": float(finite_ex.std()) if finite_ex.size else math.nan,
+                      "reward_mean": float(all_r[valid].mean()) if valid.any() else math.nan,
+                      "reward_std": float(all_r[valid].std()) if valid.any() else math.nan,
+                      "nonfinite_rewards": int((~valid).sum() + (~np.isfinite(all_ex)).sum()),
+                      "degenerate_groups": adv.n_degenerate,
+                      "images_per_s": dist.world * (ex_r.size + (r.size if cfg.family == "sol_rl" else 0))
+                      / max(times["explore"] + times["regenerate"], 1e-9)})
+            if cfg.family == "sol_rl":
+                all_chosen = _gather_rows(dist, chosen)
+                m.update(_ranking_stats(np.take_along_axis(all_ex, all_chosen, 1), all_r, cfg.k))
+            m.update({f"time_{k}": v for k, v in times.items()})
+            if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.iterations:
+                history["eval"].append([step, _held_out(cfg, policy, steps, guidance, run_dir, step)])
+                m["eval_strict"] = history["eval"][-1][1]
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                _sample_grid(run_dir, step, images, prompts)
+            log.write(step, m)
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations:
+                save_checkpoint(run_dir, step, policy.transformer, _state(step, opt, ema, history), config,
+                                cfg.model)
+            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", loss=f"{m['loss']:.4f}")
+        elif cfg.family == "sol_rl":
+            _gather_rows(dist, chosen)  # every process takes part in each gather
+        dist.barrier()
         bar.update(1)
     bar.close()
+    if not dist.main:
+        return 0
     log.close()
     ev = history["eval"]
     if ev:
-        print(f"held-out GenEval-Shapes strict accuracy (val): {ev[0][1]:.1%} at iteration {ev[0][0]} -> "
-              f"{ev[-1][1]:.1%} at iteration {ev[-1][0]}", flush=True)
+        print(f"held-out GenEval-Shapes strict accuracy (val, {cfg.eval_prompts} prompts): {ev[0][1]:.1%} at "
+              f"iteration {ev[0][0]} -> {ev[-1][1]:.1%} at iteration {ev[-1][0]} "
+              f"({100 * (ev[-1][1] - ev[0][1]):+.1f} points)", flush=True)
+    if cfg.export != "none":
+        from vgen.export import export
+
+        done = export(run_dir, run_dir / "export", cfg.export, force=True)
+        print(f"exported checkpoint: {done['out']}\nmodel card: {done['card']}", flush=True)
     return 0
 
 
