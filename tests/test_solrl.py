@@ -53,7 +53,8 @@ def test_a_run_logs_every_phase_and_checkpoints(tmp_path, model_dir, capsys):
     for key in ("reward_explore_mean", "reward_mean", "rank_tau", "rank_topk_overlap", "time_explore", "time_score",
                 "time_select", "time_regenerate", "time_update", "images_per_s", "loss", "degenerate_groups"):
         assert key in m[1], key
-    assert m[1]["trained_samples"] == 4 * (2 - m[1]["degenerate_groups"]) and (run / "checkpoints" / "step-000002" / "state.pt").is_file()
+    assert m[1]["trained_samples"] == 4 * (2 - m[1]["degenerate_groups"])
+    assert (run / "checkpoints" / "step-000002" / "state.pt").is_file()
     assert (run / "eval" / "step-000002" / "report.json").is_file() and list((run / "tb").iterdir())
     assert "held-out GenEval-Shapes strict accuracy" in capsys.readouterr().out
 
