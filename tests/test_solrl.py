@@ -128,3 +128,32 @@ def test_two_gloo_processes_match_one_process(tmp_path, model_dir):
         assert a[step].keys() == b[step].keys()
         for key, v in a[step].items():
             assert v == pytest.approx(b[step][key], rel=1e-5, abs=1e-7), (step, key)
+
+
+def test_dry_run_counts_parameters_on_the_meta_device(model_dir, capsys):
+    from peft import LoraConfig
+
+    from vgen.rl.dryrun import LORA_TARGETS
+    from vgen.sample import load_policy
+
+    assert main(["train", "configs/solrl/tiny.yaml", f"model={model_dir}", "lora_rank=2", "--dry-run",
+                 "--processes", "4"]) == 0
+    out = capsys.readouterr().out
+    tr = load_policy(model_dir).transformer  # the real model, for an independent count
+    n = sum(p.numel() for p in tr.parameters())
+    assert f"| transformer | {n / 1e6:,.1f} M |" in out
+    tr.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=list(LORA_TARGETS)))
+    lora = sum(p.numel() for name, p in tr.named_parameters() if "lora_" in name)
+    assert f"| trainable (LoRA r=2) | {lora / 1e6:,.2f} M |" in out and "nvfp4 explore copy" in out
+
+
+def test_prompt_file_training_holds_out_its_last_lines(tmp_path, model_dir, capsys):
+    lines = [f"a photo of a {c} circle" for c in ("red", "green", "blue", "yellow", "purple")]
+    (tmp_path / "p.txt").write_text("\n".join(lines) + "\n")
+    assert _train(tmp_path, model_dir, "file", "iterations=1", f"prompts={tmp_path / 'p.txt'}",
+                  "reward={jpeg_compressibility: 1.0}") == 0
+    m = _metrics(tmp_path / "file", volatile=())
+    assert "eval_reward" in m[0] and "eval_reward" in m[1]
+    report = json.loads((tmp_path / "file" / "eval" / "step-000001" / "report.json").read_text())
+    assert report["n_prompts"] == 2 and "reward" in report["rewards"]
+    assert "held-out mean reward" in capsys.readouterr().out

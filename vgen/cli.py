@@ -104,7 +104,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         known = sorted(recipes.TRAIN) or ["none yet"]
         raise C.ConfigError(f"{args.config}: unknown recipe {name!r}; available: {', '.join(known)}")
     if args.dry_run:
-        raise UserError("--dry-run is not implemented yet for this recipe")
+        import importlib
+
+        module = importlib.import_module(recipes.TRAIN[name][0])
+        if not hasattr(module, "dry_run"):
+            raise UserError(f"--dry-run is not implemented for recipe {name!r}")
+        cls, _, recipe = recipes.resolve(recipes.TRAIN, name)
+        cfg = C.load(cls, args.config, args.overrides, recipe=recipe)
+        print(module.dry_run(cfg, args.processes, args.fsdp))
+        return 0
     return _job(recipes.TRAIN, name, args.config, args.overrides, "train")
 
 
@@ -147,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config file with a top-level 'recipe' key")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. run.seed=1")
     t.add_argument("--dry-run", action="store_true", help="build everything on the meta device and report sizes")
+    t.add_argument("--processes", type=int, default=1, help="with --dry-run: GPUs the job will use")
+    t.add_argument("--fsdp", action="store_true", help="with --dry-run: shard the denoiser and its optimizer (FSDP)")
     t.set_defaults(func=cmd_train)
 
     sm = sub.add_parser("sample", help="generate images from a local model folder")

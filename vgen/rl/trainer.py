@@ -50,6 +50,8 @@ Family = Literal["sol_rl", "diffusionnft", "naive_scaling", "naive_quant"]
 class SolRLConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: str = param("assets/sd3-tiny-shapes", help="local diffusers pipeline folder of the base")
+    prompts: str = param("shapes", help="'shapes' (the world's train split) or a text file, one prompt per line; "
+                         "its last eval_prompts lines are held out for evaluation")
     family: Family = param("sol_rl", help="sol_rl | diffusionnft (k-in-k) | naive_scaling | naive_quant")
     reward: dict[str, float] = param(default_factory=lambda: {"shapes": 1.0}, help="reward name -> weight")
     reward_paths: dict[str, str] = param(default_factory=dict, help="reward name -> local weights (model rewards)")
@@ -86,10 +88,25 @@ class SolRLConfig:
 # ---------------------------------------------------------------- pieces of the loop
 
 
-def _prompts(cfg: SolRLConfig, step: int) -> list[str]:
-    from vgen.world.grammar import sample_prompts
+def _prompt_file(cfg: SolRLConfig) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts) of a prompt file."""
+    from vgen.sample import read_prompts
 
-    return sample_prompts("train", cfg.prompts_per_step, seed=cfg.run.seed * 1_000_003 + step)
+    lines = read_prompts([f"@{cfg.prompts}"])
+    if len(lines) <= cfg.eval_prompts:
+        raise UserError(f"{cfg.prompts} has {len(lines)} prompts; more than eval_prompts ({cfg.eval_prompts}) needed")
+    return lines[: -cfg.eval_prompts], lines[-cfg.eval_prompts:]
+
+
+def _prompts(cfg: SolRLConfig, step: int) -> list[str]:
+    """This iteration's prompts, from (seed, step) alone."""
+    seed = cfg.run.seed * 1_000_003 + step
+    if cfg.prompts == "shapes":
+        from vgen.world.grammar import sample_prompts
+
+        return sample_prompts("train", cfg.prompts_per_step, seed=seed)
+    pool = _prompt_file(cfg)[0]
+    return [pool[i] for i in np.random.default_rng(seed).integers(0, len(pool), cfg.prompts_per_step)]
 
 
 def _seeds(cfg: SolRLConfig, step: int, n_prompts: int, n: int) -> np.ndarray:
@@ -190,6 +207,12 @@ def _setup(cfg: SolRLConfig):
     return policy, params, ref, opt, reward, explore, steps, guidance
 
 
+def dry_run(cfg: SolRLConfig, processes: int = 1, fsdp: bool = False) -> str:
+    from vgen.rl.dryrun import dry_run as report
+
+    return report(cfg, processes, fsdp)
+
+
 def _noise_and_levels(seeds: list[int], step: int, sigmas: torch.Tensor, fraction: float, shape) -> tuple:
     """Training noise levels (B, n) and forward noises (n, B, ...) of each sample from its own seed
     and the iteration alone: the same in any batch, micro-batch or process."""
@@ -262,20 +285,34 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
     return out
 
 
-def _held_out(cfg: SolRLConfig, policy, steps, guidance, run_dir: Path, step: int) -> float:
-    """GenEval-Shapes strict accuracy on fixed val prompts and seeds, written to eval/step-N."""
-    from vgen.eval.harness import evaluate, generate, grid, write_report
+def _eval_key(cfg: SolRLConfig) -> str:
+    return "eval_strict" if cfg.prompts == "shapes" else "eval_reward"
 
-    prompts, seeds = grid(cfg.eval_prompts, list(range(cfg.eval_seeds)), split="val")
-    images = generate(policy, prompts, seeds, steps, guidance, cfg.resolution, progress=False)
-    report = {"model": str(run_dir), "source": "run", "step": step, "split": "val", "n_prompts": cfg.eval_prompts,
-              "seeds": list(range(cfg.eval_seeds)), "steps": steps, "guidance": guidance,
-              "resolution": cfg.resolution, **evaluate(images, prompts, cfg.eval_seeds, ("geneval",))}
+
+def _held_out(cfg: SolRLConfig, policy, reward, steps, guidance, run_dir: Path, step: int) -> float:
+    """The held-out score on fixed prompts and seeds, written to eval/step-N: GenEval-Shapes
+    strict accuracy on val prompts of the world, else the mean reward on the held-out lines."""
     from vgen import __version__
+    from vgen.eval.harness import evaluate, generate, grid, write_report
+    from vgen.world.datasets import item_seed
 
-    report["vgen_version"] = __version__
+    seed_ids = list(range(cfg.eval_seeds))
+    if cfg.prompts == "shapes":
+        prompts, seeds = grid(cfg.eval_prompts, seed_ids, split="val")
+        split, metrics, rewards = "val", ("geneval",), {}
+    else:
+        held = _prompt_file(cfg)[1]
+        prompts = [p for p in held for _ in seed_ids]
+        seeds = [item_seed(s, i) for i in range(len(held)) for s in seed_ids]
+        split, metrics, rewards = "held-out prompt lines", (), {"reward": reward}
+    images = generate(policy, prompts, seeds, steps, guidance, cfg.resolution, progress=False)
+    report = {"vgen_version": __version__, "model": str(run_dir), "source": "run", "step": step, "split": split,
+              "n_prompts": cfg.eval_prompts, "seeds": seed_ids, "steps": steps, "guidance": guidance,
+              "resolution": cfg.resolution, **evaluate(images, prompts, cfg.eval_seeds, metrics, rewards)}
     write_report(run_dir / "eval" / f"step-{step:06d}", report, images, prompts, cfg.eval_seeds)
-    return report["geneval_shapes"]["overall"]["strict"]["mean"]
+    if cfg.prompts == "shapes":
+        return report["geneval_shapes"]["overall"]["strict"]["mean"]
+    return report["rewards"]["reward"]["mean"]
 
 
 def _state(step: int, opt, ema: list[torch.Tensor], history: dict) -> dict:
@@ -332,8 +369,8 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
                disable=not (cfg.progress and dist.main))
     if start == 0:
         if dist.main:
-            history["eval"].append([0, _held_out(cfg, policy, steps, guidance, run_dir, 0)])
-            log.write(0, {"eval_strict": history["eval"][-1][1]})
+            history["eval"].append([0, _held_out(cfg, policy, reward, steps, guidance, run_dir, 0)])
+            log.write(0, {_eval_key(cfg): history["eval"][-1][1]})
         dist.barrier()
     for step in range(start + 1, cfg.iterations + 1):
         times, m = {}, {}
@@ -405,8 +442,8 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
                 m.update(_ranking_stats(np.take_along_axis(all_ex, all_chosen, 1), all_r, cfg.k))
             m.update({f"time_{k}": v for k, v in times.items()})
             if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.iterations:
-                history["eval"].append([step, _held_out(cfg, policy, steps, guidance, run_dir, step)])
-                m["eval_strict"] = history["eval"][-1][1]
+                history["eval"].append([step, _held_out(cfg, policy, reward, steps, guidance, run_dir, step)])
+                m[_eval_key(cfg)] = history["eval"][-1][1]
             if cfg.sample_every and step % cfg.sample_every == 0:
                 _sample_grid(run_dir, step, images, prompts)
             log.write(step, m)
@@ -424,9 +461,13 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     log.close()
     ev = history["eval"]
     if ev:
-        print(f"held-out GenEval-Shapes strict accuracy (val, {cfg.eval_prompts} prompts): {ev[0][1]:.1%} at "
-              f"iteration {ev[0][0]} -> {ev[-1][1]:.1%} at iteration {ev[-1][0]} "
-              f"({100 * (ev[-1][1] - ev[0][1]):+.1f} points)", flush=True)
+        if cfg.prompts == "shapes":
+            print(f"held-out GenEval-Shapes strict accuracy (val, {cfg.eval_prompts} prompts): {ev[0][1]:.1%} at "
+                  f"iteration {ev[0][0]} -> {ev[-1][1]:.1%} at iteration {ev[-1][0]} "
+                  f"({100 * (ev[-1][1] - ev[0][1]):+.1f} points)", flush=True)
+        else:
+            print(f"held-out mean reward ({cfg.eval_prompts} prompts): {ev[0][1]:.4f} at iteration {ev[0][0]} -> "
+                  f"{ev[-1][1]:.4f} at iteration {ev[-1][0]}", flush=True)
     if cfg.export != "none":
         from vgen.export import export
 
