@@ -1,0 +1,1 @@
+"""Evaluation: distribution metrics (FID-shapes, KID-shapes, Inception FID from local weights)."""
