@@ -13,12 +13,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-# Until the Sol-RL recipe lands: check the world's verifier, then sample the tiny SD3 base
-# on held-out (test-split) prompts, one per category; both write under runs/.
+# A short Sol-RL run on the tiny SD3 base (configs/solrl/demo.yaml): prints the held-out
+# GenEval-Shapes accuracy before and after, and the exported checkpoint with its model card.
 demo: $(STAMP)
-	$(BIN)/vgen bench world configs/bench/world.yaml
-	$(BIN)/vgen sample --model assets/sd3-tiny-shapes --prompts @configs/demo/prompts.txt --seeds 0-3 \
-		--out runs/demo-samples
+	$(BIN)/vgen train configs/solrl/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
