@@ -68,7 +68,7 @@ def explore_copy(model: nn.Module, backend: str = "auto", device: str | torch.de
     clone.requires_grad_(False).eval()
     targets = [d.name for d in plan(clone, min_features=min_features) if d.quantize]
     if name == "bf16":
-        clone.to(torch.bfloat16)
+        _cast_bf16(clone)
     elif name in ("nvfp4-emu", "nvfp4-te"):
         if name == "nvfp4-te":
             from vgen.quant.te import TENVFP4Linear as wrap
@@ -82,6 +82,19 @@ def explore_copy(model: nn.Module, backend: str = "auto", device: str | torch.de
         _torchao_quantize(clone, name, set(targets))
     clone.vgen_backend, clone.vgen_backend_reason, clone.vgen_targets = name, why, targets
     return clone
+
+
+def _cast_bf16(model: nn.Module) -> None:
+    """Cast to bf16 without diffusers' warning about casting after loading: an explore copy is
+    meant to be all low precision, and the warning would print on every run."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        model.to(torch.bfloat16)
+    finally:
+        dlog.set_verbosity(level)
 
 
 def explore_policy(policy, backend: str = "auto", min_features: int = 64):
