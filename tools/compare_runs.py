@@ -4,8 +4,9 @@
 
 Wall time is the sum of each iteration's phase times (explore, score, select, regenerate,
 update, refresh) from metrics.jsonl, held-out evaluation excluded. The speed-up is the
-baseline's time to its final held-out score over the first run's time to reach at least that
-score (at its evaluation points); "not reached" when it never does. The curve PNG is written
+baseline's whole training time over the first run's time to reach at least the baseline's
+final held-out score (at its evaluation points after the start, which both runs share);
+"not reached" when it never does. The curve PNG is written
 into the first run's directory unless --out says otherwise.
 """
 
@@ -31,7 +32,8 @@ def curve(run: Path) -> list[tuple[float, float]]:
 
 
 def time_to(points: list[tuple[float, float]], target: float) -> float | None:
-    return next((t for t, s in points if s >= target), None)
+    """First time after the start at which the score reaches ``target``."""
+    return next((t for t, s in points[1:] if s >= target), None)
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
@@ -71,12 +73,13 @@ def main() -> None:
     run, base = Path(a.run), Path(a.baseline)
     c_run, c_base = curve(run), curve(base)
     target = c_base[-1][1]
-    t_base, t_run = time_to(c_base, target), time_to(c_run, target)
+    t_base, t_run = c_base[-1][0], time_to(c_run, target)
     out = Path(a.out) if a.out else run / "curve_vs_baseline.png"
     plot({run.name: c_run, base.name: c_base}, out)
-    ratio = f"{t_base / t_run:.2f}x" if t_run else "not reached"
-    print(f"baseline final held-out score {target:.3f} after {c_base[-1][0]:.0f} s; reached by {run.name} at "
-          f"{t_run if t_run is None else round(t_run)} s, by the baseline at {t_base:.0f} s: speed-up {ratio}")
+    ratio = f"{t_base / t_run:.2f}x" if t_run is not None else "not reached"
+    reached = "never" if t_run is None else f"at {t_run:.0f} s"
+    print(f"baseline final held-out score {target:.3f} after {t_base:.0f} s of training; {run.name} reaches it "
+          f"{reached}: speed-up {ratio}")
     print(f"curve: {out}")
 
 
