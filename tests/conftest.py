@@ -41,6 +41,17 @@ def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
                                     text_encoder_3=t5, tokenizer_3=t5_tok)
 
 
+def transformer_forward(tr) -> torch.Tensor:
+    """One fixed-input forward of an SD3 transformer: compares weights through what they compute."""
+    c = tr.config
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return tr(hidden_states=torch.randn(2, c.in_channels, 8, 8, generator=g),
+                  encoder_hidden_states=torch.randn(2, 5, c.joint_attention_dim, generator=g),
+                  pooled_projections=torch.randn(2, c.pooled_projection_dim, generator=g),
+                  timestep=torch.tensor([500.0, 100.0]), return_dict=False)[0]
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A tiny random SD3 pipeline saved as a local folder, as a user's model would be."""

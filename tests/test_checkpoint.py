@@ -3,6 +3,7 @@
 import pytest
 import torch
 import yaml
+from conftest import transformer_forward as _forward
 
 from vgen.errors import UserError
 from vgen.train import checkpoint as ck
@@ -23,14 +24,6 @@ def _lora_transformer(model_dir, seed=0):
     return tr
 
 
-def _forward(tr):
-    c = tr.config
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return tr(hidden_states=torch.randn(2, c.in_channels, 8, 8, generator=g),
-                  encoder_hidden_states=torch.randn(2, 5, c.joint_attention_dim, generator=g),
-                  pooled_projections=torch.randn(2, c.pooled_projection_dim, generator=g),
-                  timestep=torch.tensor([500.0, 100.0]), return_dict=False)[0]
 
 
 def _make_run(tmp_path, model_dir, tr, step=3):

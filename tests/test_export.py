@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from conftest import transformer_forward as _forward
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors import safe_open
@@ -46,14 +47,6 @@ def _images(policy) -> torch.Tensor:
                    height=32, width=32).images
 
 
-def _forward(tr) -> torch.Tensor:
-    c = tr.config
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return tr(hidden_states=torch.randn(2, c.in_channels, 8, 8, generator=g),
-                  encoder_hidden_states=torch.randn(2, 5, c.joint_attention_dim, generator=g),
-                  pooled_projections=torch.randn(2, c.pooled_projection_dim, generator=g),
-                  timestep=torch.tensor([500.0, 100.0]), return_dict=False)[0]
 
 
 def _base_transformer(model_dir):

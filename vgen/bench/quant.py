@@ -80,7 +80,7 @@ def _gpu(cfg: QuantBenchConfig) -> dict:
 
     from vgen.quant.backends import availability
     from vgen.quant.emulate import NVFP4EmuLinear
-    from vgen.quant.explore import _torchao_quantize
+    from vgen.quant.explore import _set_module, _torchao_quantize
 
     dev = torch.device("cuda")
 
@@ -92,14 +92,12 @@ def _gpu(cfg: QuantBenchConfig) -> dict:
 
     def convert(module: nn.Module, backend: str) -> nn.Module:
         module = module.to(dev, torch.bfloat16).eval().requires_grad_(False)
+        names = {n for n, m in module.named_modules() if isinstance(m, nn.Linear) and m.in_features % 16 == 0}
         if backend in ("fp8", "nvfp4"):
-            names = {n for n, m in module.named_modules() if isinstance(m, nn.Linear) and m.in_features % 16 == 0}
             _torchao_quantize(module, backend, names)
         elif backend == "nvfp4-emu":
-            for n, m in list(module.named_modules()):
-                if isinstance(m, nn.Linear) and m.in_features % 16 == 0:
-                    parent, _, leaf = n.rpartition(".")
-                    setattr(module.get_submodule(parent) if parent else module, leaf, NVFP4EmuLinear(m))
+            for n in names:
+                _set_module(module, n, NVFP4EmuLinear(module.get_submodule(n)))
         return module
 
     backends = ["bf16"] + [b for b in ("fp8", "nvfp4", "nvfp4-emu") if availability(b, dev).ok]
