@@ -37,7 +37,8 @@ def _test_rewards():
         r[::2] = np.nan
         return r
 
-    extra = {"test_nan": lambda: nan_half, "test_const": lambda: (lambda images, prompts: np.ones(len(images)))}
+    extra = {"test_nan": lambda: nan_half, "test_const": lambda: (lambda images, prompts: np.ones(len(images))),
+             "test_brightness": lambda: (lambda images, prompts: images.reshape(len(images), -1).mean(1) / 255.0)}
     for k, v in extra.items():
         registry._BUILTIN[k] = v
     yield
@@ -69,6 +70,23 @@ def test_resume_continues_exactly_and_a_changed_config_is_refused(tmp_path, mode
     assert _train(tmp_path, model_dir, "cut", "iterations=4", "lr=0.1") == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "differs in: lr" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("family", ["sol_rl", "diffusionnft"])
+def test_flow_grpo_trains_on_policy_sde_rollouts_and_resumes_exactly(tmp_path, model_dir, family):
+    grpo = ["loss=flow_grpo", f"family={family}", "kl_beta=0.01", "reward={test_brightness: 1.0}"]
+    assert _train(tmp_path, model_dir, "full", "iterations=2", *grpo) == 0
+    assert _train(tmp_path, model_dir, "cut", "iterations=1", *grpo) == 0
+    assert _train(tmp_path, model_dir, "cut", "iterations=2", *grpo) == 0
+    full = _metrics(tmp_path / "full")
+    assert full == _metrics(tmp_path / "cut")
+    # the update recomputes the recorded SDE log-probs with the rollout's own weights: ratio 1, nothing clipped
+    assert full[1]["approx_kl"] < 1e-10 and full[1]["clip_frac"] == 0.0 and full[1]["trained_samples"] > 0
+    assert full[2]["kl"] > 0  # after one step the policy's step means differ from the base's
+    from safetensors.torch import load_file
+
+    lora = load_file(tmp_path / "full" / "checkpoints" / "step-000002" / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in lora.items())
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Held-out score against training wall time for two Sol-RL runs, and the speed-up.
 
-    python tools/compare_runs.py runs/cmp-solrl runs/cmp-nft [--out curve.png]
+    python tools/compare_runs.py runs/cmp-solrl runs/cmp-nft [--metric eval_score] [--out curve.png]
 
 Wall time is the sum of each iteration's phase times (explore, score, select, regenerate,
 update, refresh) from metrics.jsonl, held-out evaluation excluded. The speed-up is the
@@ -19,13 +19,14 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 
-def curve(run: Path) -> list[tuple[float, float]]:
-    """(cumulative training seconds, held-out score) at each evaluation of a run."""
+def curve(run: Path, metric: str | None = None) -> list[tuple[float, float]]:
+    """(cumulative training seconds, held-out score) at each evaluation of a run; ``metric`` is a
+    metrics.jsonl key (default: the headline, eval_strict or eval_reward)."""
     wall, out = 0.0, []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
         wall += sum(v for k, v in m.items() if k.startswith("time_") and v is not None)
-        score = m.get("eval_strict", m.get("eval_reward"))
+        score = m.get(metric) if metric else m.get("eval_strict", m.get("eval_reward"))
         if score is not None:
             out.append((wall, score))
     return out
@@ -68,17 +69,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
     ap.add_argument("baseline")
+    ap.add_argument("--metric", default=None, help="metrics.jsonl key, e.g. eval_score (default: eval_strict)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     run, base = Path(a.run), Path(a.baseline)
-    c_run, c_base = curve(run), curve(base)
+    c_run, c_base = curve(run, a.metric), curve(base, a.metric)
+    for name, c in ((run.name, c_run), (base.name, c_base)):
+        print(f"{name}: " + ", ".join(f"{s:.3f} at {t:.0f} s" for t, s in c))
     target = c_base[-1][1]
     t_base, t_run = c_base[-1][0], time_to(c_run, target)
     out = Path(a.out) if a.out else run / "curve_vs_baseline.png"
     plot({run.name: c_run, base.name: c_base}, out)
     ratio = f"{t_base / t_run:.2f}x" if t_run is not None else "not reached"
     reached = "never" if t_run is None else f"at {t_run:.0f} s"
-    print(f"baseline final held-out score {target:.3f} after {t_base:.0f} s of training; {run.name} reaches it "
+    print(f"{a.metric or 'headline'}: baseline final held-out score {target:.3f} after {t_base:.0f} s of training; "
+          f"{run.name} reaches it "
           f"{reached}: speed-up {ratio}")
     print(f"curve: {out}")
 

@@ -146,8 +146,8 @@ def _pct(s: dict) -> str:
 def markdown(r: dict) -> str:
     lines = [f"# Evaluation of {r.get('model', 'images')}", ""]
     if "n_prompts" in r:
-        lines.append(f"{r['n_prompts']} test-split prompts x {len(r['seeds'])} seeds, {r['steps']} steps, "
-                     f"CFG {r['guidance']}, {r['resolution']} px; vgen {r['vgen_version']}.")
+        lines.append(f"{r['n_prompts']} {r.get('split', 'test')}-split prompts x {len(r['seeds'])} seeds, "
+                     f"{r['steps']} steps, CFG {r['guidance']}, {r['resolution']} px; vgen {r['vgen_version']}.")
     g = r.get("geneval_shapes")
     if g:
         lines += ["", "## GenEval-Shapes (95% bootstrap interval over prompts; spread = std across seeds)", "",
