@@ -1,0 +1,165 @@
+"""Scale-wise sampler: KV cache vs recompute, per-sample seeds, CFG / top-k / top-p, depth plans, TF consistency."""
+
+import pytest
+import torch
+
+from vgen.engine.scalewise import (
+    cfg_mix,
+    draw,
+    filter_logits,
+    free_dropped,
+    sample,
+    teacher_forcing_inputs,
+)
+from vgen.errors import UserError
+from vgen.models.var import VAR, VQVAE, switch_plan
+
+PN = (1, 2, 3, 4)
+KW = dict(cfg=2.0, top_k=24, top_p=0.9)
+
+
+def models(flex=False, seed=0):
+    torch.manual_seed(seed)
+    vae = VQVAE(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, using_sa=False, patch_nums=PN,
+                residual=not flex).eval()
+    var = VAR(vocab_size=64, Cvae=8, num_classes=10, depth=3, embed_dim=64, num_heads=2, patch_nums=PN, flex=flex,
+              pos_grid=8).eval()
+    return var, vae
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return models()
+
+
+def same_tokens(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.tokens, b.tokens, strict=True))
+
+
+def test_kv_cache_matches_full_recompute(pair):
+    var, vae = pair
+    cached = sample(var, vae, [1, 2, 3], [10, 11, 12], return_logprobs=True, **KW)
+    full = sample(var, vae, [1, 2, 3], [10, 11, 12], use_cache=False, return_logprobs=True, **KW)
+    assert same_tokens(cached, full)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(cached.logprobs, full.logprobs))
+    assert [t.shape for t in cached.tokens] == [(3, p * p) for p in PN]
+    assert cached.images.shape == (3, 3, 8, 8) and 0 <= cached.images.min() and cached.images.max() <= 1
+    assert len({tuple(t.tolist()) for t in cached.tokens[-1]}) == 3  # distinct seeds, distinct samples
+
+
+def test_sample_is_the_same_alone_and_in_a_batch(pair):
+    var, vae = pair
+    batch = sample(var, vae, [4, 1, 7, 4], [3, 99, 5, 1234], **KW)
+    alone = sample(var, vae, [7], [5], **KW)
+    assert all(torch.equal(t[2:3], a) for t, a in zip(batch.tokens, alone.tokens))
+    assert torch.equal(batch.images[2:3], alone.images)
+    other = sample(var, vae, [7], [6], **KW)
+    assert not same_tokens(alone, other)
+
+
+def test_sampling_ignores_and_keeps_training_mode():
+    var, vae = models()
+    var.cond_drop_rate = 1.0  # in training mode every label would become the null class
+    ref = sample(var, vae, [2], [7], use_cache=False, **KW)
+    var.train()
+    assert same_tokens(ref, sample(var, vae, [2], [7], use_cache=False, **KW)) and var.training
+
+
+def test_teacher_forcing_logits_equal_the_samplers(pair):
+    var, vae = pair
+    s = sample(var, vae, [2, 9], [7, 8], return_logits=True, **KW)
+    tf = var(torch.tensor([2, 9]), teacher_forcing_inputs(vae, s.tokens))
+    assert torch.allclose(tf, torch.cat(s.logits, 1), atol=1e-5)
+    assert torch.allclose(s.f_hat, vae.quantize.idx_to_fhat(s.tokens), atol=1e-6)
+
+
+def test_flexvar_sampling_and_teacher_forcing():
+    var, vae = models(flex=True)
+    s = sample(var, vae, [2, 9], [7, 8], return_logits=True, **KW)
+    tf = var(torch.tensor([2, 9]), teacher_forcing_inputs(vae, s.tokens))
+    assert torch.allclose(tf, torch.cat(s.logits, 1), atol=1e-5)
+    assert same_tokens(s, sample(var, vae, [2, 9], [7, 8], use_cache=False, **KW))
+    new = (1, 2, 4, 6)  # a scale list the model was not built with
+    t = sample(var, vae, [2], [7], patch_nums=new, **KW)
+    assert [x.shape[1] for x in t.tokens] == [1, 4, 16, 36] and t.images.shape == (1, 3, 12, 12)
+    assert torch.equal(t.tokens[1], s.tokens[1][:1])  # the shared prefix (1, 2) samples identically
+
+
+def test_depth_plan_frees_dropped_caches_and_matches_recompute(pair):
+    var, vae = pair
+    plan = switch_plan(3, 4, 2, 2)  # scales 2, 3 run blocks 0 and 2 only
+    cached = sample(var, vae, [1, 5], [3, 4], depth_plan=plan, **KW)
+    assert cached.freed == {2: [1]}
+    assert same_tokens(cached, sample(var, vae, [1, 5], [3, 4], depth_plan=plan, use_cache=False, **KW))
+    assert not same_tokens(cached, sample(var, vae, [1, 5], [3, 4], **KW))
+    assert same_tokens(sample(var, vae, [1, 5], [3, 4], depth_plan=[[0, 1, 2]] * 4, **KW),
+                       sample(var, vae, [1, 5], [3, 4], **KW))
+    with pytest.raises(UserError, match="depth plan has 2 scales"):
+        sample(var, vae, [1], [3], depth_plan=plan[:2])
+
+
+def test_free_dropped():
+    caches = [{"k": 1, "v": 1}, {"k": 2, "v": 2}, {}]
+    plan = [[0, 1, 2], [0, 2], [1]]
+    assert free_dropped(caches, plan, 0) == []
+    assert free_dropped(caches, plan, 2) == [0] and caches[0] == {} and caches[1]
+    assert free_dropped(caches, None, 2) == []
+
+
+def test_inputs_override(pair):
+    var, vae = pair
+    base = sample(var, vae, [3], [1], **KW)
+    natural = teacher_forcing_inputs(vae, base.tokens)
+    same = sample(var, vae, [3], [1], inputs_override={2: natural[:, 4:13]}, **KW)
+    assert same_tokens(base, same)
+    moved = sample(var, vae, [3], [1], inputs_override={2: natural[:, 4:13] + 3.0}, **KW)
+    assert all(torch.equal(a, b) for a, b in zip(base.tokens[:2], moved.tokens[:2]))
+    assert not torch.equal(base.tokens[2], moved.tokens[2])
+    with pytest.raises(UserError, match="inputs_override"):
+        sample(var, vae, [3], [1], inputs_override={2: natural[:, :4]})
+
+
+def test_bad_requests_are_refused(pair):
+    var, vae = pair
+    with pytest.raises(UserError, match="class id 11 is out of range"):  # 10 is the null class: allowed
+        sample(var, vae, [10, 11], [0, 1])
+    with pytest.raises(UserError, match="class id -3 is out of range"):
+        sample(var, vae, [-3], [0])
+    with pytest.raises(UserError, match="2 class ids but 1 seeds"):
+        sample(var, vae, [1, 2], [0])
+    assert sample(var, vae, [10], [0], cfg=0, decode_images=False).images is None
+
+
+def test_cfg_ramp_and_filters():
+    cond, null = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    both = torch.cat([cond, null])
+    assert torch.equal(cfg_mix(both, 2, 4.0, 0, 5), cond)
+    assert torch.allclose(cfg_mix(both, 2, 4.0, 4, 5), 5 * cond - 4 * null)
+    assert torch.allclose(cfg_mix(both, 2, 4.0, 2, 5), 3 * cond - 2 * null)
+    x = torch.tensor([[[2.0, 1.0, 0.0, -1.0]]])
+    assert torch.isinf(filter_logits(x, top_k=2)).tolist() == [[[False, False, True, True]]]
+    p = x.softmax(-1)[0, 0]  # 0.64, 0.24, 0.09, 0.03
+    assert p[0] < 0.7 < p[0] + p[1]
+    assert torch.isinf(filter_logits(x, top_p=0.7)).tolist() == [[[False, False, True, True]]]
+    assert torch.isinf(filter_logits(x, top_p=0.5)).tolist() == [[[False, True, True, True]]]
+
+
+def test_draw_follows_seeds_and_never_picks_filtered_tokens():
+    logits = filter_logits(torch.randn(3, 50, 16), top_k=3)
+    idx = draw(logits, [1, 2, 3], 0)
+    assert torch.isfinite(logits.gather(-1, idx.unsqueeze(-1))).all()
+    assert torch.equal(draw(logits[1:2], [2], 0), idx[1:2]) and not torch.equal(draw(logits, [1, 2, 3], 1), idx)
+    # frequencies follow the probabilities
+    probs = torch.tensor([0.7, 0.2, 0.1, 0.0])
+    many = draw(probs.log().expand(1, 4000, 4), [5], 0)
+    freq = many.flatten().bincount(minlength=4) / 4000
+    assert torch.allclose(freq, probs, atol=0.03) and freq[3] == 0
+
+
+def test_logprobs_are_of_the_sampling_distribution(pair):
+    var, vae = pair
+    greedy = sample(var, vae, [1], [0], cfg=1.0, top_k=1, return_logprobs=True, return_logits=True)
+    assert all(torch.equal(lp, torch.zeros_like(lp)) for lp in greedy.logprobs)
+    s = sample(var, vae, [1], [0], cfg=0, return_logprobs=True, return_logits=True)
+    for lg, t, lp in zip(s.logits, s.tokens, s.logprobs):
+        assert torch.allclose(lg.log_softmax(-1).gather(-1, t.unsqueeze(-1)).squeeze(-1), lp, atol=1e-5)

@@ -1,0 +1,203 @@
+"""Scale-wise (next-scale) sampling of VAR / FlexVAR models, with per-sample seeds.
+
+One step per scale: the transformer turns the current scale's input map into logits, CFG
+mixes the class and null-class rows, top-k / top-p filter them, a token is drawn for every
+position, and the VQ-VAE turns the new token map into the next scale's input.
+
+* CFG: the official linear ramp, t = cfg * k / (K - 1) at scale k,
+  logits = (1 + t) l_cond - t l_null; class and null rows run as one doubled batch.
+  ``cfg=0`` skips the null rows altogether. FlexVAR uses the same ramp here (its reference
+  code caps the denominator at 9 scales; with the 10 official scales that is the same).
+* Top-k keeps the logits >= the k-th largest; top-p keeps the smallest set of most likely
+  tokens whose probability reaches p (the most likely token is always kept) - the official
+  rules.
+* Seeds: the draws of sample b at scale k are uniforms from a CPU generator seeded with
+  ``step_seed(seeds[b], k)``, turned into tokens by inverse-CDF sampling (float64), so a
+  sample's tokens depend on its own seed only, never on its batch. Every model call is padded
+  to at least ``MIN_ROWS`` samples and the VQ-VAE decodes in micro-batches of exactly that
+  size, because CPU BLAS rounds differently for very small matmuls (see engine/rollout.py).
+* KV cache: each block keeps its keys / values across scales; ``use_cache=False`` recomputes
+  the whole prefix each scale with the teacher-forcing forward (a reference for tests).
+* Depth plan (VARiant): ``depth_plan[k]`` lists the blocks scale k runs; the cache of a block
+  that no later scale runs is freed before the first scale that drops it.
+* ``inputs_override[k]`` (SAR): a (B, pn_k^2, Cvae) map fed as scale k's input instead of the
+  one built from the sampled tokens (the tokens and f_hat still follow the samples).
+* Both models run in eval mode while sampling (no label dropout), their modes restored after.
+* Log-probs (``return_logprobs``): log-probability of each drawn token under the distribution
+  it was drawn from (after CFG and top-k / top-p), float32.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from vgen.engine.rollout import MIN_ROWS, pad_rows
+from vgen.engine.seeds import step_seed
+from vgen.errors import UserError
+from vgen.models.var.var import check_labels
+
+
+@dataclass
+class ScaleSample:
+    class_ids: list[int]
+    seeds: list[int]
+    tokens: list[torch.Tensor]                      # per scale (B, pn^2) int64
+    f_hat: torch.Tensor                             # (B, Cvae, h, w) latent the image decodes from
+    images: torch.Tensor | None = None              # (B, 3, H, W) in [0, 1]
+    logprobs: list[torch.Tensor] | None = None      # per scale (B, pn^2) float32
+    logits: list[torch.Tensor] | None = None        # per scale (B, pn^2, V) raw class-conditional logits
+    freed: dict[int, list[int]] = field(default_factory=dict)  # scale -> blocks whose KV cache was freed before it
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Logits with the tokens outside top-k / top-p set to -inf (official rules, not in place)."""
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if 0 < top_p < 1:
+        srt, order = logits.sort(dim=-1)  # ascending
+        drop = srt.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[..., -1] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -torch.inf)
+    return logits
+
+
+def cfg_mix(logits: torch.Tensor, B: int, cfg: float, si: int, num_scales: int) -> torch.Tensor:
+    """(1 + t) l_cond - t l_null with t = cfg * si / (K - 1); rows [:B] are cond, [B:2B] null."""
+    if not cfg:
+        return logits[:B]
+    t = cfg * si / (num_scales - 1) if num_scales > 1 else 0.0
+    return (1 + t) * logits[:B] - t * logits[B:2 * B]
+
+
+def draw(logits: torch.Tensor, seeds: list[int], si: int) -> torch.Tensor:
+    """Tokens (B, l) drawn from softmax(logits), row b from ``step_seed(seeds[b], si)`` alone."""
+    B, n, V = logits.shape
+    cdf = logits.double().softmax(-1).cumsum(-1)
+    u = torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(step_seed(s, si)), dtype=torch.float64)
+                     for s in seeds]).to(cdf.device)
+    idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_(max=V - 1)
+
+
+def free_dropped(caches: list[dict], depth_plan, si: int) -> list[int]:
+    """Free the KV caches of blocks that no scale >= si runs; returns their indices."""
+    if depth_plan is None:
+        return []
+    later = set().union(*(set(p) for p in depth_plan[si:]))
+    freed = [j for j, c in enumerate(caches) if c and j not in later]
+    for j in freed:
+        caches[j].clear()
+    return freed
+
+
+def teacher_forcing_inputs(vqvae, tokens: list[torch.Tensor], patch_nums=None) -> torch.Tensor | None:
+    """(B, L - first_l, Cvae) transformer inputs of scales 1..K-1 for ground-truth tokens."""
+    with torch.no_grad():
+        return vqvae.idx_to_var_input(tokens, patch_nums)
+
+
+def check_depth_plan(depth_plan, num_scales: int, depth: int):
+    if depth_plan is None:
+        return None
+    plan = [sorted({int(j) for j in p}) for p in depth_plan]
+    if len(plan) != num_scales:
+        raise UserError(f"depth plan has {len(plan)} scales, the model samples {num_scales}")
+    if any(j < 0 or j >= depth for p in plan for j in p):
+        raise UserError(f"depth plan names a block outside 0..{depth - 1}")
+    return plan
+
+
+@torch.no_grad()
+def decode(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1], decoded in micro-batches of exactly MIN_ROWS (batch-independent)."""
+    out = [vqvae.fhat_to_img(pad_rows(f_hat[i:i + MIN_ROWS], MIN_ROWS))[:len(f_hat[i:i + MIN_ROWS])]
+           for i in range(0, len(f_hat), MIN_ROWS)]
+    return (torch.cat(out) + 1) / 2
+
+
+@torch.no_grad()
+def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
+           use_cache: bool = True, return_logprobs: bool = False, return_logits: bool = False,
+           depth_plan=None, inputs_override: dict | None = None, patch_nums=None,
+           decode_images: bool = True) -> ScaleSample:
+    """Sample token maps for ``class_ids`` (num_classes = unconditional) with one seed per sample."""
+    class_ids, seeds = [int(c) for c in class_ids], [int(s) for s in seeds]
+    if len(class_ids) != len(seeds):
+        raise UserError(f"got {len(class_ids)} class ids but {len(seeds)} seeds")
+    if not class_ids:
+        raise UserError("nothing to sample: no class ids")
+    if top_k < 0 or not 0 <= top_p <= 1:
+        raise UserError(f"top_k must be >= 0 and top_p in [0, 1], got {top_k} and {top_p}")
+    pns = var.check_patch_nums(patch_nums)
+    plan = check_depth_plan(depth_plan, len(pns), var.depth)
+    dev = var.class_emb.weight.device
+    labels = torch.tensor(class_ids, device=dev)
+    check_labels(labels, var.num_classes)
+
+    with evaluating(var, vqvae):  # no label dropout / stochastic depth while sampling
+        return _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache,
+                       return_logprobs, return_logits, inputs_override, decode_images)
+
+
+@contextmanager
+def evaluating(*modules):
+    """Eval mode inside the block, each module's own mode restored after."""
+    modes = [m.training for m in modules]
+    try:
+        yield [m.eval() for m in modules]
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache, return_logprobs,
+            return_logits, inputs_override, decode_images) -> ScaleSample:
+    K, B = len(pns), len(class_ids)
+    # Model rows: B real samples padded to P, then (with CFG) the same P rows with the null class.
+    P = max(B, MIN_ROWS)
+    rows = pad_rows(labels, P)
+    if cfg:
+        rows = torch.cat([rows, torch.full_like(rows, var.num_classes)])
+    cond_BD, cond = var.condition(rows)
+    caches = [{} for _ in range(var.depth)]
+    inputs, tokens, logps, raw, freed = [], [], [], [], {}
+    x = var.start_tokens(cond_BD, pns)
+    f_hat = nxt = None
+    for si, pn in enumerate(pns):
+        if si > 0:
+            inp = nxt
+            if inputs_override is not None and si in inputs_override:
+                inp = inputs_override[si].to(nxt)
+                if inp.shape != nxt[:B].shape:
+                    raise UserError(f"inputs_override[{si}] has shape {tuple(inp.shape)}, "
+                                    f"expected {tuple(nxt[:B].shape)}")
+            inp = pad_rows(inp, P).repeat(2 if cfg else 1, 1, 1)
+            inputs.append(inp)
+            x = var.embed_scale(inp, si, pns)
+        if use_cache:
+            if freed_now := free_dropped(caches, plan, si):
+                freed[si] = freed_now
+            h = var.step(x, cond, caches, None if plan is None else plan[si])
+            logits = var.logits(h, cond_BD)
+        else:
+            logits = var(rows, inputs, patch_nums=pns, scales=range(si + 1), depth_plan=plan)[:, -pn * pn:]
+        guided = filter_logits(cfg_mix(logits.float(), P, cfg, si, K)[:B], top_k, top_p)
+        idx = draw(guided, seeds, si)
+        tokens.append(idx)
+        if return_logprobs:
+            logps.append(guided.log_softmax(-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1))
+        if return_logits:
+            raw.append(logits[:B].float())
+        # the VQ-VAE convs also see the padded P rows, so f_hat does not depend on the batch either
+        f_hat, nxt = vqvae.quantize.next_input(si, f_hat, vqvae.quantize.embed(pad_rows(idx, P), pn), pns)
+        if nxt is not None:
+            nxt = nxt.flatten(2).transpose(1, 2)
+    f_hat = f_hat[:B]
+    images = decode(vqvae, f_hat) if decode_images else None
+    return ScaleSample(class_ids, seeds, tokens, f_hat, images, logps if return_logprobs else None,
+                       raw if return_logits else None, freed)
