@@ -73,6 +73,8 @@ class SolRLConfig:
     loss: Literal["nft", "flow_grpo"] = param("nft", help="nft: DiffusionNFT on forward-noised samples (ODE "
                                               "rollouts); flow_grpo: PPO clipped ratio on SDE rollouts' log-probs")
     nft_beta: float = param(1.0, gt=0, le=100, help="DiffusionNFT's beta (implicit policy step)")
+    nft_guided: bool = param(False, help="DiffusionNFT on the CFG-guided velocity the samples came from (2 forwards) "
+                             "instead of the conditional one alone")
     grpo_clip: float = param(1e-4, gt=0, le=1.0, help="Flow-GRPO's ratio clip range")
     sde_noise_level: float = param(0.7, gt=0, le=5.0, help="Flow-GRPO's SDE noise level a")
     kl_beta: float = param(0.0, ge=0, help="weight of the velocity KL to the reference (base) model")
@@ -239,12 +241,12 @@ def _noise_and_levels(seeds: list[int], step: int, sigmas: torch.Tensor, fractio
 
 
 def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seeds, x0, adv, keep, sigmas,
-            step) -> dict:
+            guidance: float, step: int) -> dict:
     """One DiffusionNFT optimizer step on the kept samples of every process; returns diagnostics.
 
     Each process backpropagates its samples' share of the global mean loss; gradients are then
     summed over processes, so the step equals a one-process step on the whole batch."""
-    from vgen.engine.rollout import conditioning
+    from vgen.engine.rollout import conditioning, guided_velocity
     from vgen.rl.losses import diffusionnft_loss, forward_noise, kl_velocity
 
     idx, n_global = _kept(dist, keep, params, opt)
@@ -258,7 +260,13 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
         flat_a = torch.as_tensor(adv.ravel()[idx], dtype=torch.float32).clamp(-cfg.adv_max, cfg.adv_max)
         levels, noises = _noise_and_levels(seeds.ravel()[idx].tolist(), step, sigmas, cfg.timestep_fraction,
                                            flat_x0.shape[1:])
-        cond, _ = conditioning(policy, flat_p, 1.0)  # DiffusionNFT trains the conditional velocity (CFG-free)
+        # DiffusionNFT trains the conditional velocity (CFG-free), or with nft_guided the guided one
+        w = guidance if cfg.nft_guided else 1.0
+        cond, uncond = conditioning(policy, flat_p, w)
+
+        def velocity(x, t, c, u):
+            return guided_velocity(policy, x, t, c, u, w).float()
+
         passes = levels.shape[1]
         for j in range(passes):
             for lo in range(0, len(idx), cfg.train_batch):
@@ -266,15 +274,16 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
                 s = levels[sl, j]
                 x = forward_noise(flat_x0[sl], s, noises[j, sl])
                 t, c = s * 1000, {kk: v[sl] for kk, v in cond.items()}
+                u = None if uncond is None else {kk: v[sl] for kk, v in uncond.items()}
                 with torch.no_grad(), _swapped(params, ema):
-                    v_old = policy.velocity(x, t, c).float()
-                v = policy.velocity(x, t, c).float()
+                    v_old = velocity(x, t, c, u)
+                v = velocity(x, t, c, u)
                 loss = diffusionnft_loss(v, v_old, x, flat_x0[sl], s, flat_a[sl], cfg.adv_max, cfg.nft_beta).loss
                 weight = len(s) / (n_global * passes)
                 sums[0] += loss.item() * weight
                 if cfg.kl_beta:
                     with torch.no_grad(), _reference(policy.transformer, ref, params):
-                        v_ref = policy.velocity(x, t, c).float()
+                        v_ref = velocity(x, t, c, u)
                     kl = kl_velocity(v, v_ref).mean()
                     loss = loss + cfg.kl_beta * kl
                     sums[1] += kl.item() * weight
@@ -507,7 +516,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
                                   adv.contributes[rows], steps, guidance, step))
         else:
             m.update(_update(cfg, dist, policy, params, ema, ref, opt, prompts, sel_seeds, x0, adv.values[rows],
-                             adv.contributes[rows], sigmas, step))
+                             adv.contributes[rows], sigmas, guidance, step))
         times["update"] = time.perf_counter() - t
 
         # 7. old policy, explore copy
