@@ -46,7 +46,11 @@ def test_stock_call_draws_recognisable_scenes(pipe):
 
 def test_engine_equals_the_pipeline_on_the_base(pipe):
     prompts, seeds = ["a photo of a red circle left of a blue square", "a photo of three triangles"], [4, 5]
-    out = rollout(SD3Policy(pipe), prompts, seeds, steps=5, guidance=4.0)
     ref = pipe(prompts, latents=initial_noise(seeds, (4, 16, 16)), num_inference_steps=5, guidance_scale=4.0,
                output_type="pt").images
-    assert (out.images - ref).abs().max() <= 1e-4
+    exact = rollout(SD3Policy(pipe, fold_zero_tokens=False), prompts, seeds, steps=5, guidance=4.0)
+    assert (exact.images - ref).abs().max() <= 1e-4
+    # Folding the 256 zero T5 tokens into one is the same function with other fp32 round-off; on the
+    # trained base it stays far below one 8-bit level (2e-4 with torch 2.14, under 1e-4 with 2.15).
+    folded = rollout(SD3Policy(pipe), prompts, seeds, steps=5, guidance=4.0)
+    assert (folded.images - ref).abs().max() <= 1e-3
