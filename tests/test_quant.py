@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vgen.errors import UserError
-from vgen.quant.backends import availability, report, resolve
+from vgen.quant.backends import availability, cpu_bf16_native, report, resolve
 from vgen.quant.emulate import NVFP4EmuLinear
 from vgen.quant.nvfp4 import dequantize, quantize
 from vgen.quant.policy import plan
@@ -17,7 +17,20 @@ def test_cpu_backends_and_auto():
     avail = {a.name: a.ok for a in report("cpu")}
     assert avail == {"fp32": True, "bf16": True, "fp8": False, "nvfp4": False, "nvfp4-te": False, "nvfp4-emu": True}
     name, why = resolve("auto", "cpu")
-    assert name == "bf16" and "sm_100" in why and "sm_89" in why
+    assert "sm_100" in why and "sm_89" in why
+    # auto takes bf16 on a CPU only where bf16 matmuls are native (AVX512-BF16 / AMX)
+    assert name == ("bf16" if cpu_bf16_native() else "fp32")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_on_cpu_needs_native_bf16(monkeypatch, native):
+    import vgen.quant.backends as b
+
+    monkeypatch.setattr(b, "cpu_bf16_native", lambda: native)
+    name, why = b.resolve("auto", "cpu")
+    assert name == ("bf16" if native else "fp32")
+    assert native or "AVX512-BF16" in why
+    assert b.availability("bf16", "cpu").ok  # asked for by name, it still runs
 
 
 @pytest.mark.parametrize("name, needle", [("fp8", "sm_89+"), ("nvfp4", "sm_100+"), ("nvfp4-te", "sm_100+")])

@@ -6,7 +6,9 @@
   nvfp4      torchao NVFP4 dynamic W4A4; CUDA sm100+ (Blackwell)
   nvfp4-te   Transformer Engine NVFP4 (NVFP4BlockScaling); sm100+ with the optional `te` extra
   nvfp4-emu  W4A4 quantize-dequantize in fp32 (vgen.quant.emulate), any device: fidelity studies
-  auto       the fastest low precision for the explore role: nvfp4 > fp8 > bf16, with the reason
+  auto       the fastest low precision for the explore role: nvfp4 > fp8 > bf16, with the reason;
+             on a CPU without native bfloat16 (AVX512-BF16 / AMX) bf16 matmuls are emulated and
+             many times slower than fp32, so auto takes fp32 there
 
 Asking for a backend the hardware lacks is a one-line error naming the requirement.
 """
@@ -43,6 +45,15 @@ def _has(module: str, attr: str) -> bool:
     return hasattr(mod, attr)
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bfloat16 matmul instructions (oneDNN's own check: AVX512-BF16 or AMX).
+    Without them torch emulates bf16 matmuls, measured 40x slower than fp32 on an AVX2 EPYC."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def availability(name: str, device: str | torch.device = "cpu") -> Availability:
     """Whether ``name`` can run on ``device``, and why (not)."""
     dev = torch.device(device)
@@ -52,7 +63,10 @@ def availability(name: str, device: str | torch.device = "cpu") -> Availability:
         return Availability(name, True, "runs on any device")
     if name == "bf16":
         if dev.type == "cpu":
-            return Availability(name, True, "CPU bfloat16 matmul")
+            if cpu_bf16_native():
+                return Availability(name, True, "CPU bfloat16 matmul (AVX512-BF16 / AMX)")
+            return Availability(name, True, "runs, but this CPU has no AVX512-BF16 / AMX: bf16 matmuls are "
+                                            "emulated and slower than fp32")
         ok = cap is not None and cap >= (8, 0)
         return Availability(name, ok, f"needs sm_80+; this device: {where}")
     if name == "fp8":
@@ -83,6 +97,8 @@ def resolve(name: str, device: str | torch.device = "cpu") -> tuple[str, str]:
         skipped = []
         for cand in ("nvfp4", "fp8", "bf16"):
             a = availability(cand, device)
+            if a.ok and cand == "bf16" and torch.device(device).type == "cpu" and not cpu_bf16_native():
+                a = Availability(cand, False, "this CPU has no AVX512-BF16 / AMX (emulated bf16 is slower than fp32)")
             if a.ok:
                 why = f"auto -> {cand}: {a.reason}" + (f" ({'; '.join(skipped)})" if skipped else "")
                 return cand, why
