@@ -7,7 +7,7 @@ import torch
 
 from vgen.engine import rollout, step_log_prob
 from vgen.engine.flow import sde_step
-from vgen.engine.seeds import initial_noise
+from vgen.engine.seeds import generator_seed, initial_noise
 from vgen.models.sd3 import SD3Policy
 from vgen.world.grammar import sample_prompts
 
@@ -25,6 +25,17 @@ def test_initial_noise_is_what_diffusers_draws_for_the_same_seeds(sd3_pipe):
     seeds = [3, 99, 12345]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     assert torch.equal(initial_noise(seeds, (4, 8, 8)), randn_tensor((3, 4, 8, 8), generator=gens))
+
+
+def test_seeds_2_pow_32_apart_draw_different_noise():
+    """torch's CPU generator keeps 32 bits of its seed: item_seed(1, i) = 2**32 + i must not
+    replay seed i (it did: every eval seed drew the same noise)."""
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(2**32 + 5)
+    assert torch.equal(torch.randn(4, generator=a), torch.randn(4, generator=b))  # the pitfall itself
+    seeds = [5, 2**32 + 5, 2 * 2**32 + 5, 2**62 + 5]
+    noise = initial_noise(seeds, (4, 2, 2))
+    assert all(not torch.equal(noise[i], noise[j]) for i in range(4) for j in range(i))
+    assert generator_seed(2**32 - 1) == 2**32 - 1 and all(0 <= generator_seed(s) < 2**32 for s in seeds)
 
 
 @pytest.mark.parametrize("fold, shift, guidance", [(True, None, 4.5), (False, 3.0, 4.5), (True, 2.0, 1.0)])

@@ -2,8 +2,9 @@
 
 A sample's initial noise is drawn from its own CPU generator seeded with its seed, with
 the shape (1, C, h, w): exactly what diffusers' pipelines draw when given
-``generator=[torch.Generator().manual_seed(s) for s in seeds]``, so a vgen sample can be
-reproduced with a plain diffusers call. SDE noise of step k comes from a generator seeded
+``generator=[torch.Generator().manual_seed(generator_seed(s)) for s in seeds]`` (which is
+``manual_seed(s)`` for seeds below 2**32), so a vgen sample can be reproduced with a plain
+diffusers call. SDE noise of step k comes from a generator seeded
 with a mix of (seed, k), so it never overlaps the initial noise stream.
 """
 
@@ -22,8 +23,19 @@ def step_seed(seed: int, step: int) -> int:
     return (z ^ (z >> 31)) & _MASK
 
 
+def generator_seed(seed: int) -> int:
+    """The seed given to a torch CPU generator for sample seed ``seed``.
+
+    torch's CPU generator (mt19937) keeps only the low 32 bits of its seed, so seeds 2**32
+    apart (``item_seed(s, i)`` for different s) would draw the same noise. Seeds below 2**32
+    are used as they are (diffusers' ``manual_seed(s)`` gives the same noise); larger ones are
+    hashed to 32 bits, where a collision with another seed of a run is a 1-in-2**32 event."""
+    seed = int(seed)
+    return seed if 0 <= seed < 1 << 32 else step_seed(seed, -1) & 0xFFFFFFFF
+
+
 def _draw(seeds: list[int], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-    out = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s) & _MASK)) for s in seeds]
+    out = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(generator_seed(s))) for s in seeds]
     return torch.cat(out).to(device=device, dtype=dtype)
 
 
