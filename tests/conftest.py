@@ -65,3 +65,43 @@ def sd3_pipe():
     pipe = tiny_sd3_pipeline(with_t5=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+TINY_VAR_PN = (1, 2, 4)
+
+
+def tiny_var_models(seed: int = 0, flex: bool = False, patch_nums=TINY_VAR_PN):
+    """A random multi-scale VQ-VAE for 16x16 images (4x4 latent) and a 2-block VAR over the
+    world's 70 class prompts, both built by folder.build_* so they can be saved."""
+    from vgen.models.var.folder import build_var, build_vqvae
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    torch.manual_seed(seed)
+    vae = build_vqvae(dict(vocab_size=32, z_channels=8, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                           patch_nums=list(patch_nums), residual=not flex, using_sa=False, using_mid_sa=False,
+                           norm_groups=8)).eval()
+    var = build_var(dict(vocab_size=32, Cvae=8, num_classes=len(CLASS_PROMPTS), depth=2, embed_dim=32, num_heads=2,
+                         patch_nums=list(patch_nums), flex=flex)).eval()
+    var.init_weights()
+    return vae, var
+
+
+@pytest.fixture(scope="session")
+def var_model_dir(tmp_path_factory):
+    """A tiny random VAR model folder (tokenizer + transformer, 16x16 images), as `vgen sample` loads."""
+    from vgen.models.var.folder import save_var_model
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    vae, var = tiny_var_models()
+    return save_var_model(tmp_path_factory.mktemp("var") / "model", vae, var, CLASS_PROMPTS, 16,
+                          {"cfg": 1.5, "top_k": 0, "top_p": 0.0})
+
+
+@pytest.fixture(scope="session")
+def var_tokenizer_dir(tmp_path_factory):
+    """The same tiny tokenizer alone (a tokenizer-only folder, as the var recipe's ``tokenizer``)."""
+    from vgen.models.var.folder import save_var_model
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    vae, _ = tiny_var_models()
+    return save_var_model(tmp_path_factory.mktemp("vartok") / "tokenizer", vae, None, CLASS_PROMPTS, 16)

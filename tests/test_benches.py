@@ -3,8 +3,11 @@
 import json
 
 import torch
+from conftest import tiny_var_models
 
 from vgen.cli import main
+from vgen.models.var.folder import build_var, save_var_model
+from vgen.world.datasets import CLASS_PROMPTS
 
 
 def test_bench_rollout_reports_all_figures(model_dir, tmp_path, capsys):
@@ -53,3 +56,31 @@ def test_bench_quant_reports_cpu_figures_and_skips_gpu_part(model_dir, tmp_path,
     assert set(r["rollout_cpu"]) == {"fp32", "bf16", "nvfp4-emu copy"}
     if not torch.cuda.is_available():
         assert "no CUDA device" in r["gpu"]["skipped"]
+
+
+def test_bench_var_reports_speeds_and_the_kv_cache_peak(var_model_dir, tmp_path, capsys):
+    rc = main(["bench", "var", f"model={var_model_dir}", "batch=3", "repeats=1", f"run.out_dir={tmp_path}",
+               "run.name=v"])
+    assert rc == 0
+    r = json.loads((tmp_path / "v" / "report.json").read_text())
+    full = r["full"]
+    assert set(full["images_per_s"]) == {"cached", "uncached"} and full["cache_speedup"] > 0
+    # 3 images padded to 16 rows, doubled by CFG: the peak is the closed form, per real image
+    assert full["rows"] == 32 and r["kv_formula_matches"] and r["variant"] is None
+    assert full["kv_peak_bytes"] == 2 * 2 * 32 * 21 * 32 * 4 == full["kv_peak_bytes_per_image"] * 3
+    assert "closed form" in (tmp_path / "v" / "report.md").read_text()
+
+
+def test_bench_var_shows_a_variant_plan_lowering_the_peak(tmp_path, capsys):
+    vae, var = tiny_var_models()
+    deep = build_var({**var.arch, "depth": 4}).eval()  # the subnet of 2 drops blocks 1 and 2
+    save_var_model(tmp_path / "deep", vae, deep, CLASS_PROMPTS, 16)
+    rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "batch=2", "repeats=1", "switch_scale=2",
+               "subnet_depth=2", f"run.out_dir={tmp_path}", "run.name=v"])
+    assert rc == 0
+    r = json.loads((tmp_path / "v" / "report.json").read_text())
+    v = r["variant"]
+    assert v["subnet"] == [0, 3] and v["freed"] == {"2": [1, 2]} and v["peak_vs_full"] == 0.5
+    assert r["kv_formula_matches"] and "caches freed: blocks [1, 2] at scale 2" in capsys.readouterr().out
+    rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "switch_scale=1", f"run.out_dir={tmp_path}"])
+    assert rc == 2 and "go together" in capsys.readouterr().err

@@ -54,14 +54,30 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
     return run(cfg, run_dir)
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from vgen.sample import sample
+# `vgen sample` flags of one model kind (default None: not given); the other kind refuses them.
+_PIPELINE_FLAGS = ("prompts", "steps", "guidance", "shift", "height", "width", "chunk_size", "dtype")
+_VAR_FLAGS = ("classes", "cfg", "top_k", "top_p")
 
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from vgen.models.var.folder import is_var_folder
+    from vgen.sample import sample, sample_var
+
+    var = is_var_folder(args.model)
+    own, other = (_VAR_FLAGS, _PIPELINE_FLAGS) if var else (_PIPELINE_FLAGS, _VAR_FLAGS)
+    if wrong := [k for k in other if getattr(args, k) is not None]:
+        flag = "--" + wrong[0].replace("_", "-")
+        if var:
+            raise UserError(f"{flag} does not apply to {args.model!r}, a VAR model folder "
+                            "(it takes --classes, --cfg, --top-k, --top-p)")
+        raise UserError(f"{flag} is for VAR model folders and {args.model!r} is not one (a pipeline takes --prompts)")
+    items = args.classes if var else args.prompts
+    if items is None:
+        raise UserError("--classes is required for a VAR model folder" if var else "--prompts is required")
     if (args.steps is not None and args.steps < 1) or (args.chunk_size is not None and args.chunk_size < 1):
         raise UserError("--steps and --chunk-size must be >= 1")
-    return sample(args.model, args.prompts, args.seeds, args.out, steps=args.steps, guidance=args.guidance,
-                  shift=args.shift, height=args.height, width=args.width, chunk_size=args.chunk_size,
-                  device=args.device, dtype=args.dtype)
+    settings = {k: getattr(args, k) for k in own[1:] if getattr(args, k) is not None}  # unset: the model's default
+    return (sample_var if var else sample)(args.model, items, args.seeds, args.out, device=args.device, **settings)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -160,19 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     sm = sub.add_parser("sample", help="generate images from a local model folder")
-    sm.add_argument("--model", required=True, help="local pipeline folder, e.g. assets/sd3-tiny-shapes")
-    sm.add_argument("--prompts", nargs="+", required=True, help="prompts, or @FILE with one prompt per line")
-    sm.add_argument("--seeds", nargs="+", default=["0"], help="seeds and ranges (0 3 10-15); every prompt x seed")
+    sm.add_argument("--model", required=True,
+                    help="local pipeline folder (assets/sd3-tiny-shapes) or VAR model folder (assets/var-tiny-shapes)")
+    sm.add_argument("--prompts", nargs="+", help="pipeline: prompts, or @FILE with one prompt per line")
+    sm.add_argument("--classes", nargs="+", help="VAR: class ids and ranges (0 5 10-15), or all")
+    sm.add_argument("--seeds", nargs="+", default=["0"],
+                    help="seeds and ranges (0 3 10-15); every prompt (class) x seed")
     sm.add_argument("--out", required=True, help="output folder")
-    sm.add_argument("--steps", type=int, default=None, help="default: the model's vgen_base.json, else 20")
+    sm.add_argument("--steps", type=int, default=None, help="pipeline: default the model's vgen_base.json, else 20")
     sm.add_argument("--guidance", type=float, default=None,
-                    help="CFG scale, 1 = off (default: the model's vgen_base.json, else 4.5)")
-    sm.add_argument("--shift", type=float, default=None, help="timestep shift (default: the scheduler's)")
-    sm.add_argument("--height", type=int, default=64)
-    sm.add_argument("--width", type=int, default=64)
-    sm.add_argument("--chunk-size", type=int, default=None, help="samples per batch (default: all)")
+                    help="pipeline: CFG scale, 1 = off (default: the model's vgen_base.json, else 4.5)")
+    sm.add_argument("--shift", type=float, default=None, help="pipeline: timestep shift (default: the scheduler's)")
+    sm.add_argument("--height", type=int, default=None, help="pipeline: default 64")
+    sm.add_argument("--width", type=int, default=None, help="pipeline: default 64")
+    sm.add_argument("--chunk-size", type=int, default=None, help="pipeline: samples per batch (default: all)")
+    sm.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="pipeline: default float32")
+    sm.add_argument("--cfg", type=float, default=None, help="VAR: CFG scale, 0 = off (default: the folder's)")
+    sm.add_argument("--top-k", type=int, default=None, help="VAR: top-k, 0 = off (default: the folder's)")
+    sm.add_argument("--top-p", type=float, default=None, help="VAR: top-p, 0 = off (default: the folder's)")
     sm.add_argument("--device", default="cpu")
-    sm.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     sm.set_defaults(func=cmd_sample)
 
     ev = sub.add_parser("eval", help="GenEval-Shapes, FID-shapes / KID and rewards of a model or a run")

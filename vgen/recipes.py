@@ -11,10 +11,10 @@ import importlib
 # Training recipes arrive with their issues (Sol-RL, VAR, SAR, VARiant, ScaleWeaver).
 TRAIN: dict[str, tuple[str, str]] = {
     "solrl": ("vgen.rl.trainer", "SolRLConfig"),
+    "var": ("vgen.train.var", "VARTrainConfig"),
 }
 # What each not-yet-landed recipe name will be, so a user gets a plain answer.
 PLANNED = {
-    "var": "VAR / FlexVAR training",
     "sar": "SAR post-training",
     "variant": "VARiant supernet training",
     "scaleweaver": "ScaleWeaver control training",
@@ -25,6 +25,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "explore": ("vgen.bench.explore", "ExploreBenchConfig"),
     "fidelity": ("vgen.bench.fidelity", "FidelityBenchConfig"),
     "quant": ("vgen.bench.quant", "QuantBenchConfig"),
+    "var": ("vgen.bench.var", "VARBenchConfig"),
 }
 
 

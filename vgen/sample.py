@@ -1,7 +1,8 @@
-"""`vgen sample`: images from a local model folder for every (prompt, seed) pair.
+"""`vgen sample`: images from a local model folder for every (prompt, seed) pair, or for
+every (class, seed) pair of a VAR model folder.
 
-Writes one PNG per sample, ``grid.png`` labelled with prompt and seed, and
-``samples.json`` (prompt, seed, file and, for prompts of the shapes grammar, the
+Both write one PNG per sample, ``grid.png`` labelled with prompt (or class and prompt) and
+seed, and ``samples.json`` (prompt, seed, file and, for prompts of the shapes grammar, the
 verifier's score and strict verdict, also drawn as a green / red bar on the grid).
 """
 
@@ -44,18 +45,27 @@ def load_policy(path: str | Path, device: str = "cpu", dtype: str = "float32"):
                     "SanaPipeline folders")
 
 
-def parse_seeds(items: list[str]) -> list[int]:
-    """Seeds from ints and inclusive ranges: ``0 5 10-12`` -> [0, 5, 10, 11, 12]."""
+def parse_seeds(items: list[str], what: str = "seed") -> list[int]:
+    """Seeds (or other ids, named by ``what`` in errors) from ints and inclusive ranges:
+    ``0 5 10-12`` -> [0, 5, 10, 11, 12]."""
     out = []
     for item in items:
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", item.strip())
         if not m:
-            raise UserError(f"bad seed {item!r}: use non-negative integers or ranges like 0-7")
+            raise UserError(f"bad {what} {item!r}: use non-negative integers or ranges like 0-7")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo or hi - lo > 100_000:
-            raise UserError(f"bad seed range {item!r}")
+            raise UserError(f"bad {what} range {item!r}")
         out += range(lo, hi + 1)
     return out
+
+
+def parse_classes(items: list[str], num_classes: int) -> list[int]:
+    """Class ids like seeds (``0 5 10-12``), or ``all``; each must be one of the model's classes."""
+    ids = list(range(num_classes)) if [i.strip() for i in items] == ["all"] else parse_seeds(items, "class")
+    if bad := [c for c in ids if c >= num_classes]:
+        raise UserError(f"class {bad[0]} is out of range: the model has classes 0..{num_classes - 1}")
+    return ids
 
 
 def read_prompts(items: list[str]) -> list[str]:
@@ -94,8 +104,6 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
            shift: float | None = None, height: int = 64, width: int = 64, chunk_size: int | None = None,
            device: str = "cpu", dtype: str = "float32") -> int:
     from vgen.engine import rollout
-    from vgen.world.grammar import parse
-    from vgen.world.verifier import verify
 
     prompts, seed_list = read_prompts(prompts), parse_seeds(seeds)
     rec = recommended(model)
@@ -107,32 +115,82 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
     r = rollout(policy, [p for p, _ in pairs], [s for _, s in pairs], steps=steps, guidance=guidance, shift=shift,
                 height=height, width=width, chunk_size=chunk_size, progress=True)
     elapsed = time.perf_counter() - t0
-    images = (r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    write_samples(out, r.images, [{"prompt": p, "seed": s} for p, s in pairs], [f"{p} ({s})" for p, s in pairs], {
+        "model": str(model), "steps": steps, "guidance": guidance, "shift": shift, "height": height, "width": width,
+        "seconds": elapsed})
+    return 0
+
+
+def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: float | None = None,
+               top_k: int | None = None, top_p: float | None = None, device: str = "cpu") -> int:
+    """`vgen sample` for a VAR model folder: every (class, seed); CFG / top-k / top-p default to
+    the folder's ``sampling`` settings, so a trained model samples as its recipe evaluated it."""
+    from vgen.engine.scalewise import sample as scalewise
+    from vgen.models.var.folder import read_config
+
+    config = read_config(model)  # classes and seeds are checked before the weights load
+    prompts = config["class_prompts"]
+    class_ids, seed_list = parse_classes(classes, len(prompts)), parse_seeds(seeds)
+    vqvae, var, _ = load_var(model, device)
+    settings = var_settings(config, cfg, top_k, top_p)
+    pairs = [(c, s) for c in class_ids for s in seed_list]
+    t0 = time.perf_counter()
+    r = scalewise(var, vqvae, [c for c, _ in pairs], [s for _, s in pairs], **settings)
+    elapsed = time.perf_counter() - t0
+    write_samples(out, r.images, [{"class": c, "prompt": prompts[c], "seed": s} for c, s in pairs],
+                  [f"{c}: {prompts[c]} ({s})" for c, s in pairs],
+                  {"model": str(model), **settings, "resolution": config["resolution"], "seconds": elapsed})
+    return 0
+
+
+def load_var(model: str | Path, device: str = "cpu"):
+    """(VQ-VAE, VAR, config) of a VAR model folder that can sample (not a tokenizer-only one)."""
+    from vgen.models.var.folder import load_var_model
+
+    vqvae, var, config = load_var_model(model, device)
+    if var is None:
+        raise UserError(f"{str(model)!r} holds a tokenizer only: there is no VAR transformer to sample from")
+    return vqvae, var, config
+
+
+def var_settings(config: dict, cfg: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None) -> dict:
+    """CFG / top-k / top-p: those given, else the folder's ``sampling``, else CFG 1.5 and no filtering."""
+    given = config.get("sampling") or {}
+    return {"cfg": float(cfg if cfg is not None else given.get("cfg", 1.5)),
+            "top_k": int(top_k if top_k is not None else given.get("top_k", 0)),
+            "top_p": float(top_p if top_p is not None else given.get("top_p", 0.0))}
+
+
+def write_samples(out: str | Path, images, records: list[dict], labels: list[str], meta: dict) -> None:
+    """What both `vgen sample` paths write and print: a PNG per sample, grid.png and samples.json.
+
+    ``images``: (N, 3, H, W) in [0, 1]; ``records``: one dict per sample with its prompt and seed,
+    completed here with the file name and, for prompts of the shapes grammar, the verifier's
+    score and strict verdict; ``meta``: the top level of samples.json, with the run's seconds."""
+    from vgen.world.grammar import parse
+    from vgen.world.verifier import verify
+
+    images = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
     out_dir = Path(out)
-    records = []
-    verdicts: list = [None] * len(pairs)
-    grammar = [i for i, (p, _) in enumerate(pairs) if _parses(parse, p)]
+    verdicts: list = [None] * len(records)
+    grammar = [i for i, r in enumerate(records) if _parses(parse, r["prompt"])]
     if grammar:
-        for i, v in zip(grammar, verify(images[grammar], [pairs[i][0] for i in grammar])):
+        for i, v in zip(grammar, verify(images[grammar], [records[i]["prompt"] for i in grammar])):
             verdicts[i] = v
-    for i, ((p, s), img) in enumerate(zip(pairs, images)):
-        name = f"{i:04d}-seed{s}-{_slug(p)}.png"
-        save_png(out_dir / name, img)
-        rec = {"prompt": p, "seed": s, "file": name}
+    for i, (rec, img) in enumerate(zip(records, images)):
+        rec["file"] = f"{i:04d}-seed{rec['seed']}-{_slug(rec['prompt'])}.png"
+        save_png(out_dir / rec["file"], img)
         if verdicts[i] is not None:
             rec.update(score=verdicts[i].score, strict=verdicts[i].strict)
-        records.append(rec)
-    marks = [v.strict for v in verdicts] if len(grammar) == len(pairs) else None
-    save_png(out_dir / "grid.png", make_grid(list(images), [f"{p} ({s})" for p, s in pairs],
-                                             cols=min(8, len(pairs)), marks=marks))
-    atomic_write_json(out_dir / "samples.json", {
-        "model": str(model), "steps": steps, "guidance": guidance, "shift": shift, "height": height, "width": width,
-        "seconds": elapsed, "samples": records})
-    print(f"wrote {len(pairs)} images and grid.png to {out_dir} ({len(pairs) / elapsed:.1f} images/s)")
+    marks = [v.strict for v in verdicts] if len(grammar) == len(records) else None
+    save_png(out_dir / "grid.png", make_grid(list(images), labels, cols=min(8, len(records)), marks=marks))
+    atomic_write_json(out_dir / "samples.json", {**meta, "samples": records})
+    n, elapsed = len(records), meta["seconds"]
+    print(f"wrote {n} images and grid.png to {out_dir} ({n / elapsed:.1f} images/s)")
     if grammar:
         print(f"verifier: {np.mean([verdicts[i].strict for i in grammar]):.1%} strictly correct "
               f"({len(grammar)} grammar prompts)")
-    return 0
 
 
 def _parses(parse, prompt: str) -> bool:

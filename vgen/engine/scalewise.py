@@ -25,6 +25,9 @@ position, and the VQ-VAE turns the new token map into the next scale's input.
 * Both models run in eval mode while sampling (no label dropout), their modes restored after.
 * Log-probs (``return_logprobs``): log-probability of each drawn token under the distribution
   it was drawn from (after CFG and top-k / top-p), float32.
+* ``cache_stats`` (a dict, for `vgen bench var`): filled with ``rows`` (model rows: the batch
+  padded to MIN_ROWS, doubled by CFG), ``bytes`` (what the KV caches of all blocks hold after
+  each scale; 0 with ``use_cache=False``) and ``peak_bytes``. Sampling itself is unchanged.
 """
 
 from __future__ import annotations
@@ -95,6 +98,11 @@ def free_dropped(caches: list[dict], depth_plan, si: int) -> list[int]:
     return freed
 
 
+def cache_bytes(caches: list[dict]) -> int:
+    """Bytes the blocks' KV caches hold now (every cached key and value tensor)."""
+    return sum(t.numel() * t.element_size() for c in caches for t in c.values())
+
+
 def teacher_forcing_inputs(vqvae, tokens: list[torch.Tensor], patch_nums=None) -> torch.Tensor | None:
     """(B, L - first_l, Cvae) transformer inputs of scales 1..K-1 for ground-truth tokens."""
     with torch.no_grad():
@@ -124,7 +132,7 @@ def decode(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
 def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
            use_cache: bool = True, return_logprobs: bool = False, return_logits: bool = False,
            depth_plan=None, inputs_override: dict | None = None, patch_nums=None,
-           decode_images: bool = True) -> ScaleSample:
+           decode_images: bool = True, cache_stats: dict | None = None) -> ScaleSample:
     """Sample token maps for ``class_ids`` (num_classes = unconditional) with one seed per sample."""
     class_ids, seeds = [int(c) for c in class_ids], [int(s) for s in seeds]
     if len(class_ids) != len(seeds):
@@ -141,7 +149,7 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
 
     with evaluating(var, vqvae):  # no label dropout / stochastic depth while sampling
         return _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache,
-                       return_logprobs, return_logits, inputs_override, decode_images)
+                       return_logprobs, return_logits, inputs_override, decode_images, cache_stats)
 
 
 @contextmanager
@@ -156,7 +164,7 @@ def evaluating(*modules):
 
 
 def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache, return_logprobs,
-            return_logits, inputs_override, decode_images) -> ScaleSample:
+            return_logits, inputs_override, decode_images, cache_stats=None) -> ScaleSample:
     K, B = len(pns), len(class_ids)
     # Model rows: B real samples padded to P, then (with CFG) the same P rows with the null class.
     P = max(B, MIN_ROWS)
@@ -165,6 +173,8 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
         rows = torch.cat([rows, torch.full_like(rows, var.num_classes)])
     cond_BD, cond = var.condition(rows)
     caches = [{} for _ in range(var.depth)]
+    if cache_stats is not None:
+        cache_stats.update(rows=len(rows), bytes=[], peak_bytes=0)
     inputs, tokens, logps, raw, freed = [], [], [], [], {}
     x = var.start_tokens(cond_BD, pns)
     f_hat = nxt = None
@@ -186,6 +196,9 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
             logits = var.logits(h, cond_BD)
         else:
             logits = var(rows, inputs, patch_nums=pns, scales=range(si + 1), depth_plan=plan)[:, -pn * pn:]
+        if cache_stats is not None:
+            cache_stats["bytes"].append(cache_bytes(caches))
+            cache_stats["peak_bytes"] = max(cache_stats["bytes"])
         guided = filter_logits(cfg_mix(logits.float(), P, cfg, si, K)[:B], top_k, top_p)
         idx = draw(guided, seeds, si)
         tokens.append(idx)

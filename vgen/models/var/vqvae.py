@@ -34,8 +34,8 @@ import torch.nn.functional as F
 OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def phi_ticks(n: int) -> np.ndarray:
@@ -65,11 +65,11 @@ def bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -83,9 +83,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with one 1x1 conv for q, k, v."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = 32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -118,8 +118,9 @@ class Encoder(nn.Module):
     """Image (B, 3, H, W) -> (B, z_channels, H / 2^(levels - 1), ...); attention at the lowest level."""
 
     def __init__(self, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, dropout=0.0, in_channels=3, z_channels=32,
-                 using_sa=True, using_mid_sa=True):
+                 using_sa=True, using_mid_sa=True, norm_groups=32):
         super().__init__()
+        g = norm_groups
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
         self.down = nn.ModuleList()
         c_in = ch
@@ -129,18 +130,18 @@ class Encoder(nn.Module):
             down.block = nn.ModuleList()
             down.attn = nn.ModuleList()
             for _ in range(num_res_blocks):
-                down.block.append(ResnetBlock(c_in, ch * mult, dropout))
+                down.block.append(ResnetBlock(c_in, ch * mult, dropout, g))
                 c_in = ch * mult
                 if last and using_sa:
-                    down.attn.append(AttnBlock(c_in))
+                    down.attn.append(AttnBlock(c_in, g))
             if not last:
                 down.downsample = Downsample2x(c_in)
             self.down.append(down)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(c_in, c_in, dropout)
-        self.mid.attn_1 = AttnBlock(c_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(c_in, c_in, dropout)
-        self.norm_out = group_norm(c_in)
+        self.mid.block_1 = ResnetBlock(c_in, c_in, dropout, g)
+        self.mid.attn_1 = AttnBlock(c_in, g) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(c_in, c_in, dropout, g)
+        self.norm_out = group_norm(c_in, g)
         self.conv_out = nn.Conv2d(c_in, z_channels, 3, 1, 1)
 
     def forward(self, x):
@@ -160,29 +161,30 @@ class Decoder(nn.Module):
     """Latent -> image; ``up`` is stored lowest-resolution-last, as in the official layout."""
 
     def __init__(self, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, dropout=0.0, in_channels=3, z_channels=32,
-                 using_sa=True, using_mid_sa=True):
+                 using_sa=True, using_mid_sa=True, norm_groups=32):
         super().__init__()
+        g = norm_groups
         c_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, c_in, 3, 1, 1)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(c_in, c_in, dropout)
-        self.mid.attn_1 = AttnBlock(c_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(c_in, c_in, dropout)
+        self.mid.block_1 = ResnetBlock(c_in, c_in, dropout, g)
+        self.mid.attn_1 = AttnBlock(c_in, g) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(c_in, c_in, dropout, g)
         ups = []
         for level in reversed(range(len(ch_mult))):
             up = nn.Module()
             up.block = nn.ModuleList()
             up.attn = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                up.block.append(ResnetBlock(c_in, ch * ch_mult[level], dropout))
+                up.block.append(ResnetBlock(c_in, ch * ch_mult[level], dropout, g))
                 c_in = ch * ch_mult[level]
                 if level == len(ch_mult) - 1 and using_sa:
-                    up.attn.append(AttnBlock(c_in))
+                    up.attn.append(AttnBlock(c_in, g))
             if level != 0:
                 up.upsample = Upsample2x(c_in)
             ups.insert(0, up)
         self.up = nn.ModuleList(ups)
-        self.norm_out = group_norm(c_in)
+        self.norm_out = group_norm(c_in, g)
         self.conv_out = nn.Conv2d(c_in, in_channels, 3, 1, 1)
 
     def forward(self, z):
@@ -334,19 +336,20 @@ class VQVAE(nn.Module):
     """Encoder -> quant_conv -> multi-scale quantizer -> post_quant_conv -> decoder.
 
     Images are in [-1, 1]. Defaults are the released VAR tokenizer (vae_ch160v4096z32).
-    ``num_res_blocks``, ``using_sa`` and ``dropout`` exist to build tiny test models.
+    ``num_res_blocks``, ``using_sa``, ``norm_groups`` and ``dropout`` exist to build tiny models
+    (the released one has 32 GroupNorm groups, which needs at least 32 channels per level).
     """
 
     def __init__(self, vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, dropout=0.0,
                  beta=0.25, quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, patch_nums=OFFICIAL_PATCH_NUMS,
-                 residual=True, using_sa=True, using_mid_sa=True):
+                 residual=True, using_sa=True, using_mid_sa=True, norm_groups=32):
         super().__init__()
         self.V = self.vocab_size = vocab_size
         self.Cvae = z_channels
         self.patch_nums = tuple(patch_nums)
         self.downsample = 2 ** (len(ch_mult) - 1)
         dd = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, dropout=dropout, z_channels=z_channels,
-                  using_sa=using_sa, using_mid_sa=using_mid_sa)
+                  using_sa=using_sa, using_mid_sa=using_mid_sa, norm_groups=norm_groups)
         self.encoder = Encoder(**dd)
         self.decoder = Decoder(**dd)
         self.quantize = VectorQuantizer(vocab_size, z_channels, beta, quant_resi, share_quant_resi, patch_nums,

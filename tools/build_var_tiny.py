@@ -1,0 +1,338 @@
+"""Build assets/var-tiny-shapes: a multi-scale VQ-VAE and a class-conditional VAR, trained on
+the shapes world on CPU, saved as a vgen VAR model folder (vgen/models/var/folder.py).
+
+    python tools/build_var_tiny.py [--out assets/var-tiny-shapes] [--seed 0] [--vae-steps N] [--steps N] ...
+
+Classes are the 70 prompts of ``vgen.world.datasets.CLASS_PROMPTS`` (all six GenEval
+categories: 4 single objects, 6 pairs, 12 counts, 24 coloured objects, 12 positions, 12
+colour attributions), images 64x64.
+
+Scale schedule: the tokenizer downsamples 8x, so the latent is 8x8 and the scales are
+1, 2, 3, 4, 6, 8 (130 tokens per image). Why: the official 16x16 latent with its ten scales
+(680 tokens) costs about 5x more per image in every transformer pass, and a 16x16 latent
+buys nothing on this world - its smallest objects are 13 px wide, more than a latent cell
+and a half at 8x - while the residual scales still go coarse to fine in roughly 1.4x steps
+(the official ratio is 1.2-1.3x). Six scales keep sampling to six transformer steps.
+
+Stage 1, the tokenizer: ``VQVAE(ch=32, ch_mult=(1, 2, 2, 4))``, one residual block per
+level, mid attention only, 16-channel codes, one shared codebook of 512 codes for all
+scales (VAR's rule), 4 shared Phi convs. Loss: L1 + MSE reconstruction + the quantizer's
+codebook / commitment terms averaged over scales (``VectorQuantizer.forward``). The codebook
+starts from encoder outputs, and codes that stop being used (per-scale usage EMA, the
+``ema_vocab_hit_SV`` buffer) are restarted on residuals of the current batch every 100 steps,
+the usual remedy for codebook collapse. AdamW with a one-cycle schedule.
+
+Stage 2, the transformer: the ``var`` training recipe (vgen/train/var.py) with the config in
+``var_config``; teacher forcing, label smoothing, label dropout for CFG.
+
+Finally the CFG scale and top-k are picked on validation seeds, the samples of every class
+are scored against the class prompt with the verifier (strict accuracy, per class and per
+category), FID-shapes against the class prompts' real renders, and reconstruction PSNR per
+number of scales. Deterministic from --seed for a given torch build and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vgen.models.var.folder import build_vqvae  # noqa: E402
+from vgen.models.var.vqvae import area  # noqa: E402
+from vgen.world.datasets import CLASS_PROMPTS, ShapesClassDataset  # noqa: E402
+
+RESOLUTION = 64
+PATCH_NUMS = (1, 2, 3, 4, 6, 8)
+VQVAE_ARCH = dict(vocab_size=512, z_channels=16, ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, dropout=0.0,
+                  beta=0.25, quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, patch_nums=PATCH_NUMS,
+                  residual=True, using_sa=False, using_mid_sa=True, norm_groups=8)
+
+
+def images(seed: int, start: int, n: int) -> torch.Tensor:
+    """n world images in [-1, 1]: items start..start+n of the class dataset with scene seed ``seed``."""
+    ds = ShapesClassDataset(start + n, RESOLUTION, seed)
+    return torch.stack([ds[i]["image"] for i in range(start, start + n)]) * 2 - 1
+
+
+@torch.no_grad()
+def residuals(vae, f: torch.Tensor) -> torch.Tensor:
+    """Every scale's area-downsampled residual vector, (N, Cvae): what the codebook must cover."""
+    q = vae.quantize
+    out, f_hat = [], torch.zeros_like(f)
+    for si, pn in enumerate(q.patch_nums):
+        r = area(f - f_hat, pn)
+        out.append(r.permute(0, 2, 3, 1).reshape(-1, q.Cvae))
+        f_hat = f_hat + q.phi_up(q.embed(q.nearest(r), pn), si, f.shape[-1], len(q.patch_nums))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def restart_dead_codes(vae, f: torch.Tensor, generator: torch.Generator, min_hits: float = 0.03) -> int:
+    """Codes whose usage EMA, summed over scales, fell below ``min_hits`` per step get new values:
+    random residual vectors of this batch (plus a little noise so that restarts differ)."""
+    q = vae.quantize
+    dead = (q.ema_vocab_hit_SV.sum(0) < min_hits).nonzero().squeeze(1)
+    if len(dead):
+        pool = residuals(vae, f)
+        pick = torch.randint(0, len(pool), (len(dead),), generator=generator)
+        q.embedding.weight[dead] = pool[pick] + 0.01 * pool.std() * torch.randn(len(dead), q.Cvae,
+                                                                                generator=generator)
+        q.ema_vocab_hit_SV[:, dead] = 1.0  # a grace period before the next check
+    return len(dead)
+
+
+def train_tokenizer(steps: int, batch: int, seed: int, log, lr: float = 1e-3):
+    """Stage 1: a residual multi-scale VQ-VAE trained on world images (see the module docstring)."""
+    torch.manual_seed(seed)
+    vae = build_vqvae(VQVAE_ARCH)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # codebook from the encoder's (untrained) outputs, at every scale
+        f = vae.img_to_f(images(seed + 100, 0, 64))
+        pool = torch.cat([area(f, pn).permute(0, 2, 3, 1).reshape(-1, vae.Cvae) for pn in PATCH_NUMS])
+        vae.quantize.embedding.weight.copy_(pool[torch.randint(0, len(pool), (vae.vocab_size,), generator=g)])
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2), pct_start=0.05)
+    vae.train()
+    for step in range(steps):
+        x = images(seed, step * batch, batch)
+        rec, vq = vae(x)
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + vq
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        restarted = restart_dead_codes(vae, vae.img_to_f(x).detach(), g) if step % 100 == 99 else 0
+        if step % 100 == 0 or step == steps - 1:
+            log(f"tokenizer step {step}/{steps} loss {loss.item():.4f} vq {float(vq):.4f} "
+                f"psnr {psnr(rec.detach().clamp(-1, 1), x):.2f} dB" + (f" restarted {restarted}" if restarted else ""))
+    return vae.eval()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(a.float(), b.float()).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def psnr_per_scales(vae, x: torch.Tensor) -> list[float]:
+    """Reconstruction PSNR decoding f_hat after 1, 2, ..., K scales."""
+    _, fhats = vae.quantize.f_to_idx(vae.img_to_f(x), return_fhat=True)
+    return [psnr(vae.fhat_to_img(fh), x) for fh in fhats]
+
+
+def category(prompt: str) -> str:
+    from vgen.world.grammar import parse
+
+    return parse(prompt).category
+
+
+@torch.no_grad()
+def class_samples(var, vae, classes: list[int], seeds: list[int], cfg: float, top_k: int, top_p: float,
+                  batch: int = 128) -> np.ndarray:
+    """uint8 (len(classes) * len(seeds), H, W, 3) samples, class-major: class c, then seed s."""
+    from vgen.engine.scalewise import sample
+
+    pairs = [(c, s) for c in classes for s in seeds]
+    out = []
+    for lo in range(0, len(pairs), batch):
+        part = pairs[lo:lo + batch]
+        r = sample(var, vae, [c for c, _ in part], [s for _, s in part], cfg=cfg, top_k=top_k, top_p=top_p)
+        out.append((r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    return np.concatenate(out)
+
+
+def class_accuracy(images: np.ndarray, classes: list[int], n_seeds: int) -> dict:
+    """Strict accuracy and score of class-major samples against each class's prompt: per class,
+    per category (mean over its classes), over all classes, and category-balanced."""
+    from vgen.world.verifier import verify
+
+    prompts = [CLASS_PROMPTS[c] for c in classes for _ in range(n_seeds)]
+    v = verify(images, prompts)
+    strict = np.array([x.strict for x in v], float).reshape(len(classes), n_seeds)
+    score = np.array([x.score for x in v], float).reshape(len(classes), n_seeds)
+    per_class = {int(c): float(strict[i].mean()) for i, c in enumerate(classes)}
+    cats: dict[str, list[float]] = {}
+    for i, c in enumerate(classes):
+        cats.setdefault(category(CLASS_PROMPTS[c]), []).append(float(strict[i].mean()))
+    per_cat = {k: float(np.mean(x)) for k, x in cats.items()}
+    return {"strict": float(strict.mean()), "score": float(score.mean()),
+            "strict_category_balanced": float(np.mean(list(per_cat.values()))), "per_category": per_cat,
+            "per_class": per_class, "n_classes": len(classes), "n_seeds": n_seeds}
+
+
+def fid_shapes(images: np.ndarray, classes: list[int], n_seeds: int, seed: int) -> dict:
+    """FID-shapes / KID-shapes of the samples against real renders of the same class prompts
+    (the same number of images, other scenes), in the world's FID-shapes embedding."""
+    from vgen.eval.fid import fid_kid, load_features
+
+    ds = ShapesClassDataset(len(CLASS_PROMPTS) * n_seeds, RESOLUTION, seed)
+    real = np.stack([(ds[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for i in range(len(ds))
+                     if ds[i]["label"] in set(classes)])
+    return fid_kid(real, images, load_features())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="assets/var-tiny-shapes")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=2000)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--var-config", default="configs/var/base.yaml", help="the var recipe config of stage 2")
+    ap.add_argument("--var-overrides", nargs="*", default=[], help="key=value overrides of that config")
+    ap.add_argument("--cfg-scales", default="0,1,2,3,4.5")
+    ap.add_argument("--top-ks", default="0,40")
+    ap.add_argument("--val-seeds", type=int, default=4)
+    ap.add_argument("--test-seeds", type=int, default=10)
+    ap.add_argument("--tokenizer-only", action="store_true", help="stop after stage 1 (a tokenizer-only folder)")
+    args = ap.parse_args()
+    from vgen.cli import main as vgen_main
+    from vgen.images import make_grid
+    from vgen.io import save_png
+    from vgen.models.var.folder import load_var_model, save_var_model
+    from vgen.world.verifier import verify
+
+    t_start = time.time()
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{(time.time() - t_start) / 60:6.1f} min] {msg}"
+        print(line, flush=True)
+        lines.append(line)
+
+    out = Path(args.out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent if out.parent.exists() else None))
+    vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log)
+    val = images(args.seed + 1, 0, 256)
+    curve = psnr_per_scales(vae, val)
+    log("tokenizer val PSNR by scales: " + ", ".join(f"{pn}: {p:.2f} dB" for pn, p in zip(PATCH_NUMS, curve)))
+    tok_dir = save_var_model(work / "tokenizer", vae, None, CLASS_PROMPTS, RESOLUTION)
+    if args.tokenizer_only:
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tok_dir, out)
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"saved tokenizer-only folder {out}")
+        return
+    t_var = time.time()
+    code = vgen_main(["train", args.var_config, f"tokenizer={tok_dir}", f"run.out_dir={work}", "run.name=var",
+                      f"run.seed={args.seed}", "progress=false", *args.var_overrides])
+    if code:
+        raise SystemExit(f"stage 2 (var recipe) failed with exit code {code}")
+    var_minutes = (time.time() - t_var) / 60
+    log(f"transformer trained in {var_minutes:.1f} min")
+    vae, var, _ = load_var_model(work / "var" / "model")
+    metrics = [json.loads(x) for x in (work / "var" / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [m for m in metrics if "val_loss" in m][-1]
+
+    classes = list(range(len(CLASS_PROMPTS)))
+    val_seeds = [1_000_000 + i for i in range(args.val_seeds)]  # sampling seeds: val and test never overlap
+    sweep = {}
+    for top_k in [int(k) for k in args.top_ks.split(",")]:
+        for cfg in [float(c) for c in args.cfg_scales.split(",")]:
+            acc = class_accuracy(class_samples(var, vae, classes, val_seeds, cfg, top_k, 0.0), classes,
+                                 len(val_seeds))
+            sweep[f"cfg={cfg},top_k={top_k}"] = {"cfg": cfg, "top_k": top_k, "strict": acc["strict"]}
+            log(f"val: cfg {cfg} top-k {top_k}: strict {acc['strict']:.1%}")
+    best = max(sweep.values(), key=lambda r: r["strict"])
+    test_seeds = [2_000_000 + i for i in range(args.test_seeds)]
+    t = time.perf_counter()
+    test_images = class_samples(var, vae, classes, test_seeds, best["cfg"], best["top_k"], 0.0)
+    gen_s = time.perf_counter() - t
+    res = class_accuracy(test_images, classes, len(test_seeds))
+    res["fid"] = fid_shapes(test_images, classes, len(test_seeds), args.seed + 2)
+    res["images_per_s"] = len(test_images) / gen_s
+    log(f"test ({len(test_seeds)} seeds per class): strict {res['strict']:.1%} (category-balanced "
+        f"{res['strict_category_balanced']:.1%}); per category {json.dumps(res['per_category'])}; "
+        f"FID-shapes {res['fid']['fid_shapes']:.2f}")
+
+    info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
+            "vqvae": {k: list(v) if isinstance(v, tuple) else v for k, v in VQVAE_ARCH.items()},
+            "tokenizer_psnr_by_scales": dict(zip(map(str, PATCH_NUMS), curve)),
+            "var_config": args.var_config, "var_overrides": args.var_overrides, "var_minutes": var_minutes,
+            "held_out_tf": {k: last_eval[k] for k in ("step", "val_loss", "val_acc")},
+            "sampling_sweep": sweep, "sampling": {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": 0.0},
+            "test": res, "minutes": (time.time() - t_start) / 60, "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "params": {"vqvae": sum(p.numel() for p in vae.parameters()),
+                       "var": sum(p.numel() for p in var.parameters())}}
+    shown = [c for c in classes[::3]][:24]
+    grid = class_samples(var, vae, shown, [test_seeds[0]], best["cfg"], best["top_k"], 0.0)
+    final = save_var_model(work / "final", vae, var, CLASS_PROMPTS, RESOLUTION, info["sampling"],
+                           card=model_card(info), extra={"build": info})
+    save_png(final / "samples.png", make_grid(list(grid), [f"{c}: {CLASS_PROMPTS[c]}" for c in shown], cols=6,
+                                              marks=[v.strict for v in verify(grid, [CLASS_PROMPTS[c]
+                                                                                     for c in shown])]))
+    (final / "build_log.txt").write_text("\n".join(lines) + "\n")
+    shutil.copy(work / "var" / "metrics.jsonl", final / "train_metrics.jsonl")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(final, out)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"saved {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB)")
+
+
+def model_card(info: dict) -> str:
+    t = info["test"]
+    cats = "\n".join(f"| {k} | {v:.1%} |" for k, v in t["per_category"].items())
+    psnr_row = " / ".join(f"{v:.1f}" for v in info["tokenizer_psnr_by_scales"].values())
+    return f"""---
+license: apache-2.0
+library_name: vgen
+tags: [var, visual-autoregressive, class-conditional, shapes-world, tiny]
+---
+# var-tiny-shapes
+
+A tiny class-conditional VAR (next-scale prediction) model of the vgen shapes world, built on
+CPU by `python tools/build_var_tiny.py` in {info['minutes']:.0f} minutes ({info['threads']} threads,
+torch {info['torch']}). Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json`
+(`class_prompts`), covering GenEval's six categories. Images are 64x64.
+
+- Tokenizer: residual multi-scale VQ-VAE, {info['params']['vqvae'] / 1e6:.2f}M parameters, 8x downsampling
+  (8x8 latent, 16-d codes), one 512-code codebook, scales {list(PATCH_NUMS)} (130 tokens).
+  Reconstruction PSNR on 256 held-out images after 1..6 scales: {psnr_row} dB.
+- Transformer: VAR with AdaLN blocks, {info['params']['var'] / 1e6:.2f}M parameters, trained with the `var`
+  recipe (`{info['var_config']}`) in {info['var_minutes']:.0f} minutes; held-out teacher-forcing loss
+  {info['held_out_tf']['val_loss']:.3f}, token accuracy {info['held_out_tf']['val_acc']:.1%}.
+- Sampling defaults (picked on validation seeds): CFG {info['sampling']['cfg']}, top-k {info['sampling']['top_k']}.
+
+## Quality
+
+{t['n_seeds']} test seeds per class, each sample scored by the world's verifier against its class prompt:
+GenEval-Shapes strict accuracy **{t['strict']:.1%}** over all classes (category-balanced
+{t['strict_category_balanced']:.1%}; score {t['score']:.3f}); FID-shapes {t['fid']['fid_shapes']:.2f}
+and KID-shapes {t['fid']['kid_shapes_mean']:.4f} against as many real renders of the same prompts.
+
+| category | strict accuracy |
+|---|---|
+{cats}
+
+## Use
+
+```
+vgen sample --model assets/var-tiny-shapes --classes 0 5 12 --seeds 0-3 --out samples
+```
+```python
+from vgen.models.var.folder import load_var_model
+from vgen.engine.scalewise import sample
+vqvae, var, config = load_var_model("assets/var-tiny-shapes")
+images = sample(var, vqvae, class_ids=[0, 5], seeds=[0, 1], cfg=config["sampling"]["cfg"]).images
+```
+"""
+
+
+if __name__ == "__main__":
+    main()

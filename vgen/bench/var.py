@@ -1,0 +1,126 @@
+"""`vgen bench var`: scale-wise sampling speed and KV-cache memory of a VAR model folder.
+
+At one batch (64 by default) of classes 0, 1, ... and seeds 0, 1, ..., with the folder's own
+CFG / top-k / top-p (CFG overridable), images decoded:
+
+* ``cached``: the sampler with its KV cache (the default), images/s;
+* ``uncached``: ``use_cache=False``, the whole prefix recomputed each scale, and the
+  cached / uncached speed ratio;
+* KV-cache peak: the most bytes all blocks' cached keys and values hold at once, per real
+  image. The cache holds the model rows (the batch padded to MIN_ROWS, doubled by CFG), so
+  the per-image figure counts those rows too. Checked against the closed form: after the last
+  scale every block holds k and v for every token, 2 * rows * L * C elements per block;
+* with ``switch_scale`` and ``subnet_depth`` set, the same figures under VARiant's depth plan
+  (``switch_plan``): scales from the switch on run the equidistant subnet only, and the caches
+  of the dropped blocks are freed at the switch, which lowers the peak.
+
+Each speed is the best of ``repeats`` timed calls after a warm-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vgen.bench.timing import best_time
+from vgen.config import param
+from vgen.engine.rollout import MIN_ROWS
+from vgen.errors import UserError
+from vgen.io import atomic_write_json, atomic_write_text
+from vgen.run import RunConfig
+
+RECIPE = "bench.var"
+
+
+@dataclass
+class VARBenchConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: str = param("assets/var-tiny-shapes", help="local VAR model folder")
+    batch: int = param(64, ge=1, le=4096, help="images per sampling call")
+    cfg: float | None = param(None, ge=0.0, le=50.0, help="CFG scale, 0 = off (default: the folder's)")
+    repeats: int = param(3, ge=1, le=20, help="timed repeats; the best is kept")
+    switch_scale: int | None = param(None, ge=0, help="VARiant plan: first scale run by the subnet (default: off)")
+    subnet_depth: int | None = param(None, ge=1, help="VARiant plan: blocks of the subnet (default: off)")
+
+
+def kv_bytes_formula(var, rows: int) -> int:
+    """Bytes of a full cache after the last scale: every block holds k and v, each (rows, L, C)."""
+    return var.depth * 2 * rows * var.L * var.C * next(var.parameters()).element_size()
+
+
+def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, repeats: int, plan=None) -> dict:
+    """Cached and uncached speed and the cache's peak bytes of one sampling configuration."""
+    from vgen.engine.scalewise import sample
+
+    def run(use_cache: bool, stats: dict | None = None):
+        return sample(var, vqvae, classes, seeds, use_cache=use_cache, depth_plan=plan, cache_stats=stats,
+                      **settings)
+
+    stats: dict = {}
+    freed = run(True, stats).freed
+    seconds = {"cached": best_time(lambda: run(True), repeats), "uncached": best_time(lambda: run(False), repeats)}
+    return {"seconds": seconds, "images_per_s": {k: len(classes) / v for k, v in seconds.items()},
+            "cache_speedup": seconds["uncached"] / seconds["cached"], "rows": stats["rows"],
+            "kv_bytes_per_scale": stats["bytes"], "kv_peak_bytes": stats["peak_bytes"],
+            "kv_peak_bytes_per_image": stats["peak_bytes"] / len(classes),
+            "freed": {str(k): v for k, v in freed.items()}}
+
+
+def run(cfg: VARBenchConfig, run_dir: Path) -> int:
+    from vgen.models.var import switch_plan
+    from vgen.sample import load_var, var_settings
+
+    if (cfg.switch_scale is None) != (cfg.subnet_depth is None):
+        raise UserError("switch_scale and subnet_depth go together: set both for a VARiant plan, or neither")
+    torch.manual_seed(cfg.run.seed)
+    vqvae, var, config = load_var(cfg.model)
+    settings = var_settings(config, cfg.cfg)
+    K, plan = len(var.patch_nums), None
+    if cfg.switch_scale is not None:  # checked before any timing
+        if cfg.switch_scale >= K:
+            raise UserError(f"switch_scale must be below the number of scales, {K}")
+        plan = switch_plan(var.depth, K, cfg.switch_scale, cfg.subnet_depth)
+    classes, seeds = [i % var.num_classes for i in range(cfg.batch)], list(range(cfg.batch))
+    full = measure(var, vqvae, classes, seeds, settings, cfg.repeats)
+    full["kv_formula_bytes"] = kv_bytes_formula(var, full["rows"])
+    report = {"recipe": RECIPE, "model": cfg.model, "batch": cfg.batch, **settings, "threads": torch.get_num_threads(),
+              "depth": var.depth, "width": var.C, "tokens": var.L, "patch_nums": list(var.patch_nums),
+              "full": full, "kv_formula_matches": full["kv_peak_bytes"] == full["kv_formula_bytes"], "variant": None}
+    if plan is not None:
+        sub = measure(var, vqvae, classes, seeds, settings, cfg.repeats, plan)
+        report["variant"] = {"switch_scale": cfg.switch_scale, "subnet_depth": cfg.subnet_depth,
+                             "subnet": plan[-1], **sub, "peak_vs_full": sub["kv_peak_bytes"] / full["kv_peak_bytes"],
+                             "speed_vs_full": full["seconds"]["cached"] / sub["seconds"]["cached"]}
+    atomic_write_json(run_dir / "report.json", report)
+    text = _markdown(report)
+    atomic_write_text(run_dir / "report.md", text)
+    print(text)
+    return 0
+
+
+def _markdown(r: dict) -> str:
+    v = r["variant"]
+    runs = [("full depth", r["full"])] + ([(f"VARiant d={v['subnet_depth']} from scale {v['switch_scale']}", v)]
+                                          if v else [])
+    lines = [f"# VAR sampling benchmark: batch {r['batch']}, CFG {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, "
+             f"{r['threads']} threads",
+             "", f"{r['model']}: depth {r['depth']}, width {r['width']}, {r['tokens']} tokens over scales "
+             f"{r['patch_nums']}", "",
+             "| run | cached images/s | uncached images/s | cache speed-up | KV peak KiB / image |",
+             "|---|---|---|---|---|"]
+    for name, m in runs:
+        ips = m["images_per_s"]
+        lines.append(f"| {name} | {ips['cached']:.1f} | {ips['uncached']:.1f} | {m['cache_speedup']:.2f}x | "
+                     f"{m['kv_peak_bytes_per_image'] / 1024:.1f} |")
+    f = r["full"]
+    lines += ["", f"- KV peak: the most bytes all blocks' cached k and v hold at once, over the {r['batch']} real "
+              f"images; the cache holds {f['rows']} model rows (batch padded to {MIN_ROWS}, doubled when CFG is on)",
+              f"- closed form after the last scale, depth x 2 x rows x L x C x bytes: {f['kv_formula_bytes']:,} B, "
+              f"measured {f['kv_peak_bytes']:,} B ({'equal' if r['kv_formula_matches'] else 'DIFFERENT'})"]
+    if v:
+        freed = "; ".join(f"blocks {b} at scale {k}" for k, b in v["freed"].items()) or "none"
+        lines.append(f"- VARiant subnet {v['subnet']}, caches freed: {freed}; KV peak {v['peak_vs_full']:.2f}x "
+                     f"the full model's, cached speed {v['speed_vs_full']:.2f}x")
+    return "\n".join(lines) + "\n"

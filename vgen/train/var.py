@@ -1,0 +1,488 @@
+"""`vgen train` recipe ``var``: class-conditional VAR / FlexVAR training on the shapes world.
+
+One iteration, read top to bottom in :func:`run`:
+
+1. batch: ``batch`` dataset indices drawn from (run.seed, step) alone, split over processes;
+   class ``i % 70`` of :class:`ShapesClassDataset` (``CLASS_PROMPTS``), 64x64 images;
+2. tokens from the frozen VQ-VAE of ``tokenizer`` (a VAR model folder; with ``cache_tokens``
+   the whole dataset is tokenized once at start, the same tokens every time);
+3. teacher forcing (:func:`tf_loss_from_tokens`): the transformer sees the ground-truth
+   inputs of every scale at once under the block-causal mask; cross-entropy over all scales
+   with label smoothing and optional per-scale weights; labels dropped to the null class
+   at ``cond_drop_rate`` (classifier-free guidance); which samples drop is
+   drawn from (run.seed, step) for the global batch (:func:`label_drops`), so it does not
+   depend on how the batch is split over processes or micro-batches;
+4. gradients summed over processes (each process weights its share by its size over the
+   global batch, so the sum is the global mean), clipped, one AdamW step; the learning rate
+   is set each step from the step number (warm-up then cosine / linear decay);
+5. metrics to ``metrics.jsonl`` / TensorBoard; held-out loss, sample grid (scored by the
+   verifier) and an atomic checkpoint every so many steps; at the end, a model folder in
+   ``RUN/model`` that `vgen sample` loads.
+
+Every random choice comes from (run.seed, step) or from the torch generator, whose state is
+checkpointed, so ``resume: auto`` continues exactly as an uninterrupted run on CPU.
+
+The pieces are plain functions for the other VAR recipes (SAR, VARiant) to call:
+:func:`token_ce`, :func:`tf_loss_from_tokens`, :func:`tf_loss`, :func:`tokenize`,
+:func:`lr_at`, :func:`make_optimizer`, :func:`optimizer_step`, :func:`sample_grid`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vgen.config import param
+from vgen.errors import UserError
+from vgen.run import RunConfig
+
+RECIPE = "var"
+SPREAD_CLASSES = [0, 3, 5, 11, 19, 22, 33, 44, 47, 56, 58, 69]  # one or two of each category
+
+
+@dataclass
+class VARTrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    tokenizer: str = param("assets/var-tiny-shapes", help="VAR model folder whose frozen VQ-VAE tokenizes images "
+                           "(a tokenizer-only folder is fine); FlexVAR when its VQ-VAE is non-residual")
+    init: str | None = param(None, help="VAR model folder to start the transformer from; its architecture is "
+                             "used and depth / width / heads / mlp_ratio are ignored (default: random init)")
+    depth: int = param(6, ge=1, le=64, help="transformer blocks")
+    width: int = param(256, ge=8, le=8192, help="transformer width")
+    heads: int = param(4, ge=1, le=128, help="attention heads (must divide width)")
+    mlp_ratio: float = param(4.0, gt=0, le=16, help="FFN hidden width / width")
+    cond_drop_rate: float = param(0.1, ge=0, le=1, help="share of labels dropped to the null class (CFG)")
+    drop_path: float = param(0.0, ge=0, lt=1, help="stochastic depth rate of the last block")
+    data_size: int = param(20_000, ge=1, help="ShapesClassDataset items (distinct scenes, classes round robin)")
+    data_seed: int = param(0, ge=0, help="dataset seed (the held-out set uses data_seed + 1)")
+    resolution: int = param(64, ge=8, le=1024, help="image side, pixels (the tokenizer's)")
+    cache_tokens: bool = param(True, help="tokenize the whole dataset once at start instead of every batch")
+    batch: int = param(64, ge=1, le=100_000, help="global batch (all processes)")
+    micro_batch: int | None = param(None, ge=1, help="samples per forward/backward (gradient accumulation)")
+    lr: float = param(1e-3, gt=0, le=1.0, help="peak AdamW learning rate")
+    min_lr_ratio: float = param(0.05, ge=0, le=1, help="final lr / peak lr")
+    warmup: int = param(100, ge=0, help="linear warm-up steps")
+    schedule: Literal["cosine", "linear", "constant"] = param("cosine", help="decay after warm-up")
+    betas: list[float] = param(default_factory=lambda: [0.9, 0.95], help="AdamW betas")
+    weight_decay: float = param(0.05, ge=0, help="AdamW weight decay (not on biases, norms, embeddings)")
+    grad_clip: float = param(2.0, gt=0, help="gradient norm clip")
+    label_smoothing: float = param(0.0, ge=0, lt=1, help="cross-entropy label smoothing")
+    scale_weights: list[float] | None = param(None, help="per-scale loss weights (default: every token alike)")
+    bf16: bool = param(True, help="bfloat16 autocast (CUDA only; CPU always runs float32)")
+    iterations: int = param(2000, ge=0, le=10_000_000, help="optimizer steps")
+    log_every: int = param(0, ge=0, help="print a line every this many steps (0: never)")
+    eval_every: int = param(500, ge=0, help="held-out teacher-forcing loss every this many steps (0: end only)")
+    val_size: int = param(280, ge=1, help="held-out items")
+    sample_every: int = param(500, ge=0, help="sample grid every this many steps (0: end only)")
+    sample_classes: list[int] = param(default_factory=lambda: list(SPREAD_CLASSES), help="classes of the grid")
+    sample_seeds: int = param(2, ge=1, le=64, help="seeds per class in the grid")
+    sample_cfg: float = param(1.5, ge=0, le=50, help="CFG of grids and of the saved model's defaults")
+    sample_top_k: int = param(0, ge=0, help="top-k of grids and of the saved model (0: off)")
+    sample_top_p: float = param(0.0, ge=0, le=1, help="top-p of grids and of the saved model (0: off)")
+    checkpoint_every: int = param(500, ge=0, help="checkpoint every this many steps (0: only at the end)")
+    save_model: bool = param(True, help="write the final tokenizer + transformer to RUN/model (a model folder)")
+    resume: str = param("auto", help="auto: continue the run named run.name if it has a checkpoint; never")
+    progress: bool = param(True, help="show a progress bar")
+
+
+# ---------------------------------------------------------------- losses
+
+
+@dataclass
+class TFLoss:
+    loss: torch.Tensor              # scalar, differentiable: mean over samples of the weighted token CE
+    per_sample: torch.Tensor        # (B,) the same per sample, detached
+    ce_per_scale: torch.Tensor      # (K,) mean unsmoothed CE of each scale, detached
+    acc_per_scale: torch.Tensor     # (K,) top-1 accuracy of each scale, detached
+
+
+def token_weights(lengths: list[int], scale_weights=None, device=None) -> torch.Tensor:
+    """(L,) weights summing to 1: every token alike (official VAR), or scale k's tokens sharing
+    ``scale_weights[k]`` in proportion to their count (the weight is per token, not per scale)."""
+    if scale_weights is None:
+        w = torch.ones(sum(lengths), device=device)
+    else:
+        if len(scale_weights) != len(lengths):
+            raise UserError(f"scale_weights has {len(scale_weights)} entries, the model has {len(lengths)} scales")
+        if any(x < 0 for x in scale_weights) or not any(x > 0 for x in scale_weights):
+            raise UserError("scale_weights must be >= 0 with at least one > 0")
+        w = torch.cat([torch.full((n,), float(x), device=device) for n, x in zip(lengths, scale_weights)])
+    return w / w.sum()
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor, lengths: list[int], label_smoothing: float = 0.0,
+             scale_weights=None) -> TFLoss:
+    """Cross-entropy of (B, L, V) logits against (B, L) token targets laid out scale after scale.
+
+    Label smoothing is torch's: (1 - e) CE + e * mean over the vocabulary of -log p. Computed in
+    float32 whatever the logits' dtype."""
+    B, L, V = logits.shape
+    lp = logits.float()
+    ce = F.cross_entropy(lp.reshape(-1, V), targets.reshape(-1), label_smoothing=label_smoothing,
+                         reduction="none").view(B, L)
+    w = token_weights(lengths, scale_weights, logits.device)
+    per_sample = (ce * w).sum(1)
+    with torch.no_grad():
+        plain = ce if not label_smoothing else F.cross_entropy(lp.reshape(-1, V), targets.reshape(-1),
+                                                               reduction="none").view(B, L)
+        hit = (lp.argmax(-1) == targets).float()
+        ce_s = torch.stack([c.mean() for c in plain.split(lengths, 1)])
+        acc_s = torch.stack([a.mean() for a in hit.split(lengths, 1)])
+    return TFLoss(per_sample.mean(), per_sample.detach(), ce_s, acc_s)
+
+
+@torch.no_grad()
+def tokenize(vqvae, images: torch.Tensor, patch_nums=None) -> list[torch.Tensor]:
+    """Per-scale token indices of images in [0, 1] (the world's convention; the VQ-VAE sees [-1, 1])."""
+    return vqvae.img_to_idx(images.to(vqvae.quant_conv.weight) * 2 - 1, patch_nums)
+
+
+def tf_loss_from_tokens(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0,
+                        scale_weights=None) -> TFLoss:
+    """Teacher-forcing loss of ground-truth tokens: one forward over all scales under the
+    block-causal mask. In training mode the VAR drops labels with its cond_drop_rate."""
+    from vgen.engine.scalewise import teacher_forcing_inputs
+
+    inputs = teacher_forcing_inputs(vqvae, tokens, var.patch_nums)
+    logits = var(labels, inputs)
+    return token_ce(logits, torch.cat(tokens, 1), var.lengths(), label_smoothing, scale_weights)
+
+
+def tf_loss(var, vqvae, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+            scale_weights=None) -> TFLoss:
+    """Teacher-forcing loss of images in [0, 1] through the frozen tokenizer."""
+    return tf_loss_from_tokens(var, vqvae, tokenize(vqvae, images, var.patch_nums), labels, label_smoothing,
+                               scale_weights)
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def lr_at(step: int, lr: float, iterations: int, warmup: int = 0, schedule: str = "cosine",
+          min_lr_ratio: float = 0.0) -> float:
+    """Learning rate of (1-based) step ``step``: linear warm-up, then decay to ``min_lr_ratio * lr``
+    at the last step. A function of the step alone, so a resumed run needs no scheduler state."""
+    if warmup and step <= warmup:
+        return lr * step / warmup
+    if schedule == "constant" or iterations <= warmup:
+        return lr
+    t = min(1.0, (step - warmup) / max(1, iterations - warmup))
+    shape = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1 - t
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * shape)
+
+
+NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "class_emb", "scale_mul", "q_bias", "v_bias", "ada_gss")
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)):
+    """AdamW without weight decay on biases, gains and embeddings (as the official VAR trainer)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=False, foreach=False)
+
+
+def optimizer_step(dist, params: list[torch.Tensor], opt, sums: torch.Tensor, grad_clip: float) -> dict:
+    """Sum gradients and statistics over processes, clip, step; a non-finite gradient is dropped."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    dist.sum_([p.grad for p in params] + [sums])
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return {"grad_norm": float(norm), "skipped_update": 1}
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"grad_norm": float(norm)}
+
+
+# ---------------------------------------------------------------- data
+
+
+def batch_indices(seed: int, step: int, batch: int, size: int) -> list[int]:
+    """The global batch of step ``step``: uniform draws (with replacement) from (seed, step) alone."""
+    return np.random.default_rng([seed, step, 7]).integers(0, size, batch).tolist()
+
+
+def label_drops(seed: int, step: int, batch: int, rate: float) -> list[bool]:
+    """Which samples of the global batch of step ``step`` train as the null class (CFG label
+    dropout): from (seed, step) alone, like the batch itself, so every process and micro-batch
+    drops the samples one process would."""
+    if rate <= 0:
+        return [False] * batch
+    return (np.random.default_rng([seed, step, 11]).random(batch) < rate).tolist()
+
+
+def tokenize_dataset(vqvae, dataset, chunk: int = 256, progress: bool = False) -> list[torch.Tensor]:
+    """Per-scale tokens (N, pn^2) of every item, in fixed chunks (the same tokens every run)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for lo in tqdm(range(0, len(dataset), chunk), desc="tokenizing", disable=not progress):
+        images = torch.stack([dataset[i]["image"] for i in range(lo, min(lo + chunk, len(dataset)))])
+        out.append([t.cpu() for t in tokenize(vqvae, images)])
+    return [torch.cat(parts) for parts in zip(*out)]
+
+
+class Data:
+    """Tokens and labels by dataset index: from a one-off cache, or rendered and tokenized on demand."""
+
+    def __init__(self, vqvae, size: int, resolution: int, seed: int, cache: bool, progress: bool = False):
+        from vgen.world.datasets import ShapesClassDataset
+
+        self.vqvae, self.ds = vqvae, ShapesClassDataset(size, resolution, seed)
+        self.cache = tokenize_dataset(vqvae, self.ds, progress=progress) if cache else None
+
+    def get(self, idx: list[int], device) -> tuple[list[torch.Tensor], torch.Tensor]:
+        labels = torch.tensor([i % self.ds.num_classes for i in idx], device=device)
+        if self.cache is not None:
+            rows = torch.tensor(idx)
+            return [t[rows].to(device) for t in self.cache], labels
+        images = torch.stack([self.ds[i]["image"] for i in idx])
+        return [t.to(device) for t in tokenize(self.vqvae, images)], labels
+
+
+# ---------------------------------------------------------------- checkpoints, samples
+
+
+class _Weights:
+    """``save_checkpoint`` saves a model through ``save_pretrained`` (the diffusers API); this writes
+    a plain module's state dict as one safetensors file in the same place (``transformer/``), which
+    ``apply_weights`` loads back strictly into the module."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def save_pretrained(self, folder: str, safe_serialization: bool = True) -> None:
+        from safetensors.torch import save_file
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()},
+                  str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _rng_state() -> dict:
+    state = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch_rng"])
+    if "cuda_rng" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda_rng"])
+
+
+def sample_grid(var, vqvae, classes: list[int], seeds: list[int], path: Path, prompts, cfg: float = 1.5,
+                top_k: int = 0, top_p: float = 0.0) -> float:
+    """Sample every (class, seed), save a labelled grid (green / red: the verifier's strict verdict)
+    and return the strict accuracy of the samples against their class prompts."""
+    from vgen.engine.scalewise import sample
+    from vgen.images import make_grid
+    from vgen.io import save_png
+    from vgen.world.verifier import verify
+
+    pairs = [(c, s) for c in classes for s in seeds]
+    out = sample(var, vqvae, [c for c, _ in pairs], [s for _, s in pairs], cfg=cfg, top_k=top_k, top_p=top_p)
+    images = (out.images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+    verdicts = verify(images, [prompts[c] for c, _ in pairs])
+    save_png(path, make_grid(list(images), [f"{c}: {prompts[c]} ({s})" for c, s in pairs], cols=len(seeds) * 2,
+                             marks=[v.strict for v in verdicts]))
+    return float(np.mean([v.strict for v in verdicts]))
+
+
+@torch.no_grad()
+def held_out(var, vqvae, data: Data, device, batch: int = 64) -> dict[str, float]:
+    """Teacher-forcing CE and accuracy on the held-out items, labels kept (eval mode)."""
+    from vgen.engine.scalewise import evaluating
+
+    n, ce, acc = len(data.ds), 0.0, 0.0
+    with evaluating(var):
+        for lo in range(0, n, batch):
+            idx = list(range(lo, min(lo + batch, n)))
+            tokens, labels = data.get(idx, device)
+            r = tf_loss_from_tokens(var, vqvae, tokens, labels)
+            ce += float(r.per_sample.sum())
+            acc += float(r.acc_per_scale @ torch.tensor(var.lengths(), dtype=torch.float32, device=device)
+                         / var.L) * len(idx)
+    return {"val_loss": ce / n, "val_acc": acc / n}
+
+
+def build_model(cfg: VARTrainConfig, vqvae, device):
+    """The transformer: from ``init`` (its architecture and weights) or new with the official init."""
+    from vgen.models.var.folder import build_var, load_var_model
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    if cfg.init is not None:
+        _, var, conf = load_var_model(cfg.init, device)
+        if var is None:
+            raise UserError(f"init folder {cfg.init!r} holds no transformer (var.safetensors)")
+        if tuple(conf["patch_nums"]) != tuple(vqvae.patch_nums):
+            raise UserError(f"init folder {cfg.init!r} has scales {conf['patch_nums']}, the tokenizer "
+                            f"{list(vqvae.patch_nums)}")
+        if (var.V, var.Cvae) != (vqvae.vocab_size, vqvae.Cvae):
+            raise UserError(f"init folder {cfg.init!r} has a transformer for {var.V} tokens of {var.Cvae} channels, "
+                            f"the tokenizer has {vqvae.vocab_size} of {vqvae.Cvae}")
+        if var.num_classes != len(CLASS_PROMPTS):
+            raise UserError(f"init folder {cfg.init!r} has {var.num_classes} classes, the recipe trains the "
+                            f"{len(CLASS_PROMPTS)} class prompts of the shapes world")
+        var.cond_drop_rate = var.arch["cond_drop_rate"] = cfg.cond_drop_rate  # a training choice, not architecture
+        return var.train()
+    if cfg.width % cfg.heads:
+        raise UserError(f"heads ({cfg.heads}) must divide width ({cfg.width})")
+    arch = dict(vocab_size=vqvae.vocab_size, Cvae=vqvae.Cvae, num_classes=len(CLASS_PROMPTS), depth=cfg.depth,
+                embed_dim=cfg.width, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, cond_drop_rate=cfg.cond_drop_rate,
+                drop_path_rate=cfg.drop_path, patch_nums=list(vqvae.patch_nums), flex=not vqvae.residual)
+    var = build_var(arch, device)
+    var.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02)
+    return var.train()
+
+
+def model_card(cfg: VARTrainConfig, var, history: dict) -> str:
+    n = sum(p.numel() for p in var.parameters())
+    last = history["eval"][-1] if history["eval"] else None
+    scores = (f"Held-out teacher-forcing loss {last['val_loss']:.4f}, token accuracy {last['val_acc']:.1%}; "
+              f"sample grid strict accuracy {last.get('sample_strict', float('nan')):.1%} (step {last['step']}).\n"
+              if last else "")
+    return f"""# VAR model trained by `vgen train` (recipe var)
+
+Class-conditional {"FlexVAR" if var.flex else "VAR"}: depth {var.depth}, width {var.C}, {var.num_heads} heads,
+{n / 1e6:.2f}M parameters; scales {list(var.patch_nums)} ({var.L} tokens per image); tokenizer from
+`{cfg.tokenizer}`. Classes are the {var.num_classes} prompts in config.json (`class_prompts`).
+
+Trained {cfg.iterations} steps, batch {cfg.batch}, AdamW lr {cfg.lr} ({cfg.schedule}, warm-up {cfg.warmup}),
+label smoothing {cfg.label_smoothing}, label dropout {cfg.cond_drop_rate}, seed {cfg.run.seed}.
+{scores}
+```
+vgen sample --model THIS_FOLDER --classes 0 5 12 --seeds 0 1 --out samples
+```
+"""
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run(cfg: VARTrainConfig, run_dir: Path) -> int:
+    from tqdm.auto import tqdm
+
+    from vgen.config import to_dict
+    from vgen.models.var.folder import load_var_model, save_var_model
+    from vgen.train.checkpoint import apply_weights, latest_checkpoint, load_state, save_checkpoint
+    from vgen.train.dist import Dist
+    from vgen.train.logging import MetricLog
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    dist = Dist()
+    device = dist.device
+    if cfg.batch % dist.world:
+        raise UserError(f"batch {cfg.batch} cannot be split evenly over {dist.world} processes")
+    if any(not 0 <= c < len(CLASS_PROMPTS) for c in cfg.sample_classes):
+        raise UserError(f"sample_classes must lie in 0..{len(CLASS_PROMPTS) - 1}")
+    torch.manual_seed(cfg.run.seed)
+    config = to_dict(cfg)
+    vqvae, _, tok_conf = load_var_model(cfg.tokenizer, device, tokenizer_only=True)
+    vqvae.requires_grad_(False)
+    if tok_conf["resolution"] != cfg.resolution:
+        raise UserError(f"the tokenizer in {cfg.tokenizer!r} is for {tok_conf['resolution']}px images, "
+                        f"resolution is {cfg.resolution}")
+    var = build_model(cfg, vqvae, device)
+    var.cond_drop_rate = 0.0  # the loop drops labels itself (label_drops); var.arch keeps the rate for the folder
+    params = [p for p in var.parameters() if p.requires_grad]
+    opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas)
+    token_weights(var.lengths(), cfg.scale_weights)  # refuse bad weights before any work
+    main = dist.main
+    train = Data(vqvae, cfg.data_size, cfg.resolution, cfg.data_seed, cfg.cache_tokens, cfg.progress and main)
+    val = Data(vqvae, cfg.val_size, cfg.resolution, cfg.data_seed + 1, cfg.cache_tokens) if main else None
+
+    start, history = 0, {"eval": []}
+    ckpt = latest_checkpoint(run_dir) if cfg.resume == "auto" else None
+    if ckpt is not None:  # the CLI only reuses a run directory whose config matches (check_resumable)
+        apply_weights(ckpt, var)
+        st = load_state(ckpt)
+        opt.load_state_dict(st["optimizer"])
+        _set_rng_state(st)
+        start, history = int(st["step"]), json.loads(st["history"])
+        if main:
+            print(f"resumed from {ckpt} at step {start}", flush=True)
+    log = MetricLog(run_dir, start) if main else None
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    micro = cfg.micro_batch or cfg.batch
+    K = len(var.patch_nums)
+    bar = tqdm(total=cfg.iterations, initial=start, desc="var", unit="step", disable=not (cfg.progress and main))
+    t_run = time.perf_counter()
+    for step in range(start + 1, cfg.iterations + 1):
+        t = time.perf_counter()
+        lr = lr_at(step, cfg.lr, cfg.iterations, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = dist.shard(batch_indices(cfg.run.seed, step, cfg.batch, cfg.data_size))
+        drops = dist.shard(label_drops(cfg.run.seed, step, cfg.batch, cfg.cond_drop_rate))
+        sums = torch.zeros(2 + 2 * K, device=device)  # loss, acc, per-scale CE, per-scale acc (global means)
+        var.train()
+        for lo in range(0, len(idx), micro):
+            tokens, labels = train.get(idx[lo:lo + micro], device)
+            labels = labels.masked_fill(torch.tensor(drops[lo:lo + micro], device=device), var.num_classes)
+            with torch.autocast(**amp):
+                r = tf_loss_from_tokens(var, vqvae, tokens, labels, cfg.label_smoothing, cfg.scale_weights)
+            w = len(labels) / cfg.batch
+            (r.loss * w).backward()
+            acc = r.acc_per_scale @ torch.tensor(var.lengths(), dtype=torch.float32, device=device) / var.L
+            sums += w * torch.cat([r.loss.detach().view(1), acc.view(1), r.ce_per_scale, r.acc_per_scale])
+        stepped = optimizer_step(dist, params, opt, sums, cfg.grad_clip)
+        s = sums.tolist()
+        m = {"loss": s[0], "acc": s[1], "lr": lr, **stepped, **{f"ce_scale{k}": s[2 + k] for k in range(K)},
+             **{f"acc_scale{k}": s[2 + K + k] for k in range(K)}}
+        m["time_step"] = time.perf_counter() - t
+        m["images_per_s"] = cfg.batch / m["time_step"]
+        if main:
+            final = step == cfg.iterations
+            if (cfg.eval_every and step % cfg.eval_every == 0) or final:
+                ev = held_out(var, vqvae, val, device)
+                m.update(ev)
+                history["eval"].append({"step": step, **ev})
+            if (cfg.sample_every and step % cfg.sample_every == 0) or final:
+                m["sample_strict"] = sample_grid(var, vqvae, cfg.sample_classes, list(range(cfg.sample_seeds)),
+                                                 run_dir / "samples" / f"step-{step:06d}.png", CLASS_PROMPTS,
+                                                 cfg.sample_cfg, cfg.sample_top_k, cfg.sample_top_p)
+                if history["eval"] and history["eval"][-1]["step"] == step:
+                    history["eval"][-1]["sample_strict"] = m["sample_strict"]
+            log.write(step, m)
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or final:
+                state = {"step": step, "optimizer": opt.state_dict(), "history": json.dumps(history),
+                         **_rng_state()}
+                save_checkpoint(run_dir, step, _Weights(var), state, config, cfg.tokenizer)
+            if cfg.log_every and (step % cfg.log_every == 0 or final):
+                rate = (step - start) / (time.perf_counter() - t_run)
+                print(f"step {step}/{cfg.iterations} loss {m['loss']:.4f} acc {m['acc']:.3f} lr {lr:.2e} "
+                      f"{rate * cfg.batch:.1f} img/s eta {(cfg.iterations - step) / rate / 60:.1f} min"
+                      + (f" val_loss {m['val_loss']:.4f}" if "val_loss" in m else "")
+                      + (f" sample_strict {m['sample_strict']:.1%}" if "sample_strict" in m else ""), flush=True)
+            bar.set_postfix(loss=f"{m['loss']:.4f}")
+        dist.barrier()
+        bar.update(1)
+    bar.close()
+    if not main:
+        return 0
+    log.close()
+    if cfg.save_model:
+        sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
+        out = save_var_model(run_dir / "model", vqvae, var.eval(), CLASS_PROMPTS, cfg.resolution, sampling,
+                             card=model_card(cfg, var, history))
+        print(f"model folder: {out}", flush=True)
+    if history["eval"]:
+        e = history["eval"][-1]
+        print(f"held-out teacher-forcing loss {e['val_loss']:.4f} (token accuracy {e['val_acc']:.1%}) at step "
+              f"{e['step']}", flush=True)
+    return 0
