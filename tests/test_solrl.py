@@ -175,3 +175,23 @@ def test_prompt_file_training_holds_out_its_last_lines(tmp_path, model_dir, caps
     report = json.loads((tmp_path / "file" / "eval" / "step-000001" / "report.json").read_text())
     assert report["n_prompts"] == 2 and "reward" in report["rewards"]
     assert "held-out mean reward" in capsys.readouterr().out
+
+
+def test_inner_epochs_take_several_steps_against_one_fixed_old_policy(tmp_path, model_dir):
+    """inner_epochs=E: E optimizer steps per iteration (Adam's step count), each on fresh noise
+    levels; the EMA old policy moves once per iteration, so the first epoch of a run equals a
+    one-epoch run's only step, and the run still resumes exactly."""
+    from vgen.train.checkpoint import latest_checkpoint, load_state
+
+    bright = ["reward={test_brightness: 1.0}"]  # a spread in every group: every iteration steps
+
+    assert _train(tmp_path, model_dir, "one", "iterations=2", *bright) == 0
+    assert _train(tmp_path, model_dir, "three", "iterations=2", "inner_epochs=3", *bright) == 0
+    st = load_state(latest_checkpoint(tmp_path / "three"))
+    assert {int(s["step"]) for s in st["optimizer"]["state"].values()} == {6}
+    one, three = _metrics(tmp_path / "one"), _metrics(tmp_path / "three")
+    assert one[1]["reward_mean"] == three[1]["reward_mean"]  # the same samples before any update
+    assert one[1]["loss"] != three[1]["loss"] and np.isfinite(three[2]["loss"])
+    assert _train(tmp_path, model_dir, "cut", "iterations=1", "inner_epochs=3", *bright) == 0
+    assert _train(tmp_path, model_dir, "cut", "iterations=2", "inner_epochs=3", *bright) == 0
+    assert _metrics(tmp_path / "cut") == three

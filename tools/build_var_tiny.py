@@ -14,7 +14,7 @@ buys nothing on this world - its smallest objects are 13 px wide, more than a la
 and a half at 8x - while the residual scales still go coarse to fine in roughly 1.4x steps
 (the official ratio is 1.2-1.3x). Six scales keep sampling to six transformer steps.
 
-Stage 1, the tokenizer: ``VQVAE(ch=32, ch_mult=(1, 2, 2, 4))``, one residual block per
+Stage 1, the tokenizer: ``VQVAE(ch=16, ch_mult=(1, 2, 4, 4))`` with 8 GroupNorm groups, one residual block per
 level, mid attention only, 16-channel codes, one shared codebook of 512 codes for all
 scales (VAR's rule), 4 shared Phi convs. Loss: L1 + MSE reconstruction + the quantizer's
 codebook / commitment terms averaged over scales (``VectorQuantizer.forward``). The codebook
@@ -116,7 +116,7 @@ def train_tokenizer(steps: int, batch: int, seed: int, log, lr: float = 1e-3):
         sched.step()
         restarted = restart_dead_codes(vae, vae.img_to_f(x).detach(), g) if step % 100 == 99 else 0
         if step % 100 == 0 or step == steps - 1:
-            log(f"tokenizer step {step}/{steps} loss {loss.item():.4f} vq {float(vq):.4f} "
+            log(f"tokenizer step {step}/{steps} loss {loss.item():.4f} vq {vq.item():.4f} "
                 f"psnr {psnr(rec.detach().clamp(-1, 1), x):.2f} dB" + (f" restarted {restarted}" if restarted else ""))
     return vae.eval()
 
@@ -189,7 +189,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="assets/var-tiny-shapes")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=2000)
+    ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--var-config", default="configs/var/base.yaml", help="the var recipe config of stage 2")
     ap.add_argument("--var-overrides", nargs="*", default=[], help="key=value overrides of that config")
