@@ -90,23 +90,39 @@ def test_flow_grpo_trains_on_policy_sde_rollouts_and_resumes_exactly(tmp_path, m
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_matches(tmp_path, model_dir):
-    """A real SIGKILL while the run works; every checkpoint left is complete and the resumed run
-    reports what the uninterrupted one did."""
+def _first_checkpoint(run):
+    return (run / "checkpoints" / "latest").is_file()
+
+
+def _writing_a_checkpoint(run):  # the second one: a run killed before its first restarts in NAME-2
+    return _first_checkpoint(run) and any((run / "checkpoints").glob(".step-*"))
+
+
+def _mid_iteration(run):  # iteration 1 logged and checkpointed: iteration 2 is generating
+    log = run / "metrics.jsonl"
+    return _first_checkpoint(run) and log.is_file() and len(log.read_text().splitlines()) >= 2
+
+
+@pytest.mark.parametrize("when", [_first_checkpoint, _writing_a_checkpoint, _mid_iteration])
+def test_sigkill_mid_run_then_resume_matches(tmp_path, model_dir, when):
+    """A real SIGKILL at three points (just after a checkpoint, in the middle of writing one, in
+    the middle of an iteration); every checkpoint left is complete and the resumed run reports
+    what the uninterrupted one did."""
     assert _train(tmp_path, model_dir, "ref", "iterations=3") == 0
     cmd = [sys.executable, "-m", "vgen.cli", "train", "configs/solrl/tiny.yaml", f"model={model_dir}", *TINY,
            f"run.out_dir={tmp_path}", "run.name=k", "iterations=3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = tmp_path / "k" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    env = {**os.environ, "VGEN_CHECKPOINT_DELAY": "0.5" if when is _writing_a_checkpoint else "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
+    run, deadline = tmp_path / "k", time.time() + 300
+    while not when(run) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for ckpt in (tmp_path / "k" / "checkpoints").glob("step-*"):
+    assert proc.wait() == -signal.SIGKILL  # killed, not finished
+    for ckpt in (run / "checkpoints").glob("step-*"):
         assert (ckpt / "meta.json").is_file() and (ckpt / "state.pt").is_file()
     assert _train(tmp_path, model_dir, "k", "iterations=3") == 0
-    assert _metrics(tmp_path / "k") == _metrics(tmp_path / "ref")
+    assert _metrics(run) == _metrics(tmp_path / "ref")
 
 
 def test_nan_rewards_are_dropped_and_flat_groups_give_no_gradient(tmp_path, model_dir):

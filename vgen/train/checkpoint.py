@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -82,6 +83,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     try:
         h = config_hash(config)
         kind = save_weights(model, tmp, {"vgen_version": __version__, "config_hash": h})
+        if delay := float(os.environ.get("VGEN_CHECKPOINT_DELAY", "0")):  # crash tests: a wide window
+            time.sleep(delay)                                             # in the middle of a write
         torch.save(state, tmp / "state.pt")
         atomic_write_json(tmp / "meta.json", {"step": step, "kind": kind, "config_hash": h,
                                               "vgen_version": __version__, "base_model": base_model})
