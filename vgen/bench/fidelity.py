@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vgen.bench.timing import publish
 from vgen.config import param
-from vgen.io import atomic_write_json, atomic_write_text
 from vgen.run import RunConfig
 
 RECIPE = "bench.fidelity"
@@ -85,11 +85,7 @@ def run(cfg: FidelityBenchConfig, run_dir: Path) -> int:
               "reference": {"precision": "fp32", "steps": steps, "reward_mean": float(ref.mean())},
               "preview_steps": cfg.preview_steps, "guidance": guidance, "cheap": results, "seconds": timings,
               "threads": torch.get_num_threads()}
-    atomic_write_json(run_dir / "report.json", report)
-    text = _markdown(report)
-    atomic_write_text(run_dir / "report.md", text)
-    print(text)
-    return 0
+    return publish(run_dir, report, _markdown(report))
 
 
 def _markdown(r: dict) -> str:

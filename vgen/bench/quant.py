@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from vgen.bench.timing import best_time
+from vgen.bench.timing import best_time, publish
 from vgen.config import param
-from vgen.io import atomic_write_json, atomic_write_text
 from vgen.run import RunConfig
 
 RECIPE = "bench.quant"
@@ -135,11 +134,7 @@ def run(cfg: QuantBenchConfig, run_dir: Path) -> int:
     report = {"recipe": RECIPE, "threads": torch.get_num_threads(), "shape": [cfg.rows, cfg.cols],
               "quantize_cpu": _quantize_throughput(cfg), "rollout_cpu": _rollout_speed(cfg)}
     report["gpu"] = _gpu(cfg) if torch.cuda.is_available() else {"skipped": "no CUDA device on this machine"}
-    atomic_write_json(run_dir / "report.json", report)
-    text = _markdown(report, cfg)
-    atomic_write_text(run_dir / "report.md", text)
-    print(text)
-    return 0
+    return publish(run_dir, report, _markdown(report, cfg))
 
 
 def _markdown(r: dict, cfg: QuantBenchConfig) -> str:

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from vgen.bench.timing import best_time
+from vgen.bench.timing import best_time, publish
 from vgen.config import param
-from vgen.io import atomic_write_json, atomic_write_text
 from vgen.run import RunConfig
 
 RECIPE = "bench.rollout"
@@ -103,11 +102,7 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
         "engine_overhead": results["engine_folded"] / results["forwards"],
         "bf16_vs_fp32": (results["engine_folded"] / results["engine_bf16"]) if cfg.bf16 else None,
     }
-    atomic_write_json(run_dir / "report.json", report)
-    text = _markdown(report)
-    atomic_write_text(run_dir / "report.md", text)
-    print(text)
-    return 0
+    return publish(run_dir, report, _markdown(report))
 
 
 def _markdown(r: dict) -> str:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from vgen.bench.timing import best_time
+from vgen.bench.timing import best_time, publish
 from vgen.config import param
 from vgen.engine.rollout import MIN_ROWS
 from vgen.errors import UserError
-from vgen.io import atomic_write_json, atomic_write_text
 from vgen.run import RunConfig
 
 RECIPE = "bench.var"
@@ -93,11 +92,7 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
         report["variant"] = {"switch_scale": cfg.switch_scale, "subnet_depth": cfg.subnet_depth,
                              "subnet": plan[-1], **sub, "peak_vs_full": sub["kv_peak_bytes"] / full["kv_peak_bytes"],
                              "speed_vs_full": full["seconds"]["cached"] / sub["seconds"]["cached"]}
-    atomic_write_json(run_dir / "report.json", report)
-    text = _markdown(report)
-    atomic_write_text(run_dir / "report.md", text)
-    print(text)
-    return 0
+    return publish(run_dir, report, _markdown(report))
 
 
 def _markdown(r: dict) -> str:
