@@ -123,6 +123,7 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path, model_dir, when):
         assert (ckpt / "meta.json").is_file() and (ckpt / "state.pt").is_file()
     assert _train(tmp_path, model_dir, "k", "iterations=3") == 0
     assert _metrics(run) == _metrics(tmp_path / "ref")
+    assert not list((run / "checkpoints").glob(".step-*"))  # what the killed writer left is cleared
 
 
 def test_nan_rewards_are_dropped_and_flat_groups_give_no_gradient(tmp_path, model_dir):

@@ -78,6 +78,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     """Write checkpoint ``step`` atomically (see the module docstring); returns its folder."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*"):  # half-written by a run that was killed: one writer per run, so not ours
+        shutil.rmtree(stale, ignore_errors=True)
     name = f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
