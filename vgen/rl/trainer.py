@@ -255,7 +255,7 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
     policy (the EMA) stays fixed across the epochs of an iteration: it anchors them, so repeated
     steps on one batch move the policy by a bounded amount instead of compounding the push away
     from its negatives (measured: 20 steps on one batch with the old policy tracking the current
-    one lost 43% of the batch's reward; with it fixed the reward rose by 15%)."""
+    one halved the batch's mean reward, 0.29 -> 0.14; with it fixed it rose to 0.33)."""
     from vgen.engine.rollout import conditioning, guided_velocity
     from vgen.rl.losses import diffusionnft_loss, forward_noise, kl_velocity
 
