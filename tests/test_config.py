@@ -366,3 +366,16 @@ def test_create_run_dir_default_name_is_recorded(tmp_path):
     run = RunConfig(out_dir=str(tmp_path))
     path = create_run_dir(run, RECIPE)
     assert re.fullmatch(r"bench-world-\d{8}-\d{6}", run.name) and path == tmp_path / run.name and path.is_dir()
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("[!a]*/*.yaml")))
+def test_every_shipped_config_loads(path):
+    """Every recipe and benchmark config in configs/ is valid for its job (accelerate's own
+    configs excepted), so a typo in a shipped file fails here rather than in a user's run."""
+    from vgen import recipes
+
+    data = C.read_yaml(path)
+    name = data["recipe"]
+    table = recipes.TRAIN if name in recipes.TRAIN else recipes.BENCH
+    cls, _, recipe = recipes.resolve(table, name.removeprefix("bench."))
+    C.load(cls, path, recipe=recipe)

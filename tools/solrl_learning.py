@@ -9,7 +9,9 @@ each pinned to its own CPU core with one thread, so P runs never share a core), 
 accuracy on ``--n`` test-split prompts (meanings never trained on), one sample seed each,
 at the base's own sampling settings (vgen_base.json: steps, CFG). It writes
 ``report.json`` / ``report.md`` with each seed's figures, the mean and standard deviation of
-the change over the base, and each run's training wall time (held-out evaluation included).
+the change over the base, and each run's training wall time (held-out evaluations included).
+Runs that are already complete (say, trained by hand with the same names) are not retrained: a
+finished run resumes at its last iteration and stops at once.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def main() -> None:
     def run_dir(seed: int) -> Path:
         return out / f"seed{seed}"
 
-    pending, running, seconds = list(a.seeds), {}, {}
+    pending, running = list(a.seeds), {}
     while pending or running:
         while pending and len(running) < a.parallel:
             seed = pending.pop(0)
@@ -73,9 +75,9 @@ def main() -> None:
         for seed, (proc, t0, _core) in list(running.items()):
             if proc.poll() is not None:
                 if proc.returncode:
-                    raise SystemExit(f"seed {seed}: vgen train failed (exit {proc.returncode}); see {out}/seed{seed}.log")
-                seconds[seed] = time.time() - t0
-                print(f"seed {seed}: trained in {seconds[seed] / 60:.1f} min", flush=True)
+                    raise SystemExit(f"seed {seed}: vgen train failed (exit {proc.returncode}); "
+                                     f"see {out}/seed{seed}.log")
+                print(f"seed {seed}: done after {(time.time() - t0) / 60:.1f} min", flush=True)
                 del running[seed]
         time.sleep(2)
 
@@ -94,7 +96,7 @@ def main() -> None:
     base = results["base"]["strict"]
     deltas = [results[f"seed{s}"]["strict"] - base for s in a.seeds]
     report = {"config": a.config, "overrides": a.overrides, "n_test_prompts": a.n, "seeds": a.seeds,
-              "parallel": a.parallel, "train_minutes": {str(s): seconds.get(s, float("nan")) / 60 for s in a.seeds},
+              "parallel": a.parallel, "train_minutes": {str(s): train_minutes(run_dir(s)) for s in a.seeds},
               "results": results, "delta_points": [100 * d for d in deltas],
               "delta_mean_points": 100 * float(np.mean(deltas)),
               "delta_std_points": 100 * float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0}
@@ -107,10 +109,20 @@ def main() -> None:
         r = results[f"seed{s}"]
         lines.append(f"| seed {s} | {r['strict']:.1%} | {r['ci95'][0]:.1%} - {r['ci95'][1]:.1%} | {100 * d:+.1f} | "
                      f"{report['train_minutes'][str(s)]:.1f} |")
-    lines += ["", f"Change over the base: {report['delta_mean_points']:+.1f} +- {report['delta_std_points']:.1f} points "
-              f"(mean +- std over {len(a.seeds)} seeds)."]
+    lines += ["", f"Change over the base: {report['delta_mean_points']:+.1f} +- "
+              f"{report['delta_std_points']:.1f} points (mean +- std over {len(a.seeds)} seeds)."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-1:]))
+
+
+def train_minutes(run: Path) -> float:
+    """Wall time of a finished run, held-out evaluations included: from its config.yaml, written
+    before the first iteration, to its newest checkpoint, written after the last one (a resumed
+    run counts the time it was stopped too)."""
+    from vgen.train.checkpoint import latest_checkpoint
+
+    end = latest_checkpoint(run)
+    return ((end / "meta.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime) / 60
 
 
 def _base_model(config: str) -> str:
