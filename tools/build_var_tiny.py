@@ -198,6 +198,9 @@ def main() -> None:
     ap.add_argument("--val-seeds", type=int, default=4)
     ap.add_argument("--test-seeds", type=int, default=10)
     ap.add_argument("--tokenizer-only", action="store_true", help="stop after stage 1 (a tokenizer-only folder)")
+    ap.add_argument("--resume", metavar="BUILD_DIR",
+                    help="continue an interrupted build from its work folder (assets/.var-tiny-shapes.build.*): "
+                         "reuse its tokenizer and resume the transformer from its last checkpoint")
     args = ap.parse_args()
     from vgen.cli import main as vgen_main
     from vgen.images import make_grid
@@ -214,12 +217,21 @@ def main() -> None:
         lines.append(line)
 
     out = Path(args.out)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent if out.parent.exists() else None))
-    vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log)
+    if args.resume:
+        work = Path(args.resume)
+        if not (work / "tokenizer" / "config.json").is_file():
+            raise SystemExit(f"--resume: no finished tokenizer in {str(work)!r}")
+        vae, _, _ = load_var_model(work / "tokenizer")
+        log(f"resuming the build in {work}: tokenizer reused, transformer resumed from its last checkpoint")
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent if out.parent.exists() else None))
+        vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log)
     val = images(args.seed + 1, 0, 256)
     curve = psnr_per_scales(vae, val)
     log("tokenizer val PSNR by scales: " + ", ".join(f"{pn}: {p:.2f} dB" for pn, p in zip(PATCH_NUMS, curve)))
-    tok_dir = save_var_model(work / "tokenizer", vae, None, CLASS_PROMPTS, RESOLUTION)
+    tok_dir = work / "tokenizer"
+    if not args.resume:
+        save_var_model(tok_dir, vae, None, CLASS_PROMPTS, RESOLUTION)
     if args.tokenizer_only:
         if out.exists():
             shutil.rmtree(out)
@@ -229,7 +241,8 @@ def main() -> None:
         return
     t_var = time.time()
     code = vgen_main(["train", args.var_config, f"tokenizer={tok_dir}", f"run.out_dir={work}", "run.name=var",
-                      f"run.seed={args.seed}", "progress=false", *args.var_overrides])
+                      f"run.seed={args.seed}", "progress=false", *(["resume=auto"] if args.resume else []),
+                      *args.var_overrides])
     if code:
         raise SystemExit(f"stage 2 (var recipe) failed with exit code {code}")
     var_minutes = (time.time() - t_var) / 60
@@ -263,6 +276,7 @@ def main() -> None:
             "vqvae": {k: list(v) if isinstance(v, tuple) else v for k, v in VQVAE_ARCH.items()},
             "tokenizer_psnr_by_scales": dict(zip(map(str, PATCH_NUMS), curve)),
             "var_config": args.var_config, "var_overrides": args.var_overrides, "var_minutes": var_minutes,
+            "resumed": bool(args.resume),
             "held_out_tf": {k: last_eval[k] for k in ("step", "val_loss", "val_acc")},
             "sampling_sweep": sweep, "sampling": {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": 0.0},
             "test": res, "minutes": (time.time() - t_start) / 60, "threads": torch.get_num_threads(),

@@ -162,6 +162,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vgen import recipes  # light: job modules load only when their job runs
     p = _Parser(prog="vgen", description="Post-training for visual generative models (diffusion and scale-wise AR).")
     p.add_argument("--version", action="version", version=f"vgen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -225,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     e.set_defaults(func=cmd_export)
 
-    b = sub.add_parser("bench", help="run a benchmark (world: verifier accuracy and speed)")
-    b.add_argument("name", help="benchmark name: world")
+    b = sub.add_parser("bench", help="run a benchmark")
+    b.add_argument("name", help="benchmark name: " + ", ".join(recipes.BENCH))
     b.add_argument("config", nargs="?", help="optional YAML config")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. n=500")
     b.set_defaults(func=cmd_bench)
