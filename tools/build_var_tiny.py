@@ -195,6 +195,8 @@ def main() -> None:
     ap.add_argument("--var-overrides", nargs="*", default=[], help="key=value overrides of that config")
     ap.add_argument("--cfg-scales", default="0,1,2,3,4.5")
     ap.add_argument("--top-ks", default="0,40")
+    ap.add_argument("--earlier-minutes", type=float, help="with --resume: wall minutes of the interrupted part, "
+                    "for the model card")
     ap.add_argument("--val-seeds", type=int, default=4)
     ap.add_argument("--test-seeds", type=int, default=10)
     ap.add_argument("--tokenizer-only", action="store_true", help="stop after stage 1 (a tokenizer-only folder)")
@@ -276,7 +278,7 @@ def main() -> None:
             "vqvae": {k: list(v) if isinstance(v, tuple) else v for k, v in VQVAE_ARCH.items()},
             "tokenizer_psnr_by_scales": dict(zip(map(str, PATCH_NUMS), curve)),
             "var_config": args.var_config, "var_overrides": args.var_overrides, "var_minutes": var_minutes,
-            "resumed": bool(args.resume),
+            "resumed": bool(args.resume), "earlier_minutes": args.earlier_minutes,
             "held_out_tf": {k: last_eval[k] for k in ("step", "val_loss", "val_acc")},
             "sampling_sweep": sweep, "sampling": {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": 0.0},
             "test": res, "minutes": (time.time() - t_start) / 60, "threads": torch.get_num_threads(),
@@ -299,6 +301,15 @@ def main() -> None:
     log(f"saved {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB)")
 
 
+def resumed_note(info: dict) -> str:
+    """A resumed build's clock starts at the resume: say so, with what the earlier part took if known."""
+    if not info.get("resumed"):
+        return ""
+    earlier = f", about {info['earlier_minutes']:.0f} minutes" if info.get("earlier_minutes") else ""
+    return (f"; resumed after an interruption with `--resume`, so these times count only the resumed part (the "
+            f"tokenizer and the transformer's first checkpointed steps ran before{earlier})")
+
+
 def model_card(info: dict) -> str:
     t = info["test"]
     cats = "\n".join(f"| {k} | {v:.1%} |" for k, v in t["per_category"].items())
@@ -312,7 +323,7 @@ tags: [var, visual-autoregressive, class-conditional, shapes-world, tiny]
 
 A tiny class-conditional VAR (next-scale prediction) model of the vgen shapes world, built on
 CPU by `python tools/build_var_tiny.py` in {info['minutes']:.0f} minutes ({info['threads']} threads,
-torch {info['torch']}). Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json`
+torch {info['torch']}){resumed_note(info)}. Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json`
 (`class_prompts`), covering GenEval's six categories. Images are 64x64.
 
 - Tokenizer: residual multi-scale VQ-VAE, {info['params']['vqvae'] / 1e6:.2f}M parameters, 8x downsampling
