@@ -195,14 +195,14 @@ def main() -> None:
     ap.add_argument("--var-overrides", nargs="*", default=[], help="key=value overrides of that config")
     ap.add_argument("--cfg-scales", default="0,1,2,3,4.5")
     ap.add_argument("--top-ks", default="0,40")
-    ap.add_argument("--earlier-minutes", type=float, help="with --resume: wall minutes of the interrupted part, "
-                    "for the model card")
     ap.add_argument("--val-seeds", type=int, default=4)
     ap.add_argument("--test-seeds", type=int, default=10)
     ap.add_argument("--tokenizer-only", action="store_true", help="stop after stage 1 (a tokenizer-only folder)")
     ap.add_argument("--resume", metavar="BUILD_DIR",
                     help="continue an interrupted build from its work folder (assets/.var-tiny-shapes.build.*): "
                          "reuse its tokenizer and resume the transformer from its last checkpoint")
+    ap.add_argument("--earlier-minutes", type=float, help="with --resume: wall minutes of the interrupted part, "
+                    "for the model card")
     args = ap.parse_args()
     from vgen.cli import main as vgen_main
     from vgen.images import make_grid
@@ -219,21 +219,20 @@ def main() -> None:
         lines.append(line)
 
     out = Path(args.out)
-    if args.resume:
+    if args.resume:  # the var recipe resumes its run by default (resume: auto), so stage 2 needs nothing more
         work = Path(args.resume)
-        if not (work / "tokenizer" / "config.json").is_file():
+        tok_dir = work / "tokenizer"
+        if not (tok_dir / "config.json").is_file():
             raise SystemExit(f"--resume: no finished tokenizer in {str(work)!r}")
-        vae, _, _ = load_var_model(work / "tokenizer")
+        vae, _, _ = load_var_model(tok_dir)
         log(f"resuming the build in {work}: tokenizer reused, transformer resumed from its last checkpoint")
     else:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent if out.parent.exists() else None))
         vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log)
+        tok_dir = save_var_model(work / "tokenizer", vae, None, CLASS_PROMPTS, RESOLUTION)
     val = images(args.seed + 1, 0, 256)
     curve = psnr_per_scales(vae, val)
     log("tokenizer val PSNR by scales: " + ", ".join(f"{pn}: {p:.2f} dB" for pn, p in zip(PATCH_NUMS, curve)))
-    tok_dir = work / "tokenizer"
-    if not args.resume:
-        save_var_model(tok_dir, vae, None, CLASS_PROMPTS, RESOLUTION)
     if args.tokenizer_only:
         if out.exists():
             shutil.rmtree(out)
@@ -243,8 +242,7 @@ def main() -> None:
         return
     t_var = time.time()
     code = vgen_main(["train", args.var_config, f"tokenizer={tok_dir}", f"run.out_dir={work}", "run.name=var",
-                      f"run.seed={args.seed}", "progress=false", *(["resume=auto"] if args.resume else []),
-                      *args.var_overrides])
+                      f"run.seed={args.seed}", "progress=false", *args.var_overrides])
     if code:
         raise SystemExit(f"stage 2 (var recipe) failed with exit code {code}")
     var_minutes = (time.time() - t_var) / 60
