@@ -144,25 +144,81 @@ def test_nan_rewards_are_dropped_and_flat_groups_give_no_gradient(tmp_path, mode
     assert m["degenerate_groups"] == 2 and m["trained_samples"] == 0 and m["loss"] == 0.0
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, model_dir):
-    """DDP-style data parallelism (torchrun / accelerate launch, 2 CPU processes on gloo): the
-    same global batch gives the same metrics as one process, within float tolerance."""
-    common = ["configs/solrl/tiny.yaml", f"model={model_dir}", *TINY, "reward={jpeg_compressibility: 1.0}",
-              "lr=0.01", "iterations=3", f"run.out_dir={tmp_path}"]
+def _launch(tmp_path, common: list[str], name: str, processes: int, *extra: str) -> None:
+    """``vgen train`` in ``processes`` CPU processes on gloo (torchrun), one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "vgen.cli", "train", *common, "run.name=two"], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
-    one = subprocess.run([sys.executable, "-m", "vgen.cli", "train", *common, "run.name=one"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    a, b = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
-    assert sorted(a) == sorted(b) == [0, 1, 2, 3] and b[3]["trained_samples"] == 8
+    cmd = [sys.executable, "-m", "vgen.cli"] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m",
+         "vgen.cli"]
+    done = subprocess.run([*cmd, "train", *common, f"run.name={name}", *extra], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _assert_same_metrics(a: dict, b: dict, steps: list[int]) -> None:
+    assert sorted(a) == sorted(b) == steps
     for step in a:
         assert a[step].keys() == b[step].keys()
         for key, v in a[step].items():
-            assert v == pytest.approx(b[step][key], rel=1e-5, abs=1e-7), (step, key)
+            if not key.startswith(("time_", "images_per_s")):
+                assert v == pytest.approx(b[step][key], rel=1e-5, abs=1e-7), (step, key)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, model_dir):
+    """Data parallelism (torchrun / accelerate launch, 2 CPU processes on gloo), the denoiser
+    replicated: the same global batch gives the same metrics as one process, within float tolerance."""
+    common = ["configs/solrl/tiny.yaml", f"model={model_dir}", *TINY, "reward={jpeg_compressibility: 1.0}",
+              "lr=0.01", "iterations=3", f"run.out_dir={tmp_path}"]
+    _launch(tmp_path, common, "one", 1)
+    _launch(tmp_path, common, "two", 2)
+    one = _metrics(tmp_path / "one")
+    assert one[3]["trained_samples"] == 8
+    _assert_same_metrics(_metrics(tmp_path / "two"), one, [0, 1, 2, 3])
+
+
+def test_fsdp2_sharded_run_matches_one_process_and_resumes_unsharded(tmp_path):
+    """FSDP2 over 2 gloo processes gives the same metrics as one process. On the committed base
+    with the shapes reward and run.seed=1, some groups have no reward spread: a process is left
+    with fewer kept samples than the other (none at all, at one iteration), so it pads its
+    micro-batches at zero weight to keep the collectives in step. The sharded run's checkpoint
+    holds the full weights, optimizer moments and EMA: one process resumes it and continues
+    exactly as the one-process run."""
+    common = ["configs/solrl/tiny.yaml", "model=assets/sd3-tiny-shapes", "candidates=6", "k=4", "prompts_per_step=4",
+              "preview_steps=4", "steps=8", "lora_rank=2", "eval_every=0", "eval_prompts=2", "sample_every=0",
+              "checkpoint_every=1", "progress=false", "reward={shapes: 1.0}", "lr=0.01", "train_batch=1",
+              "run.seed=1", f"run.out_dir={tmp_path}"]
+    _launch(tmp_path, common, "one", 1, "iterations=3")
+    _launch(tmp_path, common, "fsdp", 2, "iterations=2", "fsdp=true")
+    _launch(tmp_path, common, "fsdp", 1, "iterations=3")  # resumed at 2 without sharding
+    one = _metrics(tmp_path / "one")
+    assert [one[s]["degenerate_groups"] for s in (1, 2, 3)] == [2, 1, 3]  # uneven kept samples per process
+    _assert_same_metrics(_metrics(tmp_path / "fsdp"), one, [0, 1, 2, 3])
+
+
+def test_accelerate_fsdp2_config_turns_sharding_on(monkeypatch):
+    """configs/accelerate/fsdp2.yaml, read by accelerate's own launcher, sets the environment that
+    makes the trainer shard; an FSDP1 config is refused by name. The block classes it lists are
+    diffusers' (vgen wraps the same blocks itself)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from diffusers.models.transformers import sana_transformer, transformer_flux, transformer_sd3
+
+    from vgen.errors import UserError
+    from vgen.train.fsdp import requested
+
+    args = launch_command_parser().parse_args(["--config_file", "configs/accelerate/fsdp2.yaml", "-m", "vgen.cli",
+                                               "train", "configs/solrl/sd35_large.yaml"])
+    args = _validate_launch_command(args)[0]
+    env = {k: v for k, v in prepare_multi_gpu_env(args).items() if "FSDP" in k}
+    assert not requested(False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert requested(False)
+    for name in env["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(","):
+        assert any(hasattr(m, name) for m in (transformer_sd3, transformer_flux, sana_transformer)), name
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(UserError, match="fsdp_version 1"):
+        requested(False)
 
 
 def test_dry_run_counts_parameters_on_the_meta_device(model_dir, capsys):

@@ -31,22 +31,26 @@ def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def merged_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every weight of ``model`` under its plain name, with active LoRA adapters merged in."""
+    """Every weight of ``model`` under its plain name, with active LoRA adapters merged in; the
+    full tensors of an FSDP-sharded model (gathered: every process must call this)."""
+    from vgen.train.fsdp import full
+
     out: dict[str, torch.Tensor] = {}
     loras = _lora_layers(model)
     for name, layer in loras.items():
         base = layer.get_base_layer()
-        w = base.weight.detach()
+        w = full(base.weight.detach())
         for adapter in layer.active_adapters:
             if adapter in layer.lora_A and not layer.merged:
-                w = w + layer.get_delta_weight(adapter).to(w.dtype)
+                w = w + full(layer.get_delta_weight(adapter)).to(w.dtype)
         out[f"{name}.weight"] = w
         if base.bias is not None:
-            out[f"{name}.bias"] = base.bias.detach()
+            out[f"{name}.bias"] = full(base.bias.detach())
     for name, p in model.named_parameters():
         if "lora_" in name or ".base_layer." in name:
             continue
-        out.setdefault(name, p.detach())
+        if name not in out:
+            out[name] = full(p.detach())
     return out
 
 

@@ -96,6 +96,8 @@ class SolRLConfig:
     resume: str = param("auto", help="auto: continue the run named run.name if it has a checkpoint; never")
     progress: bool = param(True, help="show a progress bar")
     export: Literal["none", "diffusers", "peft", "vgen"] = param("none", help="export the final model to RUN/export")
+    fsdp: bool = param(False, help="shard the denoiser, its gradients and optimizer state over processes with FSDP2 "
+                       "(also on under accelerate launch with configs/accelerate/fsdp2.yaml)")
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -151,7 +153,23 @@ def _score(reward, images: np.ndarray, prompts: list[str]) -> np.ndarray:
 
 @contextlib.contextmanager
 def _swapped(params: list[torch.Tensor], values: list[torch.Tensor]):
-    """Temporarily give ``params`` other values (the EMA old policy) without copying."""
+    """Temporarily give ``params`` other values (the EMA old policy): by swapping their storage,
+    or, for FSDP-sharded parameters (whose gathers read FSDP's own storage, not ``.data``), by
+    copying the values in and back."""
+    from vgen.train.fsdp import is_sharded
+
+    if params and is_sharded(params[0]):
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in params]
+            for p, v in zip(params, values):
+                p.copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params, saved):
+                    p.copy_(v)
+        return
     saved = [p.data for p in params]
     for p, v in zip(params, values):
         p.data = v
@@ -186,10 +204,13 @@ def _ranking_stats(explore: np.ndarray, regen: np.ndarray, k: int) -> dict:
 # ---------------------------------------------------------------- the recipe
 
 
-def _setup(cfg: SolRLConfig):
-    """Policy (with LoRA or all weights trainable), optimizer, reward, explore copy."""
+def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
+    """Policy (with LoRA or all weights trainable, a resumed checkpoint's weights loaded, sharded
+    when asked), optimizer, reward, explore copy (built from the full weights before sharding)."""
     from vgen.rewards import build
     from vgen.sample import load_policy, recommended
+    from vgen.train.checkpoint import apply_weights
+    from vgen.train.fsdp import like, requested, shard
 
     if cfg.k > cfg.candidates and cfg.family != "diffusionnft":
         raise UserError(f"k ({cfg.k}) must not exceed candidates ({cfg.candidates})")
@@ -203,30 +224,41 @@ def _setup(cfg: SolRLConfig):
     policy = load_policy(cfg.model)
     tr = policy.transformer
     tr.requires_grad_(False)
+    ref = None
     if cfg.lora_rank:
         from peft import LoraConfig
 
         tr.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
                                   target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
                                                   "add_v_proj", "to_add_out", "ff.net.0.proj", "ff.net.2"]))
-        ref = None
     else:
         tr.requires_grad_(True)
-        ref = [p.detach().clone() for p in tr.parameters()] if cfg.kl_beta else None
-    params = [p for p in tr.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ref = [p.detach().clone() for p in tr.parameters()] if cfg.kl_beta else None  # the base weights
+    if ckpt is not None:
+        apply_weights(ckpt, tr)
     explore = None
     if cfg.family in ("sol_rl", "naive_quant"):
         from vgen.quant.explore import explore_policy
 
         explore = explore_policy(policy, cfg.explore_backend)
+    if requested(cfg.fsdp) and dist.world > 1:
+        full_mb = sum(p.numel() * p.element_size() for p in tr.parameters()) / 2**20
+        units = shard(tr)
+        if ref is not None:
+            ref = [like(r, p) for r, p in zip(ref, tr.parameters())]
+        local_mb = sum(p.to_local().numel() * p.element_size() for p in tr.parameters()) / 2**20
+        if dist.main:
+            print(f"FSDP2: the denoiser sharded over {dist.world} processes in {units} units; its weights take "
+                  f"{local_mb:.2f} MiB in this process of {full_mb:.2f} MiB whole", flush=True)
+    params = [p for p in tr.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return policy, params, ref, opt, reward, explore, steps, guidance
 
 
 def dry_run(cfg: SolRLConfig, processes: int = 1, fsdp: bool = False) -> str:
     from vgen.rl.dryrun import dry_run as report
 
-    return report(cfg, processes, fsdp)
+    return report(cfg, processes, fsdp or cfg.fsdp)
 
 
 def _noise_and_levels(seeds: list[int], step: int, sigmas: torch.Tensor, fraction: float, shape,
@@ -272,17 +304,17 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
             return {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "trained_samples": 0}
         k = x0.shape[1]
         sums = torch.zeros(2)  # loss, kl (weighted sums over this process's samples)
-        if len(idx):
-            flat_x0 = x0.reshape(-1, *x0.shape[2:])[idx]
-            flat_p = [prompts[i // k] for i in idx]
-            flat_a = torch.as_tensor(adv.ravel()[idx], dtype=torch.float32).clamp(-cfg.adv_max, cfg.adv_max)
-            levels, noises = _noise_and_levels(seeds.ravel()[idx].tolist(), step, sigmas, cfg.timestep_fraction,
+        rows, batches = _micro_batches(dist, idx, cfg.train_batch, params)
+        if len(rows):
+            flat_x0 = x0.reshape(-1, *x0.shape[2:])[rows]
+            flat_p = [prompts[i // k] for i in rows]
+            flat_a = torch.as_tensor(adv.ravel()[rows], dtype=torch.float32).clamp(-cfg.adv_max, cfg.adv_max)
+            levels, noises = _noise_and_levels(seeds.ravel()[rows].tolist(), step, sigmas, cfg.timestep_fraction,
                                                flat_x0.shape[1:], epoch)
             cond, uncond = conditioning(policy, flat_p, w)
             passes = levels.shape[1]
             for j in range(passes):
-                for lo in range(0, len(idx), cfg.train_batch):
-                    sl = slice(lo, lo + cfg.train_batch)
+                for sl, scale in batches:
                     s = levels[sl, j]
                     x = forward_noise(flat_x0[sl], s, noises[j, sl])
                     t, c = s * 1000, {kk: v[sl] for kk, v in cond.items()}
@@ -292,7 +324,7 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
                     v = velocity(x, t, c, u)
                     loss = diffusionnft_loss(v, v_old, x, flat_x0[sl], s, flat_a[sl], cfg.adv_max,
                                              cfg.nft_beta).loss
-                    weight = len(s) / (n_global * passes)
+                    weight = scale * len(s) / (n_global * passes)
                     sums[0] += loss.item() * weight
                     if cfg.kl_beta:
                         with torch.no_grad(), _reference(policy.transformer, ref, params):
@@ -310,6 +342,22 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
     return out
 
 
+def _micro_batches(dist, idx: np.ndarray, size: int, params) -> tuple[np.ndarray, list[tuple[slice, float]]]:
+    """(rows, [(slice of rows, scale), ...]): the micro-batches over this process's kept samples.
+
+    Sharded (FSDP), each forward and backward is a collective, so every process runs as many
+    micro-batches as the busiest one: the extra ones repeat a local sample at scale 0 (a zero
+    gradient), and a process with no kept sample trains its first sample at scale 0."""
+    from vgen.train.fsdp import is_sharded
+
+    batches = [(slice(lo, lo + size), 1.0) for lo in range(0, len(idx), size)]
+    if not (params and is_sharded(params[0])):
+        return idx, batches
+    most = torch.tensor([float(len(batches))])
+    dist.max_(most)
+    return (idx if len(idx) else np.zeros(1, np.int64)), batches + [(slice(0, 1), 0.0)] * (int(most) - len(batches))
+
+
 def _kept(dist, keep: np.ndarray, params, opt) -> tuple[np.ndarray, int]:
     """This process's kept flat sample indices and the global count; zeroed gradients ready to fill."""
     idx = np.flatnonzero(keep.ravel())
@@ -323,9 +371,12 @@ def _kept(dist, keep: np.ndarray, params, opt) -> tuple[np.ndarray, int]:
 
 
 def _step(cfg: SolRLConfig, dist, params, opt, sums: torch.Tensor, n_global: int) -> dict:
-    """Sum gradients and diagnostics over processes, clip, step (unless the gradient is non-finite)."""
-    dist.sum_([p.grad for p in params] + [sums])
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    """Sum gradients and diagnostics over processes (FSDP has summed its shards' already), clip,
+    step (unless the gradient is non-finite)."""
+    from vgen.train.fsdp import full, is_sharded
+
+    dist.sum_([p.grad for p in params if not is_sharded(p)] + [sums])
+    norm = full(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     out = {"loss": float(sums[0]), "kl": float(sums[1]), "grad_norm": float(norm), "trained_samples": n_global}
     if cfg.loss == "flow_grpo":
         out.update(clip_frac=float(sums[2]), approx_kl=float(sums[3]))
@@ -355,20 +406,21 @@ def _update_grpo(cfg: SolRLConfig, dist, policy, params, ref, opt, prompts, seed
         return {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "trained_samples": 0, "clip_frac": 0.0, "approx_kl": 0.0}
     k = trace[1].shape[1]
     sums = torch.zeros(4)  # loss, kl, clip fraction, approx kl (weighted sums over this process's samples)
-    if len(idx):
+    rows, batches = _micro_batches(dist, idx, cfg.train_batch, params)
+    if len(rows):
         sigmas, timesteps = schedule(policy, steps)
         s_cap = float(sigmas[1])
-        traj = trace[0].reshape(-1, *trace[0].shape[2:])[idx]
-        lp_old = trace[1].reshape(-1, trace[1].shape[2])[idx]
-        flat_a = torch.as_tensor(adv.ravel()[idx], dtype=torch.float32).clamp(-cfg.adv_max, cfg.adv_max)
+        traj = trace[0].reshape(-1, *trace[0].shape[2:])[rows]
+        lp_old = trace[1].reshape(-1, trace[1].shape[2])[rows]
+        flat_a = torch.as_tensor(adv.ravel()[rows], dtype=torch.float32).clamp(-cfg.adv_max, cfg.adv_max)
         n_train = max(1, round(cfg.timestep_fraction * len(timesteps)))
         order = torch.stack([torch.randperm(len(timesteps), generator=torch.Generator().manual_seed(
-            step_seed(int(sd), 2_000_000 + step)))[:n_train] for sd in seeds.ravel()[idx]])
-        cond = conditioning(policy, [prompts[i // k] for i in idx], guidance)
-        rows = torch.arange(len(idx))
+            step_seed(int(sd), 2_000_000 + step)))[:n_train] for sd in seeds.ravel()[rows]])
+        cond = conditioning(policy, [prompts[i // k] for i in rows], guidance)
+        at = torch.arange(len(rows))
         for j in range(n_train):
-            for lo in range(0, len(idx), cfg.train_batch):
-                sl = rows[lo:lo + cfg.train_batch]
+            for part, scale in batches:
+                sl = at[part]
                 ks = order[sl, j]
                 x, x_next = traj[sl, ks], traj[sl, ks + 1]
                 s, s_next = sigmas[ks], sigmas[ks + 1]
@@ -377,7 +429,7 @@ def _update_grpo(cfg: SolRLConfig, dist, policy, params, ref, opt, prompts, seed
                 mean = sde_mean(x, guided_velocity(policy, x.to(policy.dtype), timesteps[ks], *c, guidance), s,
                                 s_next, cfg.sde_noise_level, s_cap)
                 out = flow_grpo_loss(gaussian_log_prob(x_next, mean, std), lp_old[sl, ks], flat_a[sl], cfg.grpo_clip)
-                weight = len(sl) / (n_global * n_train)
+                weight = scale * len(sl) / (n_global * n_train)
                 loss = out.loss
                 sums[0] += loss.item() * weight
                 sums[2] += out.clip_frac.item() * weight
@@ -393,11 +445,15 @@ def _update_grpo(cfg: SolRLConfig, dist, policy, params, ref, opt, prompts, seed
     return _step(cfg, dist, params, opt, sums, n_global)
 
 
-def _held_out(cfg: SolRLConfig, policy, reward, steps, guidance, run_dir: Path, step: int) -> dict[str, float]:
+def _held_out(cfg: SolRLConfig, dist, policy, reward, steps, guidance, run_dir: Path, step: int) -> dict[str, float]:
     """Held-out scores on fixed prompts and seeds, written to eval/step-N: on val prompts of the
     world, GenEval-Shapes strict accuracy (``eval_strict``, the headline) and the mean verifier
     score (``eval_score``, partial credit: a smoother curve for time-to-reward); for a prompt
-    file, the mean reward on its held-out lines (``eval_reward``). The first key is the headline."""
+    file, the mean reward on its held-out lines (``eval_reward``). The first key is the headline.
+
+    Every process generates its share of the images (sample i in process i % world; a sample
+    is the same in any batch, so the result does not depend on the split); the main one scores
+    them and returns the scores, the others return {}."""
     from vgen import __version__
     from vgen.eval.harness import evaluate, generate, grid, write_report
     from vgen.world.datasets import item_seed
@@ -411,7 +467,13 @@ def _held_out(cfg: SolRLConfig, policy, reward, steps, guidance, run_dir: Path, 
         prompts = [p for p in held for _ in seed_ids]
         seeds = [item_seed(s, i) for i in range(len(held)) for s in seed_ids]
         split, metrics, rewards = "held-out prompt lines", (), {"reward": reward}
-    images = generate(policy, prompts, seeds, steps, guidance, cfg.resolution, progress=False)
+    n = len(prompts)
+    mine = [i % n for i in range(dist.rank, -(-n // dist.world) * dist.world, dist.world)]  # equal shares
+    local = generate(policy, [prompts[i] for i in mine], [seeds[i] for i in mine], steps, guidance, cfg.resolution,
+                     progress=False)
+    images = _gather_rows(dist, local)[:n]
+    if not dist.main:
+        return {}
     report = {"vgen_version": __version__, "model": str(run_dir), "source": "run", "step": step, "split": split,
               "n_prompts": cfg.eval_prompts, "seeds": seed_ids, "steps": steps, "guidance": guidance,
               "resolution": cfg.resolution, **evaluate(images, prompts, cfg.eval_seeds, metrics, rewards)}
@@ -423,8 +485,11 @@ def _held_out(cfg: SolRLConfig, policy, reward, steps, guidance, run_dir: Path, 
 
 
 def _state(step: int, opt, ema: list[torch.Tensor], history: dict) -> dict:
-    return {"step": step, "optimizer": opt.state_dict(), "ema": ema, "torch_rng": torch.get_rng_state(),
-            "history": json.dumps(history)}
+    """Optimizer, EMA, RNG and history for a checkpoint, as full tensors (gathered when sharded)."""
+    from vgen.train.fsdp import full, full_optimizer_state
+
+    return {"step": step, "optimizer": full_optimizer_state(opt), "ema": [full(e) for e in ema],
+            "torch_rng": torch.get_rng_state(), "history": json.dumps(history)}
 
 
 def _gather_rows(dist, local: np.ndarray) -> np.ndarray:
@@ -446,27 +511,26 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     from vgen.rl.advantages import advantages
     from vgen.rl.losses import ema_update
     from vgen.rl.selection import select
-    from vgen.train.checkpoint import apply_weights, latest_checkpoint, load_state, save_checkpoint
+    from vgen.train.checkpoint import latest_checkpoint, load_state, save_checkpoint, trained_state
     from vgen.train.dist import Dist
+    from vgen.train.fsdp import like, load_optimizer_state
     from vgen.train.logging import MetricLog
 
     dist = Dist()
     torch.manual_seed(cfg.run.seed)
     config = to_dict(cfg)
-    policy, params, ref, opt, reward, explore, steps, guidance = _setup(cfg)
+    # the CLI only reuses a run directory whose config matches (check_resumable)
+    ckpt = latest_checkpoint(run_dir) if cfg.resume == "auto" else None
+    policy, params, ref, opt, reward, explore, steps, guidance = _setup(cfg, dist, ckpt)
     ema = [p.detach().clone() for p in params]
     start, history = 0, {"eval": []}
-    ckpt = latest_checkpoint(run_dir) if cfg.resume == "auto" else None
-    if ckpt is not None:  # the CLI only reuses a run directory whose config matches (check_resumable)
-        apply_weights(ckpt, policy.transformer)
+    if ckpt is not None:
         st = load_state(ckpt)
-        opt.load_state_dict(st["optimizer"])
+        load_optimizer_state(opt, params, st["optimizer"])
         for e, v in zip(ema, st["ema"]):
-            e.copy_(v)
+            e.copy_(like(v, e))
         torch.set_rng_state(st["torch_rng"])
         start, history = int(st["step"]), json.loads(st["history"])
-        if explore is not None:
-            refresh(explore.transformer, policy.transformer)
         if dist.main:
             print(f"resumed from {ckpt} at iteration {start}", flush=True)
     sigmas, _ = schedule(policy, steps)
@@ -475,8 +539,8 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     bar = tqdm(total=cfg.iterations, initial=start, desc=f"{cfg.family}", unit="it",
                disable=not (cfg.progress and dist.main))
     if start == 0:
+        scores = _held_out(cfg, dist, policy, reward, cfg.eval_steps or steps, guidance, run_dir, 0)
         if dist.main:
-            scores = _held_out(cfg, policy, reward, cfg.eval_steps or steps, guidance, run_dir, 0)
             history["eval"].append([0, next(iter(scores.values()))])
             log.write(0, scores)
         dist.barrier()
@@ -542,6 +606,16 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         ema_update(ema, params, step)
         if explore is not None:
             times["refresh"] = refresh(explore.transformer, policy.transformer)
+        # 8. held-out evaluation and checkpoint (every process takes part: sharded weights are gathered)
+        scores = {}
+        if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.iterations:
+            scores = _held_out(cfg, dist, policy, reward, cfg.eval_steps or steps, guidance, run_dir, step)
+            if dist.main:
+                history["eval"].append([step, next(iter(scores.values()))])
+        saving = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations
+        if saving:
+            weights, state = trained_state(policy.transformer), _state(step, opt, ema, history)
+        all_chosen = _gather_rows(dist, chosen) if cfg.family == "sol_rl" else None
         if dist.main:
             finite_ex = all_ex[np.isfinite(all_ex)]
             m.update({"reward_explore_mean": float(finite_ex.mean()) if finite_ex.size else math.nan,
@@ -552,23 +626,16 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
                       "degenerate_groups": adv.n_degenerate,
                       "images_per_s": dist.world * (ex_r.size + (r.size if cfg.family == "sol_rl" else 0))
                       / max(times["explore"] + times["regenerate"], 1e-9)})
-            if cfg.family == "sol_rl":
-                all_chosen = _gather_rows(dist, chosen)
+            if all_chosen is not None:
                 m.update(_ranking_stats(np.take_along_axis(all_ex, all_chosen, 1), all_r, cfg.k))
             m.update({f"time_{k}": v for k, v in times.items()})
-            if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.iterations:
-                scores = _held_out(cfg, policy, reward, cfg.eval_steps or steps, guidance, run_dir, step)
-                history["eval"].append([step, next(iter(scores.values()))])
-                m.update(scores)
+            m.update(scores)
             if cfg.sample_every and step % cfg.sample_every == 0:
                 _sample_grid(run_dir, step, images, prompts)
             log.write(step, m)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations:
-                save_checkpoint(run_dir, step, policy.transformer, _state(step, opt, ema, history), config,
-                                cfg.model)
+            if saving:
+                save_checkpoint(run_dir, step, policy.transformer, state, config, cfg.model, weights)
             bar.set_postfix(reward=f"{m['reward_mean']:.3f}", loss=f"{m['loss']:.4f}")
-        elif cfg.family == "sol_rl":
-            _gather_rows(dist, chosen)  # every process takes part in each gather
         dist.barrier()
         bar.update(1)
     bar.close()

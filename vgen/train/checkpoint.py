@@ -37,12 +37,13 @@ from vgen.io import atomic_write_json, atomic_write_text
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-NOT_HASHED = ("recipe", "run", "resume", "iterations", "progress")
+NOT_HASHED = ("recipe", "run", "resume", "iterations", "progress", "fsdp")
 
 
 def resumable(config: dict) -> dict:
     """The part of a config that decides what is trained: not the recipe line, the run section,
-    ``resume``, ``progress`` or the iteration count (a finished run may be extended)."""
+    ``resume``, ``progress``, the iteration count (a finished run may be extended) or ``fsdp``
+    (how the weights are laid out over processes: a checkpoint resumes sharded or not)."""
     return {k: v for k, v in config.items() if k not in NOT_HASHED}
 
 
@@ -56,9 +57,23 @@ def _is_lora(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "peft_config", None))
 
 
-def save_weights(model: torch.nn.Module, folder: Path, metadata: dict[str, str] | None = None) -> str:
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full tensors that :func:`save_weights` writes of an FSDP-sharded model (the LoRA
+    weights, or every weight), gathered: every process calls this, the main one saves. None for
+    an unsharded model, which :func:`save_weights` reads directly."""
+    from vgen.train.fsdp import full, is_sharded
+
+    if not any(is_sharded(p) for p in model.parameters()):
+        return None
+    lora = _is_lora(model)
+    return {k: full(v.detach()).cpu() for k, v in model.state_dict().items() if not lora or "lora_" in k}
+
+
+def save_weights(model: torch.nn.Module, folder: Path, metadata: dict[str, str] | None = None,
+                 state: dict[str, torch.Tensor] | None = None) -> str:
     """The trained denoiser's weights into ``folder``: the peft adapter alone when it has one
-    (kind "lora"), else the whole model in the diffusers layout (kind "full")."""
+    (kind "lora"), else the whole model in the diffusers layout (kind "full"). ``state``: the
+    gathered weights of a sharded model (:func:`trained_state`)."""
     from safetensors.torch import save_file
 
     meta = {"format": "pt", **(metadata or {})}
@@ -66,16 +81,23 @@ def save_weights(model: torch.nn.Module, folder: Path, metadata: dict[str, str] 
         from peft import get_peft_model_state_dict
 
         (model.peft_config["default"]).save_pretrained(str(folder))
-        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(state, str(folder / ADAPTER_WEIGHTS), metadata=meta)
+        weights = get_peft_model_state_dict(model, state_dict=state)
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(folder / ADAPTER_WEIGHTS),
+                  metadata=meta)
         return "lora"
-    model.save_pretrained(str(folder / "transformer"), safe_serialization=True)
+    if state is None:
+        model.save_pretrained(str(folder / "transformer"), safe_serialization=True)
+    else:  # the same layout, from the gathered tensors (save_pretrained would write this process's shards)
+        model.save_config(str(folder / "transformer"))
+        save_file({k: v.contiguous() for k, v in state.items()},
+                  str(folder / "transformer" / "diffusion_pytorch_model.safetensors"), metadata=meta)
     return "full"
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict, config: dict,
-                    base_model: str) -> Path:
-    """Write checkpoint ``step`` atomically (see the module docstring); returns its folder."""
+                    base_model: str, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically (see the module docstring); returns its folder.
+    ``weights``: a sharded model's gathered weights (:func:`trained_state`)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*"):  # half-written by a run that was killed: one writer per run, so not ours
@@ -84,7 +106,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
         h = config_hash(config)
-        kind = save_weights(model, tmp, {"vgen_version": __version__, "config_hash": h})
+        kind = save_weights(model, tmp, {"vgen_version": __version__, "config_hash": h}, weights)
         if delay := float(os.environ.get("VGEN_CHECKPOINT_DELAY", "0")):  # crash tests: a wide window
             time.sleep(delay)                                             # in the middle of a write
         torch.save(state, tmp / "state.pt")

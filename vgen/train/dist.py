@@ -39,6 +39,11 @@ class Dist:
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(part.view_as(t))
 
+    def max_(self, t: torch.Tensor) -> None:
+        """Elementwise maximum over processes, in place."""
+        if self.world > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+
     def gather(self, obj):
         """Every process's ``obj``, in rank order (a list of length world)."""
         if self.world == 1:
