@@ -144,7 +144,7 @@ def test_nan_rewards_are_dropped_and_flat_groups_give_no_gradient(tmp_path, mode
     assert m["degenerate_groups"] == 2 and m["trained_samples"] == 0 and m["loss"] == 0.0
 
 
-def _launch(tmp_path, common: list[str], name: str, processes: int, *extra: str) -> None:
+def _launch(common: list[str], name: str, processes: int, *extra: str) -> None:
     """``vgen train`` in ``processes`` CPU processes on gloo (torchrun), one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "vgen.cli"] if processes == 1 else \
@@ -169,8 +169,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, model_dir):
     replicated: the same global batch gives the same metrics as one process, within float tolerance."""
     common = ["configs/solrl/tiny.yaml", f"model={model_dir}", *TINY, "reward={jpeg_compressibility: 1.0}",
               "lr=0.01", "iterations=3", f"run.out_dir={tmp_path}"]
-    _launch(tmp_path, common, "one", 1)
-    _launch(tmp_path, common, "two", 2)
+    _launch(common, "one", 1)
+    _launch(common, "two", 2)
     one = _metrics(tmp_path / "one")
     assert one[3]["trained_samples"] == 8
     _assert_same_metrics(_metrics(tmp_path / "two"), one, [0, 1, 2, 3])
@@ -187,9 +187,9 @@ def test_fsdp2_sharded_run_matches_one_process_and_resumes_unsharded(tmp_path):
               "preview_steps=4", "steps=8", "lora_rank=2", "eval_every=0", "eval_prompts=2", "sample_every=0",
               "checkpoint_every=1", "progress=false", "reward={shapes: 1.0}", "lr=0.01", "train_batch=1",
               "run.seed=1", f"run.out_dir={tmp_path}"]
-    _launch(tmp_path, common, "one", 1, "iterations=3")
-    _launch(tmp_path, common, "fsdp", 2, "iterations=2", "fsdp=true")
-    _launch(tmp_path, common, "fsdp", 1, "iterations=3")  # resumed at 2 without sharding
+    _launch(common, "one", 1, "iterations=3")
+    _launch(common, "fsdp", 2, "iterations=2", "fsdp=true")
+    _launch(common, "fsdp", 1, "iterations=3")  # resumed at 2 without sharding
     one = _metrics(tmp_path / "one")
     assert [one[s]["degenerate_groups"] for s in (1, 2, 3)] == [2, 1, 3]  # uneven kept samples per process
     _assert_same_metrics(_metrics(tmp_path / "fsdp"), one, [0, 1, 2, 3])

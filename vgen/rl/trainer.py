@@ -242,14 +242,11 @@ def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
 
         explore = explore_policy(policy, cfg.explore_backend)
     if requested(cfg.fsdp) and dist.world > 1:
-        full_mb = sum(p.numel() * p.element_size() for p in tr.parameters()) / 2**20
-        units = shard(tr)
+        summary = shard(tr)
         if ref is not None:
             ref = [like(r, p) for r, p in zip(ref, tr.parameters())]
-        local_mb = sum(p.to_local().numel() * p.element_size() for p in tr.parameters()) / 2**20
         if dist.main:
-            print(f"FSDP2: the denoiser sharded over {dist.world} processes in {units} units; its weights take "
-                  f"{local_mb:.2f} MiB in this process of {full_mb:.2f} MiB whole", flush=True)
+            print(f"FSDP2: the denoiser sharded over {dist.world} processes: {summary}", flush=True)
     params = [p for p in tr.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return policy, params, ref, opt, reward, explore, steps, guidance

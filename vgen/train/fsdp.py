@@ -36,12 +36,16 @@ def requested(flag: bool) -> bool:
     return flag
 
 
-def shard(model: torch.nn.Module) -> int:
+def shard(model: torch.nn.Module) -> str:
     """``fully_shard`` each transformer block, then the root (embedders, norms, output head);
     gradients are summed over processes, not averaged: the trainer already weights each sample
-    by the global sample count. Returns the number of FSDP units."""
+    by the global sample count. Returns a line saying the units and this process's weight memory."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    def mib(tensors) -> float:
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+    whole = mib(model.parameters())
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("0", "false")
     units = 0
     for name in BLOCK_LISTS:
@@ -53,7 +57,8 @@ def shard(model: torch.nn.Module) -> int:
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
-    return units + 1
+    local = mib(p.to_local() for p in model.parameters())
+    return f"{units + 1} units; its weights take {local:.2f} MiB in this process of {whole:.2f} MiB whole"
 
 
 def is_sharded(t: torch.Tensor) -> bool:
