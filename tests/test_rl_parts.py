@@ -18,6 +18,7 @@ from vgen.rl.losses import (
     sample_s,
 )
 from vgen.rl.selection import select
+from vgen.rl.trainer import informative
 
 # ---------------------------------------------------------------- selection
 
@@ -114,6 +115,25 @@ def test_selection_edges():
 
 
 # ---------------------------------------------------------------- advantages
+
+
+def test_informative_keeps_the_prompts_with_the_most_spread():
+    """Dynamic sampling against a brute force: every subset of ``keep`` prompts, the one with the
+    largest total spread, ties broken towards lower indices (lexicographically first)."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p, n = int(rng.integers(2, 7)), int(rng.integers(1, 6))
+        keep = int(rng.integers(1, p + 1))
+        r = rng.integers(0, 3, size=(p, n)).astype(np.float64) / 2  # coarse: many flat rows and ties
+        r[rng.random((p, n)) < 0.15] = np.nan
+        spread = [float(np.std(x[np.isfinite(x)])) if np.isfinite(x).sum() >= 2 else 0.0 for x in r]
+        best = max(itertools.combinations(range(p), keep),
+                   key=lambda c: (sorted((spread[i] for i in c), reverse=True), [-i for i in c]))
+        assert informative(r, keep).tolist() == list(best)
+    flat = np.array([[1.0, 1.0], [0.0, 1.0], [np.nan, 5.0], [0.2, 0.4]])
+    assert informative(flat, 2).tolist() == [1, 3]  # the flat row and the one-finite row go last
 
 
 def test_group_and_global_std():

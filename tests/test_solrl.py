@@ -164,16 +164,45 @@ def _assert_same_metrics(a: dict, b: dict, steps: list[int]) -> None:
                 assert v == pytest.approx(b[step][key], rel=1e-5, abs=1e-7), (step, key)
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, model_dir):
+@pytest.mark.parametrize("extra", [[], ["family=naive_quant", "explore_prompts=4"]], ids=["sol_rl", "filtered"])
+def test_two_gloo_processes_match_one_process(tmp_path, model_dir, extra):
     """Data parallelism (torchrun / accelerate launch, 2 CPU processes on gloo), the denoiser
-    replicated: the same global batch gives the same metrics as one process, within float tolerance."""
+    replicated: the same global batch gives the same metrics as one process, within float tolerance.
+    With dynamic sampling the kept prompts are chosen over every process's explored ones and dealt
+    out again, their explored samples (which naive_quant trains on) moving with them."""
     common = ["configs/solrl/tiny.yaml", f"model={model_dir}", *TINY, "reward={jpeg_compressibility: 1.0}",
-              "lr=0.01", "iterations=3", f"run.out_dir={tmp_path}"]
+              "lr=0.01", f"iterations={2 if extra else 3}", f"run.out_dir={tmp_path}", *extra]
     _launch(common, "one", 1)
     _launch(common, "two", 2)
     one = _metrics(tmp_path / "one")
-    assert one[3]["trained_samples"] == 8
-    _assert_same_metrics(_metrics(tmp_path / "two"), one, [0, 1, 2, 3])
+    assert one[2]["trained_samples"] == 8
+    _assert_same_metrics(_metrics(tmp_path / "two"), one, sorted(one))
+    if extra:
+        assert "explore_flat_prompts" in one[1]
+
+
+def test_explore_prompts_trains_on_the_prompts_with_explore_spread(tmp_path, model_dir):
+    """Dynamic sampling: of 4 explored prompts, the reward is flat on the first two, so the 2
+    trained on are the other two and no group is degenerate; without it, the 2 prompts drawn are
+    those first two (the same draw, shorter) and nothing trains."""
+    from vgen.world.grammar import sample_prompts
+
+    explored = sample_prompts("train", 4, seed=1)  # run.seed 0, iteration 1
+    flat = set(explored[:2])
+    assert not flat & set(explored[2:])
+    registry._BUILTIN["test_flat_first"] = lambda: lambda images, prompts: np.array(
+        [1.0 if p in flat else im.mean() / 255.0 for im, p in zip(images, prompts)])
+    try:
+        common = ["iterations=1", "reward={test_flat_first: 1.0}"]
+        assert _train(tmp_path, model_dir, "plain", *common) == 0
+        assert _train(tmp_path, model_dir, "filtered", *common, "explore_prompts=4") == 0
+    finally:
+        registry._BUILTIN.pop("test_flat_first")
+    plain, filtered = _metrics(tmp_path / "plain")[1], _metrics(tmp_path / "filtered")[1]
+    assert plain["degenerate_groups"] == 2 and plain["trained_samples"] == 0
+    assert filtered["explore_flat_prompts"] == 2
+    assert filtered["degenerate_groups"] == 0 and filtered["trained_samples"] == 8
+    assert _train(tmp_path, model_dir, "bad", "explore_prompts=1") == 2  # fewer than prompts_per_step
 
 
 def test_fsdp2_sharded_run_matches_one_process_and_resumes_unsharded(tmp_path):

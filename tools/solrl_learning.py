@@ -4,7 +4,7 @@
                                    [--parallel 2] [--out runs/solrl-learning] [key=value ...]
 
 For each seed it runs ``vgen train CONFIG run.seed=S`` (``--parallel P`` runs P seeds at once,
-each pinned to its own CPU core with one thread, so P runs never share a core), then
+each pinned to a CPU core with one thread: P runs never share a core while P <= the cores), then
 ``vgen eval`` on the run's final checkpoint and on the base model: GenEval-Shapes strict
 accuracy on ``--n`` test-split prompts (meanings never trained on), one sample seed each,
 at the base's own sampling settings (vgen_base.json: steps, CFG). It writes
@@ -34,7 +34,7 @@ def vgen(*args: str, core: int | None = None, log: Path | None = None) -> subpro
     cmd = [sys.executable, "-m", "vgen.cli", *args]
     env = dict(os.environ)
     if core is not None:
-        cmd = ["taskset", "-c", str(core), *cmd]
+        cmd = ["taskset", "-c", str(core % (os.cpu_count() or 1)), *cmd]  # more runs than cores share them
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = open(log, "w") if log else None  # noqa: SIM115 - closed by the caller's wait
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -64,6 +64,9 @@ class SolRLConfig:
     k: int = param(8, ge=2, le=100_000, help="samples per prompt regenerated and trained on")
     select: Literal["best_worst", "mean_deviation", "random", "extremes_random"] = param("best_worst")
     prompts_per_step: int = param(4, ge=1, le=100_000, help="prompts per iteration (global, all processes)")
+    explore_prompts: int | None = param(None, ge=1, le=100_000, help="prompts explored per iteration; the "
+                                        "prompts_per_step of them with the largest explore reward spread are trained "
+                                        "on (dynamic sampling); default: prompts_per_step, no filtering")
     preview_steps: int = param(10, ge=1, le=1000, help="explore step count")
     steps: int | None = param(None, ge=1, le=1000, help="full step count (default: the base's)")
     guidance: float | None = param(None, ge=1.0, le=50.0, help="sampling CFG scale (default: the base's)")
@@ -113,15 +116,43 @@ def _prompt_file(cfg: SolRLConfig) -> tuple[list[str], list[str]]:
     return lines[: -cfg.eval_prompts], lines[-cfg.eval_prompts:]
 
 
-def _prompts(cfg: SolRLConfig, step: int) -> list[str]:
-    """This iteration's prompts, from (seed, step) alone."""
+def _prompts(cfg: SolRLConfig, step: int, n: int) -> list[str]:
+    """This iteration's ``n`` prompts, from (seed, step) alone."""
     seed = cfg.run.seed * 1_000_003 + step
     if cfg.prompts == "shapes":
         from vgen.world.grammar import sample_prompts
 
-        return sample_prompts("train", cfg.prompts_per_step, seed=seed)
+        return sample_prompts("train", n, seed=seed)
     pool = _prompt_file(cfg)[0]
-    return [pool[i] for i in np.random.default_rng(seed).integers(0, len(pool), cfg.prompts_per_step)]
+    return [pool[i] for i in np.random.default_rng(seed).integers(0, len(pool), n)]
+
+
+def informative(rewards: np.ndarray, keep: int) -> np.ndarray:
+    """Dynamic sampling: of a (prompts, N) explore reward array, the ``keep`` prompts with the
+    largest reward spread (std over the finite rewards; fewer than two finite ones count as no
+    spread), ties by lower index, returned in ascending order.
+
+    A prompt whose candidates all score alike gives a degenerate group, no advantage and no
+    gradient, yet still costs a full-precision regeneration and an update pass; the cheap
+    explore pass already tells which prompts those are, so more prompts can be explored than
+    are trained on and the regenerate/update budget goes to the ones with signal."""
+    r = np.asarray(rewards, dtype=np.float64)
+    spread = np.array([x[np.isfinite(x)].std() if np.isfinite(x).sum() >= 2 else 0.0 for x in r])
+    return np.sort(np.argsort(-spread, kind="stable")[:keep])
+
+
+def _take_rows(dist, local, rows: list[int]):
+    """Rows ``rows`` of a global per-prompt array spread over processes (global row i in process
+    i % world), for this process; numpy arrays, tensors, tuples of them, or None."""
+    if local is None:
+        return None
+    if isinstance(local, tuple):
+        return tuple(_take_rows(dist, a, rows) for a in local)
+    if dist.world == 1:
+        return local[rows]
+    if isinstance(local, torch.Tensor):  # through float32: exact for bf16 too
+        return torch.from_numpy(_gather_rows(dist, local.float().numpy())[rows]).to(local.dtype)
+    return _gather_rows(dist, local)[rows]
 
 
 def _seeds(cfg: SolRLConfig, step: int, n_prompts: int, n: int) -> np.ndarray:
@@ -214,6 +245,9 @@ def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
 
     if cfg.k > cfg.candidates and cfg.family != "diffusionnft":
         raise UserError(f"k ({cfg.k}) must not exceed candidates ({cfg.candidates})")
+    if cfg.explore_prompts is not None and cfg.explore_prompts < cfg.prompts_per_step:
+        raise UserError(f"explore_prompts ({cfg.explore_prompts}) must be at least prompts_per_step "
+                        f"({cfg.prompts_per_step})")
     unknown = sorted(set(cfg.reward_paths) - set(cfg.reward))
     if unknown:
         raise UserError(f"reward_paths names {unknown[0]!r}, which is not in reward")
@@ -541,12 +575,14 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
             history["eval"].append([0, next(iter(scores.values()))])
             log.write(0, scores)
         dist.barrier()
+    n_explore = cfg.explore_prompts or cfg.prompts_per_step
     for step in range(start + 1, cfg.iterations + 1):
         times, m = {}, {}
-        all_prompts = _prompts(cfg, step)
-        prompts = dist.shard(all_prompts)
+        all_prompts = _prompts(cfg, step, n_explore)
         rows = dist.shard(list(range(len(all_prompts))))  # global prompt indices of this process
-        seeds = _seeds(cfg, step, len(all_prompts), n_cand)[rows]
+        prompts = [all_prompts[i] for i in rows]
+        all_seeds = _seeds(cfg, step, len(all_prompts), n_cand)
+        seeds = all_seeds[rows]
 
         # 1-2. explore (or generate in train precision for the families without an explore pass)
         t = time.perf_counter()
@@ -562,8 +598,20 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         ex_r = _score(reward, ex_images, prompts)
         times["score"] = time.perf_counter() - t
 
-        # 3. select k per prompt (each prompt's own generator: the same choice in any process)
+        # 3. keep the prompts_per_step prompts with the most explore spread (when more were explored),
+        # then select k per prompt (each prompt's own generator: the same choice in any process)
         t = time.perf_counter()
+        if n_explore > cfg.prompts_per_step:
+            explored = _gather_rows(dist, ex_r)
+            kept = informative(explored, cfg.prompts_per_step)
+            m["explore_flat_prompts"] = int(sum(np.nanmax(x) == np.nanmin(x) if np.isfinite(x).any() else 1
+                                                for x in explored))
+            mine = kept[dist.shard(list(range(len(kept))))]
+            ex_r = explored[mine]
+            if cfg.family != "sol_rl":  # these train on the explored samples themselves
+                ex_x0, ex_images, ex_trace = _take_rows(dist, (ex_x0, ex_images, ex_trace), mine)
+            rows = dist.shard(list(range(len(kept))))  # positions in the kept list, as the gathers below expect
+            prompts, seeds = [all_prompts[i] for i in mine], all_seeds[mine]
         chosen = np.stack([_fill(select(r, cfg.k, cfg.select, np.random.default_rng([cfg.run.seed, step, g])),
                                  cfg.k, len(r)) for r, g in zip(ex_r, rows)])
         sel_seeds = np.take_along_axis(seeds, chosen, 1)
