@@ -265,6 +265,11 @@ def test_dry_run_counts_parameters_on_the_meta_device(model_dir, capsys):
     tr.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=list(LORA_TARGETS)))
     lora = sum(p.numel() for name, p in tr.named_parameters() if "lora_" in name)
     assert f"| trainable (LoRA r=2) | {lora / 1e6:,.2f} M |" in out and "nvfp4 explore copy" in out
+    assert "Per iteration: 2 prompts x 8 candidates explored (4 steps), 2 x 4 regenerated" in out
+    assert main(["train", "configs/solrl/tiny.yaml", f"model={model_dir}", "family=diffusionnft", "explore_prompts=6",
+                 "--dry-run"]) == 0
+    assert ("6 prompts x 4 samples generated at the full step count, the 2 with the most reward spread kept, "
+            "2 x 4 trained on") in capsys.readouterr().out
 
 
 def test_prompt_file_training_holds_out_its_last_lines(tmp_path, model_dir, capsys):

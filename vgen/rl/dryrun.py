@@ -100,6 +100,13 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
         lines.append(f"| total with a {b} explore copy ({copy / gib:.2f} GiB) | {(base + copy) / gib:.2f} |")
     if not backends:
         lines.append(f"| total (no explore copy) | {base / gib:.2f} |")
-    lines += ["", f"Per iteration: {cfg.prompts_per_step} prompts x {cfg.candidates} candidates explored "
-              f"({cfg.preview_steps} steps), {cfg.prompts_per_step} x {cfg.k} regenerated and trained on."]
+    p, m = cfg.prompts_per_step, cfg.explore_prompts or cfg.prompts_per_step
+    kept = f", the {p} with the most reward spread kept" if m > p else ""
+    if cfg.family == "sol_rl":
+        per = (f"{m} prompts x {cfg.candidates} candidates explored ({cfg.preview_steps} steps){kept}, "
+               f"{p} x {cfg.k} regenerated and trained on.")
+    else:
+        n = cfg.k if cfg.family == "diffusionnft" else cfg.candidates
+        per = f"{m} prompts x {n} samples generated at the full step count{kept}, {p} x {cfg.k} trained on."
+    lines += ["", f"Per iteration: {per}"]
     return "\n".join(lines)
