@@ -606,11 +606,11 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
             kept = informative(explored, cfg.prompts_per_step)
             m["explore_flat_prompts"] = int(sum(np.nanmax(x) == np.nanmin(x) if np.isfinite(x).any() else 1
                                                 for x in explored))
-            mine = kept[dist.shard(list(range(len(kept))))]
+            rows = dist.shard(list(range(len(kept))))  # positions in the kept list, as the gathers below expect
+            mine = kept[rows]
             ex_r = explored[mine]
             if cfg.family != "sol_rl":  # these train on the explored samples themselves
                 ex_x0, ex_images, ex_trace = _take_rows(dist, (ex_x0, ex_images, ex_trace), mine)
-            rows = dist.shard(list(range(len(kept))))  # positions in the kept list, as the gathers below expect
             prompts, seeds = [all_prompts[i] for i in mine], all_seeds[mine]
         chosen = np.stack([_fill(select(r, cfg.k, cfg.select, np.random.default_rng([cfg.run.seed, step, g])),
                                  cfg.k, len(r)) for r, g in zip(ex_r, rows)])
