@@ -348,7 +348,8 @@ def test_flexvar_trains_with_a_non_residual_tokenizer(tmp_path, var_tokenizer_di
     samples the training scales and, being flex, another scale list too."""
     vae, _ = tiny_var_models(flex=True)
     tok = save_var_model(tmp_path / "flextok", vae, None, CLASS_PROMPTS, 16)
-    assert _train(tmp_path, tok, "flex", "iterations=2", "eval_every=0", "sample_every=0", "checkpoint_every=0") == 0
+    assert _train(tmp_path, tok, "flex", "iterations=2", "eval_every=0", "sample_every=0", "checkpoint_every=0",
+                  "random_scales=false") == 0
     m = _metrics(tmp_path / "flex")
     assert sorted(m) == [1, 2] and all(math.isfinite(m[2][f"ce_scale{k}"]) for k in range(K))
     vae2, var, conf = load_var_model(tmp_path / "flex" / "model")
@@ -356,3 +357,41 @@ def test_flexvar_trains_with_a_non_residual_tokenizer(tmp_path, var_tokenizer_di
     assert "FlexVAR" in (tmp_path / "flex" / "model" / "README.md").read_text()
     assert sample(var, vae2, [3], [0]).images.shape == (1, 3, 16, 16)
     assert [t.shape[1] for t in sample(var, vae2, [3], [0], patch_nums=(1, 2, 3, 4)).tokens] == [1, 4, 9, 16]
+
+
+def test_flex_scale_list_rule():
+    """First two sizes and the last always in; 1..max_mid distinct middle sizes from every integer
+    between; increasing; a function of (seed, step) alone; every allowed list is drawn."""
+    from vgen.train.var import flex_scale_list
+
+    seen = set()
+    for step in range(400):
+        pns = flex_scale_list(0, step, (1, 2, 3, 4, 6, 8), 3)
+        assert pns[:2] == (1, 2) and pns[-1] == 8 and list(pns) == sorted(set(pns))
+        assert 1 <= len(pns) - 3 <= 3 and all(3 <= p <= 7 for p in pns[2:-1])
+        assert pns == flex_scale_list(0, step, (1, 2, 3, 4, 6, 8), 3)
+        seen.add(pns)
+    # C(5,1) + C(5,2) + C(5,3) = 25 lists; the full list 1..8 and 1, 2, 8 are never drawn
+    assert len(seen) == 25 and (1, 2, 3, 4, 5, 6, 7, 8) not in seen and (1, 2, 8) not in seen
+    assert flex_scale_list(0, 1, (1, 2), 3) == (1, 2)
+
+
+def test_flexvar_trains_on_random_scale_lists(tmp_path):
+    """By default a FlexVAR trains on a random scale list per step: its metrics are keyed by size
+    and the token targets of each size equal the tokenizer's independent quantization."""
+    from vgen.train.var import Data, flex_scale_list
+
+    vae, _ = tiny_var_models(flex=True)
+    tok = save_var_model(tmp_path / "flextok", vae, None, CLASS_PROMPTS, 16)
+    assert _train(tmp_path, tok, "flex", "iterations=2", "eval_every=0", "sample_every=0", "checkpoint_every=0") == 0
+    m = _metrics(tmp_path / "flex")
+    for step in (1, 2):
+        pns = flex_scale_list(0, step, (1, 2, 4), 3)
+        assert m[step]["num_scales"] == len(pns) and all(math.isfinite(m[step][f"ce_pn{p}"]) for p in pns)
+    data = Data(vae, 8, 16, 0, cache=True)
+    fresh = Data(vae, 8, 16, 0, cache=False)
+    for a, b in zip(data.get([0, 5], "cpu", (1, 2, 3, 4))[0], fresh.get([0, 5], "cpu", (1, 2, 3, 4))[0]):
+        assert torch.equal(a, b)
+    code = _train(tmp_path, save_var_model(tmp_path / "vartok", tiny_var_models()[0], None, CLASS_PROMPTS, 16),
+                  "bad", "iterations=1", "random_scales=true")
+    assert code == 2

@@ -2,6 +2,13 @@
 the shapes world on CPU, saved as a vgen VAR model folder (vgen/models/var/folder.py).
 
     python tools/build_var_tiny.py [--out assets/var-tiny-shapes] [--seed 0] [--vae-steps N] [--steps N] ...
+    python tools/build_var_tiny.py --flex      # assets/flexvar-tiny-shapes: the FlexVAR base
+
+``--flex`` builds the FlexVAR variant: a non-residual tokenizer (every scale quantizes the
+downsampled latent itself; the image decodes from the last scale alone) and a ``flex=True``
+transformer that the ``var`` recipe trains on a random scale list per step (FlexVAR's rule as
+vgen states it in ``vgen/train/var.py: flex_scale_list``), so it samples at scale lists it never
+saw, e.g. all eight sizes 1..8.
 
 Classes are the 70 prompts of ``vgen.world.datasets.CLASS_PROMPTS`` (all six GenEval
 categories: 4 single objects, 6 pairs, 12 counts, 24 coloured objects, 12 positions, 12
@@ -60,6 +67,10 @@ VQVAE_ARCH = dict(vocab_size=512, z_channels=16, ch=16, ch_mult=(1, 2, 4, 4), nu
                   residual=True, using_sa=False, using_mid_sa=True, norm_groups=8)
 
 
+def tokenizer_arch(flex: bool) -> dict:
+    return {**VQVAE_ARCH, "residual": not flex}
+
+
 def images(seed: int, start: int, n: int) -> torch.Tensor:
     """n world images in [-1, 1]: items start..start+n of the class dataset with scene seed ``seed``."""
     ds = ShapesClassDataset(start + n, RESOLUTION, seed)
@@ -72,7 +83,7 @@ def residuals(vae, f: torch.Tensor) -> torch.Tensor:
     q = vae.quantize
     out, f_hat = [], torch.zeros_like(f)
     for si, pn in enumerate(q.patch_nums):
-        r = area(f - f_hat, pn)
+        r = area(f - f_hat if q.residual else f, pn)
         out.append(r.permute(0, 2, 3, 1).reshape(-1, q.Cvae))
         f_hat = f_hat + q.phi_up(q.embed(q.nearest(r), pn), si, f.shape[-1], len(q.patch_nums))
     return torch.cat(out)
@@ -93,10 +104,10 @@ def restart_dead_codes(vae, f: torch.Tensor, generator: torch.Generator, min_hit
     return len(dead)
 
 
-def train_tokenizer(steps: int, batch: int, seed: int, log, lr: float = 1e-3):
-    """Stage 1: a residual multi-scale VQ-VAE trained on world images (see the module docstring)."""
+def train_tokenizer(steps: int, batch: int, seed: int, log, lr: float = 1e-3, flex: bool = False):
+    """Stage 1: a multi-scale VQ-VAE (residual, or FlexVAR's non-residual one) trained on world images."""
     torch.manual_seed(seed)
-    vae = build_vqvae(VQVAE_ARCH)
+    vae = build_vqvae(tokenizer_arch(flex))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # codebook from the encoder's (untrained) outputs, at every scale
         f = vae.img_to_f(images(seed + 100, 0, 64))
@@ -187,7 +198,9 @@ def fid_shapes(images: np.ndarray, classes: list[int], n_seeds: int, seed: int) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="assets/var-tiny-shapes")
+    ap.add_argument("--out", default=None, help="default: assets/var-tiny-shapes, or assets/flexvar-tiny-shapes "
+                    "with --flex")
+    ap.add_argument("--flex", action="store_true", help="build the FlexVAR base (non-residual tokenizer, flex=True)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--vae-batch", type=int, default=32)
@@ -218,7 +231,7 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    out = Path(args.out)
+    out = Path(args.out or ("assets/flexvar-tiny-shapes" if args.flex else "assets/var-tiny-shapes"))
     if args.resume:  # the var recipe resumes its run by default (resume: auto), so stage 2 needs nothing more
         work = Path(args.resume)
         tok_dir = work / "tokenizer"
@@ -228,7 +241,7 @@ def main() -> None:
         log(f"resuming the build in {work}: tokenizer reused, transformer resumed from its last checkpoint")
     else:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent if out.parent.exists() else None))
-        vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log)
+        vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log, flex=args.flex)
         tok_dir = save_var_model(work / "tokenizer", vae, None, CLASS_PROMPTS, RESOLUTION)
     val = images(args.seed + 1, 0, 256)
     curve = psnr_per_scales(vae, val)
@@ -273,7 +286,8 @@ def main() -> None:
         f"FID-shapes {res['fid']['fid_shapes']:.2f}")
 
     info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
-            "vqvae": {k: list(v) if isinstance(v, tuple) else v for k, v in VQVAE_ARCH.items()},
+            "vqvae": {k: list(v) if isinstance(v, tuple) else v for k, v in tokenizer_arch(args.flex).items()},
+            "flex": args.flex,
             "tokenizer_psnr_by_scales": dict(zip(map(str, PATCH_NUMS), curve)),
             "var_config": args.var_config, "var_overrides": args.var_overrides, "var_minutes": var_minutes,
             "resumed": bool(args.resume), "earlier_minutes": args.earlier_minutes,
@@ -317,14 +331,16 @@ license: apache-2.0
 library_name: vgen
 tags: [var, visual-autoregressive, class-conditional, shapes-world, tiny]
 ---
-# var-tiny-shapes
+# {"flexvar" if info.get("flex") else "var"}-tiny-shapes
 
-A tiny class-conditional VAR (next-scale prediction) model of the vgen shapes world, built on
-CPU by `python tools/build_var_tiny.py` in {info['minutes']:.0f} minutes ({info['threads']} threads,
+A tiny class-conditional {"FlexVAR" if info.get("flex") else "VAR"} (next-scale prediction) model of the vgen
+shapes world, built on CPU by `python tools/build_var_tiny.py`
+  in {info["minutes"]:.0f} minutes ({info['threads']} threads,
 torch {info['torch']}){resumed_note(info)}. Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json`
 (`class_prompts`), covering GenEval's six categories. Images are 64x64.
 
-- Tokenizer: residual multi-scale VQ-VAE, {info['params']['vqvae'] / 1e6:.2f}M parameters, 8x downsampling
+- Tokenizer: {"non-residual (FlexVAR)" if info.get("flex") else "residual"} multi-scale VQ-VAE,
+  {info['params']['vqvae'] / 1e6:.2f}M parameters, 8x downsampling
   (8x8 latent, 16-d codes), one 512-code codebook, scales {list(PATCH_NUMS)} (130 tokens).
   Reconstruction PSNR on 256 held-out images after 1..6 scales: {psnr_row} dB.
 - Transformer: VAR with AdaLN blocks, {info['params']['var'] / 1e6:.2f}M parameters, trained with the `var`

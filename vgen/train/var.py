@@ -76,6 +76,9 @@ class VARTrainConfig:
     grad_clip: float = param(2.0, gt=0, help="gradient norm clip")
     label_smoothing: float = param(0.0, ge=0, lt=1, help="cross-entropy label smoothing")
     scale_weights: list[float] | None = param(None, help="per-scale loss weights (default: every token alike)")
+    random_scales: bool | None = param(None, help="train each step on a random scale list (FlexVAR's rule, see "
+                                       "flex_scale_list); default: on for a FlexVAR (non-residual) tokenizer")
+    max_mid_scales: int = param(3, ge=1, le=64, help="random_scales: at most this many random middle sizes")
     bf16: bool = param(True, help="bfloat16 autocast (CUDA only; CPU always runs float32)")
     iterations: int = param(2000, ge=0, le=10_000_000, help="optimizer steps")
     log_every: int = param(0, ge=0, help="print a line every this many steps (0: never)")
@@ -146,14 +149,16 @@ def tokenize(vqvae, images: torch.Tensor, patch_nums=None) -> list[torch.Tensor]
 
 
 def tf_loss_from_tokens(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0,
-                        scale_weights=None) -> TFLoss:
+                        scale_weights=None, patch_nums=None) -> TFLoss:
     """Teacher-forcing loss of ground-truth tokens: one forward over all scales under the
-    block-causal mask. In training mode the VAR drops labels with its cond_drop_rate."""
+    block-causal mask (``patch_nums``: another scale list, FlexVAR only). In training mode the
+    VAR drops labels with its cond_drop_rate."""
     from vgen.engine.scalewise import teacher_forcing_inputs
 
-    inputs = teacher_forcing_inputs(vqvae, tokens, var.patch_nums)
-    logits = var(labels, inputs)
-    return token_ce(logits, torch.cat(tokens, 1), var.lengths(), label_smoothing, scale_weights)
+    pns = tuple(patch_nums or var.patch_nums)
+    inputs = teacher_forcing_inputs(vqvae, tokens, pns)
+    logits = var(labels, inputs, patch_nums=pns)
+    return token_ce(logits, torch.cat(tokens, 1), var.lengths(pns), label_smoothing, scale_weights)
 
 
 def tf_loss(var, vqvae, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
@@ -224,33 +229,61 @@ def label_drops(seed: int, step: int, batch: int, rate: float) -> list[bool]:
     return (np.random.default_rng([seed, step, 11]).random(batch) < rate).tolist()
 
 
-def tokenize_dataset(vqvae, dataset, chunk: int = 256, progress: bool = False) -> list[torch.Tensor]:
+def flex_scale_list(seed: int, step: int, patch_nums, max_mid: int = 3) -> tuple[int, ...]:
+    """The scale list of step ``step`` when a FlexVAR trains on random scale lists (from (seed, step)
+    alone, so every process and micro-batch uses the same one).
+
+    vgen's rule, after FlexVAR's (fixed small scales, random middle ones, the final size): the
+    model's first two sizes and its last size are always in; between them, a uniformly random
+    set of 1..``max_mid`` distinct sizes from every integer strictly between the second and the
+    last (not only the model's own list). With the tiny base (1, 2, ..., 8) and max_mid = 3 the
+    lists hold 4-6 scales, so the full 8-scale list (and 1, 2, 8) are never seen in training:
+    sampling there tests scale generalisation."""
+    pns = tuple(int(p) for p in patch_nums)
+    if len(pns) < 3:
+        return pns
+    pool = list(range(pns[1] + 1, pns[-1]))
+    if not pool:
+        return pns
+    rng = np.random.default_rng([seed, step, 13])
+    n = int(rng.integers(1, min(max_mid, len(pool)) + 1))
+    mid = sorted(rng.choice(pool, size=n, replace=False).tolist())
+    return (*pns[:2], *mid, pns[-1])
+
+
+def tokenize_dataset(vqvae, dataset, chunk: int = 256, progress: bool = False, patch_nums=None) -> list[torch.Tensor]:
     """Per-scale tokens (N, pn^2) of every item, in fixed chunks (the same tokens every run)."""
     from tqdm.auto import tqdm
 
     out = []
     for lo in tqdm(range(0, len(dataset), chunk), desc="tokenizing", disable=not progress):
         images = torch.stack([dataset[i]["image"] for i in range(lo, min(lo + chunk, len(dataset)))])
-        out.append([t.cpu() for t in tokenize(vqvae, images)])
+        out.append([t.cpu() for t in tokenize(vqvae, images, patch_nums)])
     return [torch.cat(parts) for parts in zip(*out)]
 
 
 class Data:
-    """Tokens and labels by dataset index: from a one-off cache, or rendered and tokenized on demand."""
+    """Tokens and labels by dataset index: from a one-off cache, or rendered and tokenized on demand.
+
+    A non-residual (FlexVAR) tokenizer quantizes every size independently, so its cache holds
+    the tokens of every size 1..last and any scale list is a selection from it."""
 
     def __init__(self, vqvae, size: int, resolution: int, seed: int, cache: bool, progress: bool = False):
         from vgen.world.datasets import ShapesClassDataset
 
         self.vqvae, self.ds = vqvae, ShapesClassDataset(size, resolution, seed)
-        self.cache = tokenize_dataset(vqvae, self.ds, progress=progress) if cache else None
+        last = vqvae.patch_nums[-1]
+        self.sizes = tuple(vqvae.patch_nums) if vqvae.residual else tuple(range(1, last + 1))
+        self.cache = tokenize_dataset(vqvae, self.ds, progress=progress, patch_nums=self.sizes) if cache else None
 
-    def get(self, idx: list[int], device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def get(self, idx: list[int], device, patch_nums=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        pns = tuple(patch_nums or self.vqvae.patch_nums)
         labels = torch.tensor([i % self.ds.num_classes for i in idx], device=device)
-        if self.cache is not None:
+        if self.cache is not None and (not self.vqvae.residual or pns == self.sizes):
             rows = torch.tensor(idx)
-            return [t[rows].to(device) for t in self.cache], labels
+            return [self.cache[self.sizes.index(pn)][rows].to(device) for pn in pns], labels
         images = torch.stack([self.ds[i]["image"] for i in idx])
-        return [t.to(device) for t in tokenize(self.vqvae, images)], labels
+        return [t.to(device) for t in tokenize(self.vqvae, images, pns)], labels
 
 
 # ---------------------------------------------------------------- checkpoints, samples
@@ -402,6 +435,11 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     params = [p for p in var.parameters() if p.requires_grad]
     opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas)
     token_weights(var.lengths(), cfg.scale_weights)  # refuse bad weights before any work
+    random_scales = (not vqvae.residual) if cfg.random_scales is None else cfg.random_scales
+    if random_scales and vqvae.residual:
+        raise UserError("random_scales needs a FlexVAR (non-residual) tokenizer: a residual VAR has one scale list")
+    if random_scales and cfg.scale_weights is not None:
+        raise UserError("scale_weights cannot be used with random_scales (the scale list changes every step)")
     main = dist.main
     train = Data(vqvae, cfg.data_size, cfg.resolution, cfg.data_seed, cfg.cache_tokens, cfg.progress and main)
     val = Data(vqvae, cfg.val_size, cfg.resolution, cfg.data_seed + 1, cfg.cache_tokens) if main else None
@@ -419,7 +457,6 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     log = MetricLog(run_dir, start) if main else None
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     micro = cfg.micro_batch or cfg.batch
-    K = len(var.patch_nums)
     bar = tqdm(total=cfg.iterations, initial=start, desc="var", unit="step", disable=not (cfg.progress and main))
     t_run = time.perf_counter()
     for step in range(start + 1, cfg.iterations + 1):
@@ -429,21 +466,28 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
             g["lr"] = lr
         idx = dist.shard(batch_indices(cfg.run.seed, step, cfg.batch, cfg.data_size))
         drops = dist.shard(label_drops(cfg.run.seed, step, cfg.batch, cfg.cond_drop_rate))
-        sums = torch.zeros(2 + 2 * K, device=device)  # loss, acc, per-scale CE, per-scale acc (global means)
+        pns = flex_scale_list(cfg.run.seed, step, var.patch_nums, cfg.max_mid_scales) if random_scales \
+            else var.patch_nums
+        lengths = torch.tensor(var.lengths(pns), dtype=torch.float32, device=device)
+        sums = torch.zeros(2 + 2 * len(pns), device=device)  # loss, acc, per-scale CE, per-scale acc (global means)
         var.train()
         for lo in range(0, len(idx), micro):
-            tokens, labels = train.get(idx[lo:lo + micro], device)
+            tokens, labels = train.get(idx[lo:lo + micro], device, pns)
             labels = labels.masked_fill(torch.tensor(drops[lo:lo + micro], device=device), var.num_classes)
             with torch.autocast(**amp):
-                r = tf_loss_from_tokens(var, vqvae, tokens, labels, cfg.label_smoothing, cfg.scale_weights)
+                r = tf_loss_from_tokens(var, vqvae, tokens, labels, cfg.label_smoothing, cfg.scale_weights, pns)
             w = len(labels) / cfg.batch
             (r.loss * w).backward()
-            acc = r.acc_per_scale @ torch.tensor(var.lengths(), dtype=torch.float32, device=device) / var.L
+            acc = r.acc_per_scale @ lengths / lengths.sum()
             sums += w * torch.cat([r.loss.detach().view(1), acc.view(1), r.ce_per_scale, r.acc_per_scale])
         stepped = optimizer_step(dist, params, opt, sums, cfg.grad_clip)
-        s = sums.tolist()
-        m = {"loss": s[0], "acc": s[1], "lr": lr, **stepped, **{f"ce_scale{k}": s[2 + k] for k in range(K)},
-             **{f"acc_scale{k}": s[2 + K + k] for k in range(K)}}
+        s, n = sums.tolist(), len(pns)
+        m = {"loss": s[0], "acc": s[1], "lr": lr, **stepped}
+        if random_scales:  # per-scale figures keyed by size: the list changes every step
+            m.update(num_scales=n, **{f"ce_pn{p}": s[2 + k] for k, p in enumerate(pns)},
+                     **{f"acc_pn{p}": s[2 + n + k] for k, p in enumerate(pns)})
+        else:
+            m.update({f"ce_scale{k}": s[2 + k] for k in range(n)}, **{f"acc_scale{k}": s[2 + n + k] for k in range(n)})
         m["time_step"] = time.perf_counter() - t
         m["images_per_s"] = cfg.batch / m["time_step"]
         if main:
