@@ -12,7 +12,7 @@ from vgen.train import checkpoint as ck
 def _lora_transformer(model_dir, seed=0):
     from peft import LoraConfig
 
-    from vgen.sample import load_policy
+    from vgen.models.load import load_policy
 
     tr = load_policy(model_dir).transformer
     tr.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
@@ -49,7 +49,7 @@ def test_lora_checkpoint_round_trips_into_a_fresh_base(tmp_path, model_dir):
 
 
 def test_full_checkpoint_round_trips(tmp_path, model_dir):
-    from vgen.sample import load_policy
+    from vgen.models.load import load_policy
 
     tr = load_policy(model_dir).transformer
     with torch.no_grad():

@@ -94,8 +94,8 @@ def test_explore_policy_rolls_out_with_the_copy(model_dir):
     """An fp32 copy reproduces the policy bit for bit; a bf16 copy runs with the fp32 text
     encoders it shares (conditioning cast to its dtype) and stays close."""
     from vgen.engine import rollout
+    from vgen.models.load import load_policy
     from vgen.quant.explore import explore_policy
-    from vgen.sample import load_policy
 
     policy = load_policy(model_dir)
     kw = dict(steps=3, guidance=3.0, height=32, width=32)

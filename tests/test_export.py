@@ -50,7 +50,7 @@ def _images(policy) -> torch.Tensor:
 
 
 def _base_transformer(model_dir):
-    from vgen.sample import load_policy
+    from vgen.models.load import load_policy
 
     return load_policy(model_dir).transformer  # the same attention processors as load_model's
 

@@ -256,8 +256,8 @@ def test_accelerate_fsdp2_config_turns_sharding_on(monkeypatch):
 def test_dry_run_counts_parameters_on_the_meta_device(model_dir, capsys):
     from peft import LoraConfig
 
+    from vgen.models.load import load_policy
     from vgen.rl.dryrun import LORA_TARGETS
-    from vgen.sample import load_policy
 
     assert main(["train", "configs/solrl/tiny.yaml", f"model={model_dir}", "lora_rank=2", "--dry-run",
                  "--processes", "4"]) == 0

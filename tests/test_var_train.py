@@ -87,7 +87,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, var_tokenizer_dir, capsys):
     assert conf["class_prompts"] == list(CLASS_PROMPTS)
     assert conf["sampling"] == {"cfg": 1.5, "top_k": 0, "top_p": 0.0} and conf["var"]["cond_drop_rate"] == 0.1
     assert (var.depth, var.C, var.num_heads) == (2, 64, 2) and "recipe var" in (run / "model" / "README.md").read_text()
-    last = _weights(ckpts / "step-000004" / "transformer" / "model.safetensors")
+    last = _weights(ckpts / "step-000004" / "var.safetensors")  # a checkpoint is itself a VAR model folder
     saved = _weights(run / "model" / "var.safetensors")
     assert last.keys() == saved.keys() and all(torch.equal(last[k], saved[k]) for k in last)
     s = sample(var, vae, [0, 5], [0, 1], cfg=1.5)
@@ -310,7 +310,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, var_tokenizer_dir):
 
 @pytest.mark.parametrize("extra, message", [
     (["resolution=32"], "is for 16px images, resolution is 32"),
-    (["tokenizer=/nonexistent/tokenizer"], "VAR model folder not found: '/nonexistent/tokenizer'"),
+    (["tokenizer=/nonexistent/tokenizer"], "model not found: '/nonexistent/tokenizer'"),
     (["sample_classes=[0, 70]"], "sample_classes must lie in 0..69"),
     (["heads=3"], "heads (3) must divide width (64)"),
     (["scale_weights=[1.0, 2.0]"], "scale_weights has 2 entries, the model has 3 scales"),
@@ -388,8 +388,8 @@ def test_flexvar_trains_on_random_scale_lists(tmp_path):
     for step in (1, 2):
         pns = flex_scale_list(0, step, (1, 2, 4), 3)
         assert m[step]["num_scales"] == len(pns) and all(math.isfinite(m[step][f"ce_pn{p}"]) for p in pns)
-    data = Data(vae, 8, 16, 0, cache=True)
-    fresh = Data(vae, 8, 16, 0, cache=False)
+    data = Data(vae, ShapesClassDataset(8, 16, 0), cache=True)
+    fresh = Data(vae, ShapesClassDataset(8, 16, 0), cache=False)
     for a, b in zip(data.get([0, 5], "cpu", (1, 2, 3, 4))[0], fresh.get([0, 5], "cpu", (1, 2, 3, 4))[0]):
         assert torch.equal(a, b)
     code = _train(tmp_path, save_var_model(tmp_path / "vartok", tiny_var_models()[0], None, CLASS_PROMPTS, 16),

@@ -38,13 +38,14 @@ def noisy(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
 
 def generate(model: str, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, dict]:
     from vgen.engine import rollout
-    from vgen.sample import load_policy, recommended
+    from vgen.images import to_uint8
+    from vgen.models.load import load_policy, pipeline_defaults
 
-    rec = recommended(model)
+    rec = pipeline_defaults(model)
     steps, guidance = rec.get("steps", 20), rec.get("guidance", 4.5)
     policy = load_policy(model)
     r = rollout(policy, prompts, seeds, steps=steps, guidance=guidance, chunk_size=50, progress=True)
-    images = (r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    images = to_uint8(r.images)
     return images, {"steps": steps, "guidance": guidance}
 
 

@@ -60,10 +60,13 @@ _VAR_FLAGS = ("classes", "cfg", "top_k", "top_p")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from vgen.models.var.folder import is_var_folder
+    from vgen.models.load import load
     from vgen.sample import sample, sample_var
 
-    var = is_var_folder(args.model)
+    try:
+        var = load(args.model, weights=False).kind == "var"
+    except UserError:
+        var = False  # not a model at all: the flag checks below, then the pipeline path, say what is wrong
     own, other = (_VAR_FLAGS, _PIPELINE_FLAGS) if var else (_PIPELINE_FLAGS, _VAR_FLAGS)
     if wrong := [k for k in other if getattr(args, k) is not None]:
         flag = "--" + wrong[0].replace("_", "-")
@@ -91,13 +94,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vgen.eval.harness import run_eval
+    from vgen.eval.harness import EvalOptions, run_eval
     from vgen.sample import parse_seeds
 
     if (args.steps is not None and args.steps < 1) or args.fid_reference < 2:
         raise UserError("--steps must be >= 1 and --fid-reference >= 2")
-    out = run_eval(args.model, args.out, args.n, parse_seeds(args.seeds), tuple(args.metrics), args.rewards,
-                   args.steps, args.guidance, args.resolution, args.inception_weights, args.fid_reference, args.force)
+    if args.top_k is not None and args.top_k < 0 or args.top_p is not None and not 0 <= args.top_p <= 1:
+        raise UserError("--top-k must be >= 0 and --top-p in [0, 1]")
+    pns = None
+    if args.patch_nums is not None:
+        try:
+            pns = [int(x) for x in args.patch_nums.split(",")]
+        except ValueError:
+            raise UserError(f"--patch-nums takes sizes joined by commas (1,2,4,8), got {args.patch_nums!r}") from None
+        if any(p < 1 for p in pns) or pns != sorted(set(pns)):
+            raise UserError(f"--patch-nums must be increasing positive sizes, got {args.patch_nums!r}")
+    opts = EvalOptions(seeds=parse_seeds(args.seeds), metrics=tuple(args.metrics), rewards=list(args.rewards),
+                       n=args.n, steps=args.steps, guidance=args.guidance, resolution=args.resolution,
+                       classes=args.classes, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, patch_nums=pns,
+                       switch_scale=args.switch_scale, subnet_depth=args.subnet_depth,
+                       inception_weights=args.inception_weights, ref_stats=args.ref_stats,
+                       fid_reference=args.fid_reference, checkpoint=args.checkpoint)
+    out = run_eval(args.model, args.out, opts, args.force)
     print(f"evaluation written to {out} (report.json, report.md, samples.png)")
     return 0
 
@@ -200,15 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=cmd_sample)
 
     ev = sub.add_parser("eval", help="GenEval-Shapes, FID-shapes / KID and rewards of a model or a run")
-    ev.add_argument("--model", required=True, help="local model folder or vgen run directory (newest checkpoint)")
+    ev.add_argument("--model", required=True, help="pipeline folder, VAR model folder, vgen run directory (newest "
+                    "checkpoint), or official VAR files 'VAE.pth,VAR.pth'")
+    ev.add_argument("--checkpoint", default=None, help="run: evaluate this checkpoint (step-000500 or 500)")
     ev.add_argument("--metrics", nargs="+", default=["geneval", "fid"], help="geneval and/or fid (FID-shapes + KID)")
     ev.add_argument("--rewards", nargs="*", default=[], metavar="NAME[=PATH]",
                     help="registered rewards to average, e.g. jpeg_compressibility pickscore=/models/pickscore")
-    ev.add_argument("--n", type=int, default=300, help="test-split prompts (categories balanced)")
+    ev.add_argument("--n", type=int, default=300, help="pipeline: test-split prompts (categories balanced)")
+    ev.add_argument("--classes", nargs="+", default=None, help="VAR: class ids and ranges, or all (default all)")
+    ev.add_argument("--cfg", type=float, default=None, help="VAR: CFG scale (default: the model's)")
+    ev.add_argument("--top-k", type=int, default=None, help="VAR: top-k, 0 = off (default: the model's)")
+    ev.add_argument("--top-p", type=float, default=None, help="VAR: top-p, 0 = off (default: the model's)")
+    ev.add_argument("--patch-nums", default=None, metavar="1,2,...",
+                    help="VAR: sample at this scale list (FlexVAR models; default: the model's)")
+    ev.add_argument("--switch-scale", type=int, default=None,
+                    help="VAR: VARiant depth plan: scales from this one run the subnet of --subnet-depth blocks")
+    ev.add_argument("--subnet-depth", type=int, default=None, help="VAR: blocks of the equidistant subnet")
+    ev.add_argument("--ref-stats", default=None, metavar="FILE.npz",
+                    help="VAR: FID (and IS) against ADM-style reference statistics (Inception mu / sigma); "
+                    "needs --inception-weights")
     ev.add_argument("--seeds", nargs="+", default=["0"], help="seeds and ranges; every prompt x seed")
     ev.add_argument("--out", default=None, help="report folder (default: RUN/eval/step-N, or runs/eval-...)")
-    ev.add_argument("--steps", type=int, default=None, help="default: the base's vgen_base.json, else 20")
-    ev.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the base's, else 3.0)")
+    ev.add_argument("--steps", type=int, default=None, help="pipeline: default the base's vgen_base.json, else 20")
+    ev.add_argument("--guidance", type=float, default=None, help="pipeline: CFG scale (default: the base's, else 3.0)")
     ev.add_argument("--resolution", type=int, default=64)
     ev.add_argument("--inception-weights", default=None, metavar="FILE",
                     help="local Inception-v3 FID weights: adds Inception FID / KID (never downloaded)")

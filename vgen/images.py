@@ -36,3 +36,29 @@ def make_grid(images: list[np.ndarray], labels: list[str] | None = None, cols: i
         for j, line in enumerate(lines[i]):
             draw.text((x, y + bar + th + 2 + 11 * j), line, fill=(0, 0, 0), font=font)
     return sheet
+
+
+def to_uint8(images) -> np.ndarray:
+    """(N, 3, H, W) float images in [0, 1] (a tensor) -> uint8 (N, H, W, 3), rounded: the one conversion
+    every sampler output goes through before scoring or saving."""
+    return (images.detach().permute(0, 2, 3, 1).float().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def sample_sheet(path, images: np.ndarray, labels: list[str], prompts: list[str] | None = None, cols: int = 6) -> list:
+    """Save a labelled sheet of uint8 (N, H, W, 3) images as a PNG, each tile marked green / red with
+    the shapes verifier's strict verdict when every prompt is one of the shapes grammar. Returns the
+    verdicts (empty when unmarked): the one sample-sheet helper of recipes and reports."""
+    from vgen.io import save_png
+    from vgen.world.grammar import parse
+    from vgen.world.verifier import verify
+
+    verdicts = []
+    if prompts is not None:
+        try:
+            for p in prompts:
+                parse(p)
+            verdicts = verify(images, prompts)
+        except ValueError:
+            verdicts = []
+    save_png(path, make_grid(list(images), labels, cols=cols, marks=[v.strict for v in verdicts] or None))
+    return verdicts

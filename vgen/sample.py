@@ -15,34 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from vgen.errors import UserError
-from vgen.images import make_grid
+from vgen.images import make_grid, to_uint8
 from vgen.io import atomic_write_json, save_png
-
-
-def load_policy(path: str | Path, device: str = "cpu", dtype: str = "float32"):
-    """The engine policy for a local model folder, chosen by its model_index.json."""
-    import torch
-
-    from vgen.models.policy import check_pipeline_folder
-
-    kind = check_pipeline_folder(Path(path)).get("_class_name")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
-    if kind in ("StableDiffusion3Pipeline",):
-        from vgen.models.sd3 import SD3Policy
-
-        return SD3Policy.from_pretrained(path, dtype=torch_dtype, device=device)
-    if kind in ("FluxPipeline",):
-        from vgen.models.flux import FluxPolicy
-
-        return FluxPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
-    if kind in ("SanaPipeline",):
-        from vgen.models.sana import SanaPolicy
-
-        return SanaPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
-    raise UserError(f"{str(path)!r} holds a {kind!r}; vgen supports StableDiffusion3Pipeline, FluxPipeline and "
-                    "SanaPipeline folders")
 
 
 def parse_seeds(items: list[str], what: str = "seed") -> list[int]:
@@ -88,29 +62,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "prompt"
 
 
-def recommended(model: str | Path) -> dict:
-    """Sampling defaults a vgen base records in ``vgen_base.json`` (CFG scale, steps), if any."""
-    import json
-
-    try:
-        info = json.loads((Path(model) / "vgen_base.json").read_text())
-        return {"guidance": float(info["cfg"]), "steps": int(info["eval_steps"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
 def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: int | None = None,
            guidance: float | None = None,
            shift: float | None = None, height: int = 64, width: int = 64, chunk_size: int | None = None,
            device: str = "cpu", dtype: str = "float32") -> int:
     from vgen.engine import rollout
+    from vgen.models.load import load
 
     prompts, seed_list = read_prompts(prompts), parse_seeds(seeds)
-    rec = recommended(model)
+    rec = load(model, weights=False).sampling
     steps = steps if steps is not None else rec.get("steps", 20)
     guidance = guidance if guidance is not None else rec.get("guidance", 4.5)
     pairs = [(p, s) for p in prompts for s in seed_list]
-    policy = load_policy(model, device, dtype)
+    policy = load(model, device=device, dtype=dtype).policy
     t0 = time.perf_counter()
     r = rollout(policy, [p for p, _ in pairs], [s for _, s in pairs], steps=steps, guidance=guidance, shift=shift,
                 height=height, width=width, chunk_size=chunk_size, progress=True)
@@ -123,43 +87,44 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
 
 def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: float | None = None,
                top_k: int | None = None, top_p: float | None = None, device: str = "cpu") -> int:
-    """`vgen sample` for a VAR model folder: every (class, seed); CFG / top-k / top-p default to
-    the folder's ``sampling`` settings, so a trained model samples as its recipe evaluated it."""
+    """`vgen sample` for a VAR model (folder, run or official files): every (class, seed); CFG /
+    top-k / top-p default to the model's ``sampling`` settings, so a trained model samples as its
+    recipe evaluated it."""
     from vgen.engine.scalewise import sample as scalewise
-    from vgen.models.var.folder import read_config
+    from vgen.models.load import load
 
-    config = read_config(model)  # classes and seeds are checked before the weights load
-    prompts = config["class_prompts"]
+    prompts = load(model, weights=False).classes  # classes and seeds are checked before the weights load
     class_ids, seed_list = parse_classes(classes, len(prompts)), parse_seeds(seeds)
-    vqvae, var, _ = load_var(model, device)
-    settings = var_settings(config, cfg, top_k, top_p)
+    m = load_var(model, device)
+    settings = var_settings(m.sampling, cfg, top_k, top_p)
     pairs = [(c, s) for c in class_ids for s in seed_list]
     t0 = time.perf_counter()
-    r = scalewise(var, vqvae, [c for c, _ in pairs], [s for _, s in pairs], **settings)
+    r = scalewise(m.var, m.vqvae, [c for c, _ in pairs], [s for _, s in pairs], **settings)
     elapsed = time.perf_counter() - t0
     write_samples(out, r.images, [{"class": c, "prompt": prompts[c], "seed": s} for c, s in pairs],
                   [f"{c}: {prompts[c]} ({s})" for c, s in pairs],
-                  {"model": str(model), **settings, "resolution": config["resolution"], "seconds": elapsed})
+                  {"model": str(model), **settings, "resolution": m.resolution, "seconds": elapsed})
     return 0
 
 
-def load_var(model: str | Path, device: str = "cpu"):
-    """(VQ-VAE, VAR, config) of a VAR model folder that can sample (not a tokenizer-only one)."""
-    from vgen.models.var.folder import load_var_model
+def load_var(model, device: str = "cpu"):
+    """The loaded VAR model (vgen.models.load.Loaded) that can sample: not a tokenizer-only folder."""
+    from vgen.models.load import load
 
-    vqvae, var, config = load_var_model(model, device)
-    if var is None:
+    m = load(model, device=device)
+    if m.kind != "var":
+        raise UserError(f"{str(model)!r} is a diffusers pipeline, not a VAR model")
+    if m.var is None:
         raise UserError(f"{str(model)!r} holds a tokenizer only: there is no VAR transformer to sample from")
-    return vqvae, var, config
+    return m
 
 
-def var_settings(config: dict, cfg: float | None = None, top_k: int | None = None,
+def var_settings(sampling: dict, cfg: float | None = None, top_k: int | None = None,
                  top_p: float | None = None) -> dict:
-    """CFG / top-k / top-p: those given, else the folder's ``sampling``, else CFG 1.5 and no filtering."""
-    given = config.get("sampling") or {}
-    return {"cfg": float(cfg if cfg is not None else given.get("cfg", 1.5)),
-            "top_k": int(top_k if top_k is not None else given.get("top_k", 0)),
-            "top_p": float(top_p if top_p is not None else given.get("top_p", 0.0))}
+    """CFG / top-k / top-p: those given, else the model's ``sampling``, else CFG 1.5 and no filtering."""
+    return {"cfg": float(cfg if cfg is not None else sampling.get("cfg", 1.5)),
+            "top_k": int(top_k if top_k is not None else sampling.get("top_k", 0)),
+            "top_p": float(top_p if top_p is not None else sampling.get("top_p", 0.0))}
 
 
 def write_samples(out: str | Path, images, records: list[dict], labels: list[str], meta: dict) -> None:
@@ -171,7 +136,7 @@ def write_samples(out: str | Path, images, records: list[dict], labels: list[str
     from vgen.world.grammar import parse
     from vgen.world.verifier import verify
 
-    images = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+    images = to_uint8(images)
     out_dir = Path(out)
     verdicts: list = [None] * len(records)
     grammar = [i for i, r in enumerate(records) if _parses(parse, r["prompt"])]

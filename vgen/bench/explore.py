@@ -34,9 +34,9 @@ def run(cfg: ExploreBenchConfig, run_dir: Path) -> int:
     from peft import LoraConfig
 
     from vgen.models.attention import use_stock_attention
+    from vgen.models.load import load_policy
     from vgen.quant.backends import report
     from vgen.quant.explore import explore_copy, refresh
-    from vgen.sample import load_policy
 
     torch.manual_seed(cfg.run.seed)
     tr = load_policy(cfg.model).pipe.transformer

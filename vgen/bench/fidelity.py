@@ -55,14 +55,14 @@ def _rewards(policy, prompts: list[str], seeds: list[int], steps: int, guidance:
 
 def run(cfg: FidelityBenchConfig, run_dir: Path) -> int:
     from vgen.eval.ranking import agreement
+    from vgen.models.load import load_policy, pipeline_defaults
     from vgen.quant.backends import resolve
     from vgen.quant.explore import explore_policy
-    from vgen.sample import load_policy, recommended
     from vgen.world.grammar import sample_prompts
 
     for backend in cfg.cheap:  # refuse an unavailable backend before the long reference run
         resolve(backend)
-    rec = recommended(cfg.model)
+    rec = pipeline_defaults(cfg.model)
     steps = cfg.steps or rec.get("steps", 20)
     guidance = cfg.guidance if cfg.guidance is not None else rec.get("guidance", 3.0)
     policy = load_policy(cfg.model)

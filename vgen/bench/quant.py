@@ -58,8 +58,8 @@ def _quantize_throughput(cfg: QuantBenchConfig) -> dict:
 
 def _rollout_speed(cfg: QuantBenchConfig) -> dict:
     from vgen.engine import rollout
+    from vgen.models.load import load_policy
     from vgen.quant.explore import explore_policy
-    from vgen.sample import load_policy
     from vgen.world.grammar import sample_prompts
 
     prompts = sample_prompts("train", cfg.batch, seed=cfg.run.seed)

@@ -44,8 +44,8 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     from vgen.engine import rollout
     from vgen.engine.rollout import MIN_ROWS, encode_unique, pad_rows, schedule
     from vgen.engine.seeds import initial_noise
+    from vgen.models.load import load_policy
     from vgen.models.sd3 import SD3Policy
-    from vgen.sample import load_policy
     from vgen.world.grammar import sample_prompts
 
     torch.manual_seed(cfg.run.seed)

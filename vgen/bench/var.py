@@ -74,8 +74,9 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     if (cfg.switch_scale is None) != (cfg.subnet_depth is None):
         raise UserError("switch_scale and subnet_depth go together: set both for a VARiant plan, or neither")
     torch.manual_seed(cfg.run.seed)
-    vqvae, var, config = load_var(cfg.model)
-    settings = var_settings(config, cfg.cfg)
+    m = load_var(cfg.model)
+    vqvae, var = m.vqvae, m.var
+    settings = var_settings(m.sampling, cfg.cfg)
     K, plan = len(var.patch_nums), None
     if cfg.switch_scale is not None:  # checked before any timing
         if cfg.switch_scale >= K:

@@ -25,6 +25,10 @@ position, and the VQ-VAE turns the new token map into the next scale's input.
 * Both models run in eval mode while sampling (no label dropout), their modes restored after.
 * Log-probs (``return_logprobs``): log-probability of each drawn token under the distribution
   it was drawn from (after CFG and top-k / top-p), float32.
+* Reference streams (ScaleWeaver): ``ref_kv`` / ``ref_bias`` as ``VAR.forward`` takes them, plumbed
+  through both the cached path (``VAR.step``) and the uncached one (the teacher-forcing forward);
+  see ``sample``. A per-scale stream is one stream over all scales with a ``ref_bias`` whose rows
+  give each scale its own part (``vgen.models.var.var.scale_ref_bias``), exactly as in training.
 * ``cache_stats`` (a dict, for `vgen bench var`): filled with ``rows`` (model rows: the batch
   padded to MIN_ROWS, doubled by CFG), ``bytes`` (what the KV caches of all blocks hold after
   each scale; 0 with ``use_cache=False``) and ``peak_bytes``. Sampling itself is unchanged.
@@ -128,12 +132,74 @@ def decode(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
     return (torch.cat(out) + 1) / 2
 
 
+def ref_rows(t: torch.Tensor, B: int, P: int, cfg: float) -> torch.Tensor:
+    """A per-sample tensor (B or 1 rows) laid out as the model rows: padded to P, doubled for CFG."""
+    n = 2 * P if cfg else P
+    if t.shape[0] == 1:
+        return t.expand(n, *t.shape[1:])
+    t = pad_rows(t, P)
+    return torch.cat([t, t]) if cfg else t
+
+
+def check_ref(var, ref_kv, ref_bias, B: int, L: int, dev):
+    """Validate a reference stream for B samples; returns (ref_kv, ref_bias) on the model's device."""
+    if ref_kv is None:
+        if ref_bias is not None:
+            raise UserError("ref_bias needs a ref_kv stream")
+        return None, None
+    ref_kv = list(ref_kv)
+    if len(ref_kv) != var.depth:
+        raise UserError(f"ref_kv has {len(ref_kv)} entries, the model has {var.depth} blocks")
+    out, l_ref = [], set()
+    for j, kv in enumerate(ref_kv):
+        if kv is None:
+            out.append(None)
+            continue
+        k, v = kv
+        if k.dim() != 4 or k.shape != v.shape or k.shape[0] not in (1, B) \
+                or (k.shape[1], k.shape[3]) != (var.num_heads, var.C // var.num_heads):
+            raise UserError(f"ref_kv[{j}] has shapes {tuple(k.shape)}, {tuple(v.shape)}; expected two "
+                            f"({B} or 1, {var.num_heads}, l_ref, {var.C // var.num_heads}) tensors")
+        l_ref.add(k.shape[2])
+        out.append((k.to(dev), v.to(dev)))
+    if ref_bias is not None:
+        ref_bias = torch.as_tensor(ref_bias, device=dev)
+        bad = not 1 <= ref_bias.dim() <= 4 or (ref_bias.dim() >= 2 and ref_bias.shape[-2] not in (1, L)) \
+            or (ref_bias.dim() == 4 and ref_bias.shape[0] not in (1, B)) \
+            or any(ref_bias.shape[-1] not in (1, n) for n in l_ref)
+        if bad:
+            raise UserError(f"ref_bias has shape {tuple(ref_bias.shape)}; it must broadcast to "
+                            f"({B} or 1, heads, {L} or 1, l_ref)")
+    return out, ref_bias
+
+
+def query_rows(ref_bias, a: int, b: int):
+    """The rows of queries a..b-1 of a ref_bias that has a query axis (others broadcast as they are)."""
+    if ref_bias is None or ref_bias.dim() < 2 or ref_bias.shape[-2] == 1:
+        return ref_bias
+    return ref_bias[..., a:b, :]
+
+
 @torch.no_grad()
 def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
            use_cache: bool = True, return_logprobs: bool = False, return_logits: bool = False,
            depth_plan=None, inputs_override: dict | None = None, patch_nums=None,
-           decode_images: bool = True, cache_stats: dict | None = None) -> ScaleSample:
-    """Sample token maps for ``class_ids`` (num_classes = unconditional) with one seed per sample."""
+           decode_images: bool = True, cache_stats: dict | None = None, ref_kv=None,
+           ref_bias=None) -> ScaleSample:
+    """Sample token maps for ``class_ids`` (num_classes = unconditional) with one seed per sample.
+
+    ``ref_kv`` (ScaleWeaver's reference attention): a list with one entry per block, None for a
+    block without a stream, else (k, v), each (B, H, l_ref, head_dim) for the B samples (or 1 row,
+    shared by all), in the model's dtype. Every query of every scale attends to them in the same
+    softmax as its own sequence's keys. The sampler lays them out as its model rows: padded to
+    P = max(B, MIN_ROWS) like the labels and, with CFG, repeated for the null-class rows, which
+    thus see the same reference as the conditional ones (the guidance contrasts the class only).
+    ``ref_bias``: an additive bias over the reference keys, broadcastable to
+    (rows, H, l_query, l_ref); a leading batch axis of B is laid out as ``ref_kv``. Its query
+    axis, when not 1, spans the whole sampled sequence (L = sum pn^2 of the scales), as in the
+    training forward; each scale uses its own rows. So a stream that differs per scale is one
+    stream over all scales with a bias that shows each scale its part (``scale_ref_bias``).
+    """
     class_ids, seeds = [int(c) for c in class_ids], [int(s) for s in seeds]
     if len(class_ids) != len(seeds):
         raise UserError(f"got {len(class_ids)} class ids but {len(seeds)} seeds")
@@ -146,10 +212,12 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     dev = var.class_emb.weight.device
     labels = torch.tensor(class_ids, device=dev)
     check_labels(labels, var.num_classes)
+    ref_kv, ref_bias = check_ref(var, ref_kv, ref_bias, len(class_ids), sum(pn * pn for pn in pns), dev)
 
     with evaluating(var, vqvae):  # no label dropout / stochastic depth while sampling
         return _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache,
-                       return_logprobs, return_logits, inputs_override, decode_images, cache_stats)
+                       return_logprobs, return_logits, inputs_override, decode_images, cache_stats,
+                       ref_kv, ref_bias)
 
 
 @contextmanager
@@ -164,7 +232,8 @@ def evaluating(*modules):
 
 
 def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache, return_logprobs,
-            return_logits, inputs_override, decode_images, cache_stats=None) -> ScaleSample:
+            return_logits, inputs_override, decode_images, cache_stats=None, ref_kv=None,
+            ref_bias=None) -> ScaleSample:
     K, B = len(pns), len(class_ids)
     # Model rows: B real samples padded to P, then (with CFG) the same P rows with the null class.
     P = max(B, MIN_ROWS)
@@ -172,12 +241,17 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
     if cfg:
         rows = torch.cat([rows, torch.full_like(rows, var.num_classes)])
     cond_BD, cond = var.condition(rows)
+    if ref_kv is not None:  # the reference stream, laid out as the model rows (null rows: the same reference)
+        ref_kv = [None if kv is None else tuple(ref_rows(t, B, P, cfg) for t in kv) for kv in ref_kv]
+        if ref_bias is not None and ref_bias.dim() == 4 and ref_bias.shape[0] > 1:
+            ref_bias = ref_rows(ref_bias, B, P, cfg)
     caches = [{} for _ in range(var.depth)]
     if cache_stats is not None:
         cache_stats.update(rows=len(rows), bytes=[], peak_bytes=0)
     inputs, tokens, logps, raw, freed = [], [], [], [], {}
     x = var.start_tokens(cond_BD, pns)
     f_hat = nxt = None
+    start = 0  # first sequence position of scale si
     for si, pn in enumerate(pns):
         if si > 0:
             inp = nxt
@@ -192,10 +266,13 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
         if use_cache:
             if freed_now := free_dropped(caches, plan, si):
                 freed[si] = freed_now
-            h = var.step(x, cond, caches, None if plan is None else plan[si])
+            h = var.step(x, cond, caches, None if plan is None else plan[si], ref_kv=ref_kv,
+                         ref_bias=query_rows(ref_bias, start, start + pn * pn))
             logits = var.logits(h, cond_BD)
         else:
-            logits = var(rows, inputs, patch_nums=pns, scales=range(si + 1), depth_plan=plan)[:, -pn * pn:]
+            logits = var(rows, inputs, patch_nums=pns, scales=range(si + 1), depth_plan=plan, ref_kv=ref_kv,
+                         ref_bias=query_rows(ref_bias, 0, start + pn * pn))[:, -pn * pn:]
+        start += pn * pn
         if cache_stats is not None:
             cache_stats["bytes"].append(cache_bytes(caches))
             cache_stats["peak_bytes"] = max(cache_stats["bytes"])

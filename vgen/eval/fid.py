@@ -8,6 +8,9 @@ trained on the world itself to tell shapes, colours, counts, layout and image de
 only with FID-shapes numbers from the same weights, never with Inception FID; results carry
 the embedding's name in their keys (``fid_shapes``, ``kid_shapes_mean``, ``kid_shapes_std``).
 Real Inception FID is available from a local weights file (:func:`inception_features`).
+ImageNet FID / IS as the VAR papers report them, against published Inception statistics
+(ADM's reference batch ``.npz``), is :func:`fid_against_ref_stats` (:func:`load_ref_stats`,
+:func:`inception_score`).
 
 Both metrics are computed by torchmetrics (``FrechetInceptionDistance`` and
 ``KernelInceptionDistance`` with a custom feature module) in float64. The embedding runs
@@ -142,25 +145,46 @@ def load_features(path: str | Path | None = None, device: str | torch.device = "
 
 
 class InceptionFeatures(nn.Module):
-    """Standard FID Inception-v3 features (torch-fidelity's network, via torchmetrics), from a local file."""
+    """Standard FID Inception-v3 features (torch-fidelity's network, via torchmetrics), from a local file.
+
+    Built with ``logits=True`` (:func:`inception_features`), :meth:`features_and_logits` also
+    gives the unbiased 1008-way logits of the same forward pass (for the Inception Score).
+    """
 
     metric_name = "inception"
 
-    def __init__(self, net: nn.Module, num_features: int, fingerprint: str):
+    def __init__(self, net: nn.Module, num_features: int, fingerprint: str, has_logits: bool = False):
         super().__init__()
         self.net, self.num_features, self.fingerprint = net, num_features, fingerprint
+        self.has_logits = has_logits
 
     def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)
 
+    def _uint8(self, images) -> torch.Tensor:
+        device = next(self.net.parameters()).device
+        return (_to_float_nchw(images, device) * 255).round().to(torch.uint8)
+
     @torch.no_grad()
     def forward(self, images) -> torch.Tensor:
-        device = next(self.net.parameters()).device
-        x = (_to_float_nchw(images, device) * 255).round().to(torch.uint8)
-        return self.net(x)
+        return self.net(self._uint8(images))
+
+    @torch.no_grad()
+    def features_and_logits(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, num_features) pool features, (B, 1008) logits without the fc bias), one forward pass.
+
+        The logits are ``logits_unbiased``: pool_3 times the fc weight, no bias, as the original
+        Inception Score code (openai/improved-gan), ADM's evaluator and torch-fidelity compute it.
+        """
+        if not self.has_logits:
+            raise ValueError("this Inception network was built without logits: inception_features(..., logits=True)")
+        x = self._uint8(images)
+        feats, logits = self.net._torch_fidelity_forward(x)  # what NoTrainInceptionV3.forward runs, all outputs
+        return feats.reshape(len(x), -1), logits
 
 
-def inception_features(weights_file: str | Path, feature: int = 2048, antialias: bool = True) -> InceptionFeatures:
+def inception_features(weights_file: str | Path, feature: int = 2048, antialias: bool = True,
+                       logits: bool = False) -> InceptionFeatures:
     """Inception-v3 FID features from a local weights file; never downloads.
 
     ``weights_file`` is the standard FID network converted from TensorFlow, as torch-fidelity
@@ -171,7 +195,8 @@ def inception_features(weights_file: str | Path, feature: int = 2048, antialias:
     ``antialias`` mean what they mean in ``FrechetInceptionDistance``, and the numbers match it.
     The file is first parsed with ``weights_only=True``: torch-fidelity itself unpickles it
     unrestricted, so only a file that holds nothing but tensors reaches it. Needs the
-    ``torch-fidelity`` package.
+    ``torch-fidelity`` package. ``logits=True`` also computes the 1008-way logits in the same
+    forward pass (:meth:`InceptionFeatures.features_and_logits`); the features are unchanged.
     """
     path = Path(weights_file)
     if not path.is_file():
@@ -189,12 +214,13 @@ def inception_features(weights_file: str | Path, feature: int = 2048, antialias:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise TypeError(f"holds a {type(state).__name__}, not a state dict")
-        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+        outputs = [str(feature), "logits_unbiased"] if logits else [str(feature)]
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=outputs,
                                  feature_extractor_weights_path=io.BytesIO(data), antialias=antialias)
     except Exception as e:
         msg = str(e).splitlines()[0][:200]
         raise UserError(f"{str(path)!r} is not an FID Inception-v3 state dict ({type(e).__name__}: {msg})") from None
-    return InceptionFeatures(net, feature, hashlib.sha256(data).hexdigest())
+    return InceptionFeatures(net, feature, hashlib.sha256(data).hexdigest(), has_logits=logits)
 
 
 def _fingerprint(features: nn.Module) -> str:
@@ -375,3 +401,181 @@ def reference_stats(n: int, split: str = "test", seed: int = 0, resolution: int 
              meta=np.str_(json.dumps(meta, sort_keys=True)))
     atomic_write_bytes(path, buf.getvalue())
     return {"mean": mean, "cov": cov, "n": n, "features": kept, "key": key, "path": path, "meta": meta}
+
+
+# ---------------------------------------------------------------- FID / IS against published statistics
+
+# (mean, covariance) key pairs of the .npz layouts load_ref_stats reads, in the order tried
+REF_STATS_LAYOUTS = (("mu", "sigma"),    # ADM (guided-diffusion evaluator), pytorch-fid, torch-fidelity
+                     ("mean", "cov"))    # vgen's own reference_stats cache entries
+_SYMMETRY_RTOL = 1e-4  # float32-stored or GPU-computed covariances are symmetric only to rounding
+
+
+def load_ref_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Inception statistics ``(mu (d,), sigma (d, d))``, float64, from a local ``.npz`` file.
+
+    Reads the VAR / ADM reference batch (openai/guided-diffusion ``evaluations/evaluator.py``,
+    e.g. ``VIRTUAL_imagenet256_labeled.npz``, whose ``arr_0`` images and ``mu_s`` / ``sigma_s``
+    spatial statistics are ignored), any ``mu`` / ``sigma`` file (pytorch-fid, torch-fidelity)
+    or a vgen :func:`reference_stats` cache entry (``mean`` / ``cov``); see
+    :data:`REF_STATS_LAYOUTS`. Loaded with ``allow_pickle=False``; never downloads.
+
+    Every problem is a one-line :class:`UserError` naming the file: missing file, not an
+    ``.npz`` archive (garbage, truncated, a pickle, a bare ``.npy``), none of the layouts' keys
+    (the message lists the keys it has), non-numeric arrays, ``mu`` not 1-D, ``sigma`` not
+    ``(d, d)``, non-finite values, a ``sigma`` that is not symmetric (beyond a 1e-4 relative
+    tolerance) or has negative variances.
+    """
+    p = Path(path)
+    where = f"reference statistics {str(p)!r}"
+    if not p.exists():
+        raise UserError(f"{where} not found (vgen never downloads; pass a local .npz such as ADM's "
+                        "VIRTUAL_imagenet256_labeled.npz)")
+    if p.is_dir():
+        raise UserError(f"{where} is a directory, not an .npz file")
+
+    def unreadable(e: BaseException) -> UserError:
+        msg = (str(e).splitlines() or [""])[0][:200]
+        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+        return UserError(f"{where} is not a readable .npz archive ({kind}: {msg})")
+
+    try:
+        z = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise unreadable(e) from None
+        raise UserError(f"{where} is not an .npz archive (neither a zip nor an .npy file: numpy could only "
+                        "unpickle it, which vgen never does)") from None
+    except Exception as e:  # BadZipFile, OSError, EOFError, ...
+        raise unreadable(e) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise UserError(f"{where} holds a single .npy array of shape {tuple(np.shape(z))}, not an .npz "
+                        "archive with 'mu' and 'sigma'")
+    with z:
+        keys = list(z.files)
+        layout = next(((m, c) for m, c in REF_STATS_LAYOUTS if m in keys and c in keys), None)
+        if layout is None:
+            shown = ", ".join(repr(k) for k in keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+            wanted = " or ".join(f"{m!r} and {c!r}" for m, c in REF_STATS_LAYOUTS)
+            raise UserError(f"{where} holds no Inception statistics: expected arrays {wanted}; "
+                            f"it has {shown or 'no arrays'}")
+        try:
+            arrays = [z[k] for k in layout]
+        except Exception as e:  # a damaged member: bad CRC, zlib error, object arrays (pickles)
+            raise unreadable(e) from None
+    (mk, ck), (mu, sigma) = layout, arrays
+    for k, a in zip(layout, arrays):
+        if a.dtype.kind not in "fiu":
+            raise UserError(f"{where}: {k!r} holds {a.dtype} values, not numbers")
+    if mu.ndim != 1 or mu.size == 0:
+        raise UserError(f"{where}: {mk!r} must be a 1-D vector (d,), got shape {mu.shape}")
+    d = mu.shape[0]
+    if sigma.shape != (d, d):
+        raise UserError(f"{where}: {ck!r} must be ({d}, {d}) to match {mk!r} of shape ({d},), got shape {sigma.shape}")
+    mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
+    for k, a in ((mk, mu), (ck, sigma)):
+        bad = int(a.size - np.isfinite(a).sum())
+        if bad:
+            raise UserError(f"{where}: {k!r} has {bad} non-finite values (NaN or inf)")
+    scale = float(np.abs(sigma).max())
+    asym = float(np.abs(sigma - sigma.T).max())
+    if asym > _SYMMETRY_RTOL * scale:
+        raise UserError(f"{where}: {ck!r} is not symmetric (max |sigma - sigma.T| = {asym:.3g}, max |sigma| = "
+                        f"{scale:.3g}): not a covariance matrix")
+    if np.diag(sigma).min() < -_SYMMETRY_RTOL * scale:
+        raise UserError(f"{where}: {ck!r} has negative variances on its diagonal: not a covariance matrix")
+    return mu, sigma
+
+
+def inception_score(probs, splits: int = 10) -> tuple[float, float]:
+    """Inception Score ``(mean, std)`` of class probabilities ``probs`` (N, C), rows summing to 1.
+
+    ``exp(E_x KL(p(y|x) || p(y)))`` on ``splits`` contiguous, equal splits (rows
+    ``i*N//splits`` to ``(i+1)*N//splits``), ``p(y)`` the split's mean; mean and population std
+    (ddof 0) over splits, in float64. This is torch-fidelity's ``isc`` without shuffling and
+    openai/improved-gan's (whose 5000-image splits ADM's evaluator uses: 10 splits for the
+    standard 50k samples). Raises ``ValueError`` for fewer rows than splits.
+    """
+    from scipy.special import xlogy
+
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) < splits or splits < 1:
+        raise ValueError(f"inception_score needs (N, C) probabilities with N >= splits = {splits}, got {p.shape}")
+    n = len(p)
+    scores = []
+    for i in range(splits):
+        part = p[i * n // splits:(i + 1) * n // splits]
+        q = part.mean(0, keepdims=True)
+        kl = (xlogy(part, part) - xlogy(part, q)).sum(1).mean()  # 0 log 0 = 0
+        scores.append(np.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def fid_against_ref_stats(images, ref_stats: str | Path, inception: str | Path | nn.Module, *,
+                          feature: int = 2048, batch_size: int = 100, is_splits: int = 10,
+                          device: str | torch.device = "cpu", antialias: bool = True) -> dict:
+    """ImageNet FID (and IS) of generated ``images`` as the VAR / FlexVAR papers report it.
+
+    ``images``: uint8 (N, H, W, 3) arrays (anything :class:`InceptionFeatures` accepts).
+    ``ref_stats``: a local ``.npz`` of reference statistics (:func:`load_ref_stats`: ADM's
+    ``VIRTUAL_imagenet256_labeled.npz`` for ImageNet 256). ``inception``: the local FID
+    Inception-v3 weights file (as ``--inception-weights``; built by :func:`inception_features`
+    with ``feature``, ``antialias`` and the logits, on ``device``) or an already built
+    features module. Pool features of all images (resized to 299 px by the network), their
+    float64 mean and unbiased covariance, and :func:`frechet_distance` to the reference. The
+    Inception Score comes from the same forward pass (:func:`inception_score`, ``is_splits``
+    splits, softmax of the unbiased 1008-way logits); it is omitted (``None``) when the module
+    gives no logits or there are fewer images than splits, and ``is_unavailable`` says why.
+
+    Returns ``{"fid": float, "is_mean": float | None, "is_std": float | None,
+    "is_splits": int, "is_unavailable": str | None, "n": N, "feature_dim": d,
+    "ref_stats": str (the path)}``. Problems are one-line :class:`UserError` s (the file's,
+    a feature dimension that differs from the reference's, fewer than 2 images).
+    """
+    mu_ref, sigma_ref = load_ref_stats(ref_stats)
+    if isinstance(inception, (str, Path)):
+        net = inception_features(inception, feature=feature, antialias=antialias, logits=True).to(device)
+    else:
+        net = inception
+    dim = getattr(net, "num_features", None)
+
+    def mismatch(d: int) -> UserError:
+        return UserError(f"reference statistics {str(ref_stats)!r} are {len(mu_ref)}-d but the Inception "
+                         f"features are {d}-d")
+
+    if dim is not None and int(dim) != len(mu_ref):
+        raise mismatch(int(dim))
+    if not isinstance(images, (torch.Tensor, np.ndarray)):
+        images = as_uint8_batch(images)
+    n = len(images)
+    if n < 2:
+        raise UserError(f"FID needs at least 2 images, got {n}")
+    with_logits = bool(getattr(net, "has_logits", False))
+    feats, logits = [], []
+    with torch.inference_mode():
+        for lo in range(0, n, batch_size):
+            batch = images[lo:lo + batch_size]
+            if with_logits:
+                f, lg = net.features_and_logits(batch)
+                logits.append(lg.detach().to("cpu", torch.float32))
+            else:
+                f = net(batch)
+            feats.append(f.detach().to("cpu", torch.float64))
+    x = torch.cat(feats).numpy()
+    if x.shape[1] != len(mu_ref):
+        raise mismatch(x.shape[1])
+    if not np.isfinite(x).all():
+        raise UserError("the Inception features of the images are not finite: a broken weights file?")
+    fid = frechet_distance(x.mean(0), np.cov(x, rowvar=False), mu_ref, sigma_ref)
+
+    is_mean = is_std = None
+    if not with_logits:
+        why = f"the features module {type(net).__name__} gives no class logits (build it with logits=True)"
+    elif n < is_splits:
+        why = f"the Inception Score needs at least is_splits = {is_splits} images, got {n}"
+    else:
+        why = None
+        probs = torch.cat(logits).double().softmax(dim=1).numpy()
+        is_mean, is_std = inception_score(probs, is_splits)
+    return {"fid": fid, "is_mean": is_mean, "is_std": is_std, "is_splits": is_splits, "is_unavailable": why,
+            "n": n, "feature_dim": int(x.shape[1]), "ref_stats": str(ref_stats)}

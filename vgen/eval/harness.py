@@ -20,6 +20,7 @@ report.json keys: ``vgen_version``, ``model``, ``source`` (model | run), ``step`
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,42 +101,193 @@ def generate(policy, prompts: list[str], seeds: list[int], steps: int, guidance:
     from tqdm.auto import tqdm
 
     from vgen.engine import rollout
+    from vgen.images import to_uint8
 
     out = []
     for lo in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch", disable=not progress):
         r = rollout(policy, prompts[lo:lo + batch], seeds[lo:lo + batch], steps=steps, guidance=guidance,
                     height=resolution, width=resolution)
-        out.append((r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+        out.append(to_uint8(r.images))
     return np.concatenate(out)
 
 
-def evaluate_model(model: str, n: int, seeds: list[int], metrics: tuple[str, ...] = METRICS,
-                   rewards: list[str] = (), steps: int | None = None, guidance: float | None = None,
-                   resolution: int = 64, inception_weights: str | None = None, fid_reference: int = 2000,
-                   batch: int = 64, progress: bool = True) -> tuple[dict, np.ndarray, list[str]]:
-    """(report, images, prompts) for a model folder or a run's newest checkpoint."""
-    from vgen.sample import recommended
-    from vgen.train.checkpoint import load_model
+@dataclass
+class EvalOptions:
+    """What `vgen eval` generates and scores. Pipelines use n / steps / guidance / resolution (test-split
+    prompts x seeds); VAR models use classes / cfg / top_k / top_p / patch_nums / the depth plan
+    (classes x seeds; sample seed = the seed itself, so ``vgen sample --classes C --seeds S`` draws the
+    same image). ``None`` takes the model's own default."""
 
-    check_metrics(metrics)  # every request checked before the (long) generation
-    if inception_weights and not Path(inception_weights).is_file():
-        raise UserError(f"Inception weights file not found: {inception_weights!r}")
-    rewards = load_rewards(list(rewards))
-    policy, info = load_model(model)
-    rec = recommended(info.get("base_model", model))
-    steps = steps or rec.get("steps", 20)
-    guidance = guidance if guidance is not None else rec.get("guidance", 3.0)
-    prompts, sample_seeds = grid(n, seeds)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    metrics: tuple[str, ...] = METRICS
+    rewards: list[str] = field(default_factory=list)
+    n: int = 300
+    steps: int | None = None
+    guidance: float | None = None
+    resolution: int = 64
+    classes: list[str] | None = None           # VAR: ids / ranges / "all" (default: all)
+    cfg: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    patch_nums: list[int] | None = None        # VAR: another scale list (FlexVAR only)
+    switch_scale: int | None = None            # VAR: VARiant depth plan, with subnet_depth
+    subnet_depth: int | None = None
+    inception_weights: str | None = None
+    ref_stats: str | None = None               # VAR: ADM-style reference .npz (Inception mu / sigma)
+    fid_reference: int = 2000
+    checkpoint: str | None = None              # run: a named checkpoint instead of the newest
+    batch: int = 64
+    progress: bool = True
+
+
+def _check(opts: EvalOptions) -> None:
+    check_metrics(opts.metrics)  # every request checked before the (long) generation
+    if opts.n < 1 or not opts.seeds:
+        raise UserError("--n must be >= 1 and --seeds must name at least one seed")
+    for flag, path in (("--inception-weights", opts.inception_weights), ("--ref-stats", opts.ref_stats)):
+        if path and not Path(path).is_file():
+            raise UserError(f"{flag}: file not found: {path!r}")
+    if opts.ref_stats and not opts.inception_weights:
+        raise UserError("--ref-stats needs --inception-weights (the network its statistics were computed with)")
+    if (opts.switch_scale is None) != (opts.subnet_depth is None):
+        raise UserError("--switch-scale and --subnet-depth go together (a VARiant depth plan), or neither")
+
+
+def evaluate_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray, list[str], int]:
+    """(report, images, prompts, seeds per slot) for anything vgen.models.load reads."""
+    from vgen.models.load import load
+
+    _check(opts)
+    described = load(model, weights=False, checkpoint=opts.checkpoint)
+    if described.kind == "var":
+        return evaluate_var_model(model, opts)
+    var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "switch_scale", "ref_stats")
+                if getattr(opts, k) is not None]
+    if var_only:
+        raise UserError(f"--{var_only[0].replace('_', '-')} applies to VAR models; {model!r} is a diffusers pipeline")
+    rewards = load_rewards(list(opts.rewards))
+    m = load(model, checkpoint=opts.checkpoint)
+    steps = opts.steps or m.sampling.get("steps", 20)
+    guidance = opts.guidance if opts.guidance is not None else m.sampling.get("guidance", 3.0)
+    prompts, sample_seeds = grid(opts.n, opts.seeds)
     t = time.perf_counter()
-    images = generate(policy, prompts, sample_seeds, steps, guidance, resolution, batch, progress)
+    images = generate(m.policy, prompts, sample_seeds, steps, guidance, opts.resolution, opts.batch, opts.progress)
     gen_s = time.perf_counter() - t
-    report = {"vgen_version": __version__, "model": str(model), "source": info["kind"],
-              "step": (info.get("meta") or {}).get("step"), "split": "test", "n_prompts": n, "seeds": list(seeds),
-              "steps": steps, "guidance": guidance, "resolution": resolution, "threads": torch.get_num_threads()}
-    scored = evaluate(images, prompts, len(seeds), metrics, rewards, inception_weights, fid_reference, resolution)
+    report = {"vgen_version": __version__, "model": str(model), "kind": "pipeline", "source": m.source,
+              "step": m.step, "split": "test", "n_prompts": opts.n, "seeds": list(opts.seeds), "steps": steps,
+              "guidance": guidance, "resolution": opts.resolution, "threads": torch.get_num_threads()}
+    scored = evaluate(images, prompts, len(opts.seeds), opts.metrics, rewards, opts.inception_weights,
+                      opts.fid_reference, opts.resolution)
     report.update(scored)
     report["seconds"] = {"generate": gen_s, **scored["seconds"]}
-    return report, images, prompts
+    return report, images, prompts, len(opts.seeds)
+
+
+def var_images(var, vqvae, classes: list[int], seeds: list[int], settings: dict, batch: int = 64,
+               progress: bool = False) -> np.ndarray:
+    """uint8 (len(classes) * len(seeds), H, W, 3) samples, class-major (class c, then each seed)."""
+    from tqdm.auto import tqdm
+
+    from vgen.engine.scalewise import sample
+    from vgen.images import to_uint8
+
+    pairs = [(c, s) for c in classes for s in seeds]
+    out = []
+    for lo in tqdm(range(0, len(pairs), batch), desc="generate", unit="batch", disable=not progress):
+        part = pairs[lo:lo + batch]
+        r = sample(var, vqvae, [c for c, _ in part], [s for _, s in part], **settings)
+        out.append(to_uint8(r.images))
+    return np.concatenate(out)
+
+
+CLASS_REFERENCE_SEED = 2  # scenes no recipe sees: the var recipe trains on data seed 0, validates on 1
+
+
+def class_reference(prompts: list[str], per_class: int, resolution: int, seed: int = CLASS_REFERENCE_SEED):
+    """Real renders of each class prompt (class-major, ``per_class`` scenes each), uint8 (N, H, W, 3)."""
+    from vgen.world.scene import render_prompt
+
+    return np.stack([render_prompt(p, item_seed(seed, c * per_class + j), resolution)
+                     for c, p in enumerate(prompts) for j in range(per_class)])
+
+
+def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds: list[int], settings: dict,
+                 metrics: tuple[str, ...] = METRICS, resolution: int = 64, batch: int = 64,
+                 progress: bool = False) -> tuple[dict, np.ndarray, list[str]]:
+    """Sample every (class, seed) and score it: GenEval-Shapes against each class's prompt (classes
+    whose prompt the shapes grammar reads), FID-shapes / KID against as many real renders of the same
+    prompts. ``settings``: the sampler's keyword arguments (cfg, top_k, top_p, patch_nums, depth_plan).
+    Returns (scores, images, prompts), images class-major."""
+    from vgen.world.grammar import parse
+
+    out: dict = {"seconds": {}}
+    t = time.perf_counter()
+    images = var_images(var, vqvae, classes, seeds, settings, batch, progress)
+    out["seconds"]["generate"] = time.perf_counter() - t
+    prompts = [class_prompts[c] for c in classes for _ in seeds]
+    grammar = all(_parses(parse, class_prompts[c]) for c in classes)
+    if "geneval" in metrics:
+        if grammar:
+            t = time.perf_counter()
+            out["geneval_shapes"] = geneval_shapes(images, prompts, len(seeds))
+            out["seconds"]["geneval"] = time.perf_counter() - t
+        else:
+            out["notes"] = ["GenEval-Shapes skipped: the class names are not prompts of the shapes grammar"]
+    if "fid" in metrics and grammar:
+        from vgen.eval.fid import fid_kid, load_features
+
+        t = time.perf_counter()
+        real = class_reference([class_prompts[c] for c in classes], len(seeds), images.shape[1])
+        out["fid_shapes"] = fid_kid(real, images, load_features())
+        out["seconds"]["fid"] = time.perf_counter() - t
+    return out, images, prompts
+
+
+def _parses(parse, prompt: str) -> bool:
+    try:
+        parse(prompt)
+        return True
+    except ValueError:
+        return False
+
+
+def evaluate_var_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray, list[str], int]:
+    """`vgen eval` of a VAR model folder, VAR run or official checkpoint pair (see EvalOptions)."""
+    from vgen.models.load import load
+    from vgen.models.var import switch_plan
+    from vgen.sample import parse_classes, var_settings
+
+    pipeline_only = [k for k in ("steps", "guidance") if getattr(opts, k) is not None]
+    if pipeline_only or opts.rewards:
+        flag = pipeline_only[0] if pipeline_only else "rewards"
+        raise UserError(f"--{flag} applies to diffusers pipelines; {model!r} is a VAR model (it takes --cfg, "
+                        "--top-k, --top-p, --classes)")
+    m = load(model, weights=False, checkpoint=opts.checkpoint)
+    classes = parse_classes(opts.classes or ["all"], len(m.classes))
+    m = load(model, checkpoint=opts.checkpoint)
+    if m.var is None:
+        raise UserError(f"{str(model)!r} holds a tokenizer only: there is no VAR transformer to evaluate")
+    settings = var_settings(m.sampling, opts.cfg, opts.top_k, opts.top_p)
+    pns = m.var.check_patch_nums(opts.patch_nums)
+    if opts.patch_nums is not None:
+        settings["patch_nums"] = list(pns)
+    if opts.switch_scale is not None:
+        if not 0 <= opts.switch_scale < len(pns):
+            raise UserError(f"--switch-scale must lie in 0..{len(pns) - 1}")
+        settings["depth_plan"] = switch_plan(m.var.depth, len(pns), opts.switch_scale, opts.subnet_depth)
+    scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,
+                                           opts.metrics, m.resolution, opts.batch, opts.progress)
+    report = {"vgen_version": __version__, "model": str(model), "kind": "var", "source": m.source, "step": m.step,
+              "classes": classes, "n_classes": len(classes), "seeds": list(opts.seeds), **settings,
+              "patch_nums": list(pns), "flex": bool(m.var.flex), "resolution": m.resolution,
+              "threads": torch.get_num_threads(), **scores}
+    if opts.ref_stats:
+        from vgen.eval.fid import ref_stats_fid
+
+        t = time.perf_counter()
+        report["fid_ref_stats"] = ref_stats_fid(images, opts.ref_stats, opts.inception_weights)
+        report["seconds"]["fid_ref_stats"] = time.perf_counter() - t
+    return report, images, prompts, len(opts.seeds)
 
 
 def _pct(s: dict) -> str:
@@ -145,7 +297,13 @@ def _pct(s: dict) -> str:
 
 def markdown(r: dict) -> str:
     lines = [f"# Evaluation of {r.get('model', 'images')}", ""]
-    if "n_prompts" in r:
+    if r.get("kind") == "var":
+        plan = "" if not r.get("depth_plan") else f", depth plan (blocks per scale) {r['depth_plan']}"
+        lines.append(f"{r['n_classes']} classes x {len(r['seeds'])} seeds, CFG {r['cfg']}, top-k {r['top_k']}, "
+                     f"top-p {r['top_p']}, scales {r['patch_nums']}{plan}, {r['resolution']} px; "
+                     f"vgen {r['vgen_version']}.")
+        lines += [f"Note: {n}" for n in r.get("notes", [])]
+    elif "n_prompts" in r:
         lines.append(f"{r['n_prompts']} {r.get('split', 'test')}-split prompts x {len(r['seeds'])} seeds, "
                      f"{r['steps']} steps, CFG {r['guidance']}, {r['resolution']} px; vgen {r['vgen_version']}.")
     g = r.get("geneval_shapes")
@@ -160,9 +318,16 @@ def markdown(r: dict) -> str:
         f = r.get(key)
         if f:
             name = "FID-shapes" if label == "shapes" else "Inception FID"
+            real = "real renders of the same class prompts" if r.get("kind") == "var" else "real test-split images"
             lines += ["", f"## {name}", "", f"- {name}: {f[f'fid_{label}']:.3f} ({f['n_fake']} generated vs "
-                      f"{f['n_real']} real test-split images)",
+                      f"{f['n_real']} {real})",
                       f"- KID-{label}: {f[f'kid_{label}_mean']:.5f} ± {f[f'kid_{label}_std']:.5f}"]
+    if r.get("fid_ref_stats"):
+        f = r["fid_ref_stats"]
+        lines += ["", "## FID against reference statistics", "",
+                  f"- FID: {f['fid']:.3f} ({f['n']} generated images vs `{f['ref_stats']}`)"]
+        if f.get("is_mean") is not None:
+            lines.append(f"- Inception Score: {f['is_mean']:.3f} ± {f['is_std']:.3f}")
     if r.get("rewards"):
         lines += ["", "## Rewards", "", "| reward | mean | 95% interval | per-seed spread |", "|---|---|---|---|"]
         for name, s in r["rewards"].items():
@@ -178,31 +343,31 @@ def write_report(out: Path, report: dict, images: np.ndarray, prompts: list[str]
     """report.json, report.md and samples.png (the first seed of the first slots), each written atomically."""
     from vgen.images import make_grid
     from vgen.io import atomic_write_json, atomic_write_text, save_png
+    from vgen.world.grammar import parse
     from vgen.world.verifier import verify
 
     idx = list(range(0, len(images), n_seeds))[:grid_prompts]
-    marks = [v.strict for v in verify(images[idx], [prompts[i] for i in idx])]
+    shown = [prompts[i] for i in idx]
+    marks = [v.strict for v in verify(images[idx], shown)] if all(_parses(parse, p) for p in shown) else None
     save_png(out / "samples.png", make_grid([images[i] for i in idx], [prompts[i] for i in idx], cols=6, marks=marks))
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
 
 
-def run_eval(model: str, out: str | None, n: int, seeds: list[int], metrics: tuple[str, ...], rewards: list[str],
-             steps: int | None, guidance: float | None, resolution: int, inception_weights: str | None,
-             fid_reference: int, force: bool) -> Path:
+def run_eval(model: str, out: str | None, opts: EvalOptions, force: bool = False) -> Path:
     """`vgen eval`: evaluate, then write the report into ``out`` (default: RUN/eval/step-N for a
     run, runs/eval-<model>-<time> for a model folder); a non-empty ``out`` needs ``force``."""
-    if n < 1 or not seeds:
-        raise UserError("--n must be >= 1 and --seeds must name at least one seed")
+    _check(opts)
     if out is not None and Path(out).is_dir() and any(Path(out).iterdir()) and not force:
         raise UserError(f"output folder {out!r} is not empty; pass --force to write into it")
-    report, images, prompts = evaluate_model(model, n, seeds, tuple(metrics), rewards, steps, guidance, resolution,
-                                             inception_weights, fid_reference)
+    report, images, prompts, n_seeds = evaluate_model(model, opts)
     if out is None:
         if report["source"] == "run":
-            out = Path(model) / "eval" / f"step-{report['step']:06d}"
+            run = Path(model) if not Path(model).parent.name == "checkpoints" else Path(model).parent.parent
+            out = run / "eval" / f"step-{report['step']:06d}"
         else:
-            out = Path("runs") / f"eval-{Path(model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            name = Path(model).name if report["source"] == "model" else "var-official"
+            out = Path("runs") / f"eval-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
-    write_report(out, report, images, prompts, len(seeds))
+    write_report(out, report, images, prompts, n_seeds)
     return out

@@ -37,7 +37,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -154,7 +153,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def _build(source: dict, tmp: Path, fmt: str, merge: bool, name: str, steps: int | None, size: int | None) -> None:
     from vgen.export.card import base_card_metadata, build_card
-    from vgen.sample import load_policy
+    from vgen.models.load import load_policy
     from vgen.train.checkpoint import apply_weights
 
     policy = load_policy(source["base"])  # also checks the base folder; float32, merged LoRA is exact there
@@ -300,9 +299,9 @@ def stamp_safetensors(folder: Path, metadata: dict[str, str]) -> None:
 
 
 def _sampling(source: dict, policy, steps: int | None, size: int | None) -> dict:
-    from vgen.sample import recommended
+    from vgen.models.load import pipeline_defaults
 
-    rec = recommended(source["base"])
+    rec = pipeline_defaults(source["base"])
     if size is None:
         try:
             size = int(json.loads((source["base"] / "vgen_base.json").read_text())["resolution"])
@@ -327,13 +326,13 @@ def _samples(source: dict, policy, path: Path, steps: int | None, size: int | No
         s["note"] = f"The run's newest sample sheet, copied from `samples/{made[-1].name}`."
         return s
     from vgen.engine import rollout
-    from vgen.images import make_grid
+    from vgen.images import make_grid, to_uint8
     from vgen.io import save_png
     from vgen.world.verifier import verify
 
     r = rollout(policy, prompts, [0] * len(prompts), steps=s["steps"], guidance=s["guidance"], height=s["size"],
                 width=s["size"])
-    images = (r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    images = to_uint8(r.images)
     marks = [v.strict for v in verify(images, prompts)]
     save_png(path, make_grid(list(images), prompts, cols=4, marks=marks))
     s["note"] = (f"{len(prompts)} held-out (test-split) prompts of vgen's shapes world, seed 0, {s['steps']} steps, "

@@ -59,3 +59,27 @@ def check_pipeline_folder(path: Path) -> dict:
         if isinstance(value, list) and len(value) == 2 and value[0] and not (path / name).is_dir():
             raise UserError(f"{str(path)!r} is missing its {name!r} component (no folder {name}/)")
     return entries
+
+
+def policy_from_folder(path: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """The engine policy of a pipeline folder, chosen by its model_index.json (use vgen.models.load.load)."""
+    import torch
+
+    kind = check_pipeline_folder(Path(path)).get("_class_name")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+    if kind in ("StableDiffusion3Pipeline",):
+        from vgen.models.sd3 import SD3Policy
+
+        return SD3Policy.from_pretrained(path, dtype=torch_dtype, device=device)
+    if kind in ("FluxPipeline",):
+        from vgen.models.flux import FluxPolicy
+
+        return FluxPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
+    if kind in ("SanaPipeline",):
+        from vgen.models.sana import SanaPolicy
+
+        return SanaPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
+    raise UserError(f"{str(path)!r} holds a {kind!r}; vgen supports StableDiffusion3Pipeline, FluxPipeline and "
+                    "SanaPipeline folders")

@@ -166,12 +166,13 @@ def _generate(policy, prompts: list[str], seeds: np.ndarray, steps: int, guidanc
     """Rollout of every (prompt, seed) pair: (latents (P, n, ...), uint8 images (P, n, H, W, 3), trace).
     ``trace`` is None for ODE rollouts; for SDE ones, (trajectories (P, n, T + 1, ...), log-probs (P, n, T))."""
     from vgen.engine import rollout
+    from vgen.images import to_uint8
 
     p, n = seeds.shape
     flat_p = [q for q in prompts for _ in range(n)]
     r = rollout(policy, flat_p, seeds.ravel().tolist(), steps=steps, guidance=guidance, height=resolution,
                 width=resolution, sde=sde, noise_level=noise_level, record=sde)
-    images = (r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    images = to_uint8(r.images)
     trace = (r.trajectory.reshape(p, n, *r.trajectory.shape[1:]), r.log_probs.reshape(p, n, -1)) if sde else None
     return r.latents.reshape(p, n, *r.latents.shape[1:]), images.reshape(p, n, *images.shape[1:]), trace
 
@@ -238,8 +239,8 @@ def _ranking_stats(explore: np.ndarray, regen: np.ndarray, k: int) -> dict:
 def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
     """Policy (with LoRA or all weights trainable, a resumed checkpoint's weights loaded, sharded
     when asked), optimizer, reward, explore copy (built from the full weights before sharding)."""
+    from vgen.models.load import load_policy, pipeline_defaults
     from vgen.rewards import build
-    from vgen.sample import load_policy, recommended
     from vgen.train.checkpoint import apply_weights
     from vgen.train.fsdp import like, requested, shard
 
@@ -253,7 +254,7 @@ def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
         raise UserError(f"reward_paths names {unknown[0]!r}, which is not in reward")
     reward = build({name: ({"weight": w, "path": cfg.reward_paths[name]} if name in cfg.reward_paths else w)
                     for name, w in cfg.reward.items()})
-    rec = recommended(cfg.model)
+    rec = pipeline_defaults(cfg.model)
     steps, guidance = cfg.steps or rec.get("steps", 20), cfg.guidance or rec.get("guidance", 3.0)
     policy = load_policy(cfg.model)
     tr = policy.transformer

@@ -5,10 +5,12 @@ A run directory written by a vgen trainer holds::
     config.yaml                 the resolved config (``recipe:`` first; ``model:`` names the base folder)
     checkpoints/latest          text: the name of the newest complete checkpoint
     checkpoints/step-000120/
-        meta.json               step, kind ("lora" | "full"), config hash, vgen version, base model
+        meta.json               step, kind ("lora" | "full" | "var"), config hash, vgen version, base model
         adapter_config.json     kind "lora": the peft adapter of the denoiser
         adapter_model.safetensors
         transformer/            kind "full": the denoiser, diffusers ``save_pretrained`` layout
+        config.json, vqvae.safetensors, var.safetensors
+                                kind "var": a whole VAR model folder (vgen.models.var.folder)
         state.pt                optimizer, EMA, RNG states, data position (torch.save of tensors and
                                 plain data: loads with ``weights_only=True``)
     eval/step-000120/report.json   evaluations made during or after training
@@ -94,10 +96,12 @@ def save_weights(model: torch.nn.Module, folder: Path, metadata: dict[str, str] 
     return "full"
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict, config: dict,
-                    base_model: str, weights: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | None, state: dict, config: dict,
+                    base_model: str, weights: dict[str, torch.Tensor] | None = None, *, writer=None) -> Path:
     """Write checkpoint ``step`` atomically (see the module docstring); returns its folder.
-    ``weights``: a sharded model's gathered weights (:func:`trained_state`)."""
+    ``weights``: a sharded model's gathered weights (:func:`trained_state`). ``writer(folder,
+    metadata) -> kind``: writes the weights instead of :func:`save_weights` (a VAR recipe writes a
+    whole VAR model folder, kind "var", so that every checkpoint is itself a loadable model)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*"):  # half-written by a run that was killed: one writer per run, so not ours
@@ -106,7 +110,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
         h = config_hash(config)
-        kind = save_weights(model, tmp, {"vgen_version": __version__, "config_hash": h}, weights)
+        stamp = {"vgen_version": __version__, "config_hash": h}
+        kind = writer(tmp, stamp) if writer is not None else save_weights(model, tmp, stamp, weights)
         if delay := float(os.environ.get("VGEN_CHECKPOINT_DELAY", "0")):  # crash tests: a wide window
             time.sleep(delay)                                             # in the middle of a write
         torch.save(state, tmp / "state.pt")
@@ -149,8 +154,9 @@ def load_state(ckpt: Path) -> dict:
 
 
 def apply_weights(ckpt: Path, model: torch.nn.Module) -> str:
-    """Load a checkpoint's denoiser weights into the base ``model`` in place: attaches the
-    LoRA adapter (kind "lora") or replaces every weight (kind "full"). Returns the kind."""
+    """Load a checkpoint's weights into the base ``model`` in place: attaches the LoRA adapter (kind
+    "lora"), or replaces every weight (kind "full": a diffusers denoiser; kind "var": a VAR
+    transformer from the checkpoint's model folder). Returns the kind."""
     from safetensors.torch import load_file
 
     ckpt = Path(ckpt)
@@ -174,6 +180,8 @@ def apply_weights(ckpt: Path, model: torch.nn.Module) -> str:
             for f in files:
                 state.update(load_file(str(f)))
             model.load_state_dict(state, strict=True)
+        elif kind == "var":  # a VAR model folder: the transformer's weights
+            model.load_state_dict(load_file(str(ckpt / "var.safetensors")), strict=True)
         else:
             raise UserError(f"checkpoint {str(ckpt)!r} has an unknown kind {kind!r}")
     except (OSError, ValueError, RuntimeError) as e:
@@ -192,35 +200,25 @@ def latest_eval(run_dir: Path) -> dict | None:
         raise UserError(f"{reports[-1]}: not a readable evaluation report") from None
 
 
-def read_run(run_dir: Path) -> dict:
-    """What a run directory says about itself: config, base model, newest checkpoint and evaluation."""
+def run_config(run_dir: Path) -> dict:
+    """A run directory's config.yaml as a mapping; anything else is a one-line UserError."""
     from vgen.config import read_yaml
 
+    config = read_yaml(Path(run_dir) / "config.yaml")
+    if not isinstance(config, dict):
+        raise UserError(f"{Path(run_dir) / 'config.yaml'} is not a mapping of config keys")
+    return config
+
+
+def read_run(run_dir: Path) -> dict:
+    """What a Sol-RL run directory says about itself: config, base model, newest checkpoint and evaluation."""
     run_dir = Path(run_dir)
-    config = read_yaml(run_dir / "config.yaml")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+    config = run_config(run_dir)
+    if not isinstance(config.get("model"), str):
         raise UserError(f"{run_dir / 'config.yaml'} names no base model (a top-level 'model:' key)")
     ckpt = latest_checkpoint(run_dir)
     return {"dir": run_dir, "config": config, "base_model": config["model"], "checkpoint": ckpt,
             "meta": read_meta(ckpt) if ckpt else None, "eval": latest_eval(run_dir)}
-
-
-def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32"):
-    """(policy, info) for a model folder or a run directory (its base with the newest checkpoint
-    applied); anything else is a one-line UserError."""
-    from vgen.sample import load_policy
-
-    path = Path(path)
-    if (path / "model_index.json").is_file():
-        return load_policy(path, device, dtype), {"kind": "model", "dir": path, "eval": None}
-    if not (path / "config.yaml").is_file():
-        raise UserError(f"{str(path)!r} is neither a model folder (model_index.json) nor a vgen run (config.yaml)")
-    info = read_run(path)
-    if info["checkpoint"] is None:
-        raise UserError(f"run {str(path)!r} has no checkpoint yet (checkpoints/latest is missing)")
-    policy = load_policy(info["base_model"], device, dtype)
-    apply_weights(info["checkpoint"], policy.transformer)
-    return policy, {"kind": "run", **info}
 
 
 def check_resumable(run_dir: Path, config: dict) -> Path:

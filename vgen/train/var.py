@@ -30,7 +30,6 @@ The pieces are plain functions for the other VAR recipes (SAR, VARiant) to call:
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from vgen.config import param
 from vgen.errors import UserError
 from vgen.run import RunConfig
+from vgen.train.loop import RESUME_HELP, grad_step, lr_at  # noqa: F401 - lr_at: part of this module's API
 
 RECIPE = "var"
 SPREAD_CLASSES = [0, 3, 5, 11, 19, 22, 33, 44, 47, 56, 58, 69]  # one or two of each category
@@ -51,10 +51,18 @@ SPREAD_CLASSES = [0, 3, 5, 11, 19, 22, 33, 44, 47, 56, 58, 69]  # one or two of 
 @dataclass
 class VARTrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
-    tokenizer: str = param("assets/var-tiny-shapes", help="VAR model folder whose frozen VQ-VAE tokenizes images "
-                           "(a tokenizer-only folder is fine); FlexVAR when its VQ-VAE is non-residual")
-    init: str | None = param(None, help="VAR model folder to start the transformer from; its architecture is "
-                             "used and depth / width / heads / mlp_ratio are ignored (default: random init)")
+    tokenizer: str = param("assets/var-tiny-shapes", help="VAR model folder, run or official 'VAE.pth,VAR.pth' "
+                           "whose frozen VQ-VAE tokenizes images (a tokenizer-only folder is fine); FlexVAR when "
+                           "its VQ-VAE is non-residual")
+    init: str | None = param(None, help="VAR model folder, run or official files to start the transformer from; "
+                             "its architecture is used and depth / width / heads / mlp_ratio are ignored "
+                             "(default: random init)")
+    data: str = param("shapes", help="shapes (the built-in world's 70 class prompts) or the path of an "
+                      "ImageNet-layout folder (one subfolder per class, class ids by sorted name)")
+    flip: bool = param(False, help="image folder: random horizontal flips, drawn from (run.seed, step, index)")
+    skip_bad_images: bool = param(False, help="image folder: skip unreadable images (counted) instead of stopping")
+    val_data: str | None = param(None, help="image folder of held-out images (default: every 20th image of "
+                                 "data, kept out of training)")
     depth: int = param(6, ge=1, le=64, help="transformer blocks")
     width: int = param(256, ge=8, le=8192, help="transformer width")
     heads: int = param(4, ge=1, le=128, help="attention heads (must divide width)")
@@ -82,8 +90,12 @@ class VARTrainConfig:
     bf16: bool = param(True, help="bfloat16 autocast (CUDA only; CPU always runs float32)")
     iterations: int = param(2000, ge=0, le=10_000_000, help="optimizer steps")
     log_every: int = param(0, ge=0, help="print a line every this many steps (0: never)")
-    eval_every: int = param(500, ge=0, help="held-out teacher-forcing loss every this many steps (0: end only)")
+    eval_every: int = param(500, ge=0, help="held-out teacher-forcing loss and an evaluation report (eval/step-N) "
+                            "every this many steps (0: end only)")
     val_size: int = param(280, ge=1, help="held-out items")
+    eval_seeds: int = param(1, ge=0, le=64, help="seeds per class sampled for the evaluation report (GenEval-Shapes "
+                            "of every class; 0: no report)")
+    eval_fid: bool = param(False, help="add FID-shapes / KID to the evaluation report")
     sample_every: int = param(500, ge=0, help="sample grid every this many steps (0: end only)")
     sample_classes: list[int] = param(default_factory=lambda: list(SPREAD_CLASSES), help="classes of the grid")
     sample_seeds: int = param(2, ge=1, le=64, help="seeds per class in the grid")
@@ -92,7 +104,7 @@ class VARTrainConfig:
     sample_top_p: float = param(0.0, ge=0, le=1, help="top-p of grids and of the saved model (0: off)")
     checkpoint_every: int = param(500, ge=0, help="checkpoint every this many steps (0: only at the end)")
     save_model: bool = param(True, help="write the final tokenizer + transformer to RUN/model (a model folder)")
-    resume: str = param("auto", help="auto: continue the run named run.name if it has a checkpoint; never")
+    resume: str = param("auto", help=RESUME_HELP)
     progress: bool = param(True, help="show a progress bar")
 
 
@@ -171,19 +183,6 @@ def tf_loss(var, vqvae, images: torch.Tensor, labels: torch.Tensor, label_smooth
 # ---------------------------------------------------------------- optimisation
 
 
-def lr_at(step: int, lr: float, iterations: int, warmup: int = 0, schedule: str = "cosine",
-          min_lr_ratio: float = 0.0) -> float:
-    """Learning rate of (1-based) step ``step``: linear warm-up, then decay to ``min_lr_ratio * lr``
-    at the last step. A function of the step alone, so a resumed run needs no scheduler state."""
-    if warmup and step <= warmup:
-        return lr * step / warmup
-    if schedule == "constant" or iterations <= warmup:
-        return lr
-    t = min(1.0, (step - warmup) / max(1, iterations - warmup))
-    shape = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1 - t
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * shape)
-
-
 NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "class_emb", "scale_mul", "q_bias", "v_bias", "ada_gss")
 
 
@@ -195,21 +194,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
             (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=False, foreach=False)
-
-
-def optimizer_step(dist, params: list[torch.Tensor], opt, sums: torch.Tensor, grad_clip: float) -> dict:
-    """Sum gradients and statistics over processes, clip, step; a non-finite gradient is dropped."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    dist.sum_([p.grad for p in params] + [sums])
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        return {"grad_norm": float(norm), "skipped_update": 1}
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return {"grad_norm": float(norm)}
 
 
 # ---------------------------------------------------------------- data
@@ -268,72 +252,101 @@ class Data:
     A non-residual (FlexVAR) tokenizer quantizes every size independently, so its cache holds
     the tokens of every size 1..last and any scale list is a selection from it."""
 
-    def __init__(self, vqvae, size: int, resolution: int, seed: int, cache: bool, progress: bool = False):
-        from vgen.world.datasets import ShapesClassDataset
-
-        self.vqvae, self.ds = vqvae, ShapesClassDataset(size, resolution, seed)
+    def __init__(self, vqvae, ds, cache: bool, progress: bool = False, ids: list[int] | None = None,
+                 flip_seed: int | None = None):
+        self.vqvae, self.ds = vqvae, ds
+        self.ids = list(range(len(ds))) if ids is None else list(ids)  # item j of this Data = ds[ids[j]]
+        self.flip_seed = flip_seed  # image folders with flips: flip of item i at step t from (seed, t, i)
         last = vqvae.patch_nums[-1]
         self.sizes = tuple(vqvae.patch_nums) if vqvae.residual else tuple(range(1, last + 1))
-        self.cache = tokenize_dataset(vqvae, self.ds, progress=progress, patch_nums=self.sizes) if cache else None
+        self.cache = self.flipped = None
+        if cache:
+            self.cache = tokenize_dataset(vqvae, _Items(self), progress=progress, patch_nums=self.sizes)
+            if flip_seed is not None:  # both orientations, so a flip is a lookup
+                self.flipped = tokenize_dataset(vqvae, _Items(self, True), progress=progress, patch_nums=self.sizes)
 
-    def get(self, idx: list[int], device, patch_nums=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def label(self, j: int) -> int:
+        i = self.ids[j]
+        return self.ds.label(i) if hasattr(self.ds, "label") else i % self.ds.num_classes
+
+    def image(self, j: int, flip: bool = False) -> torch.Tensor:
+        i = self.ids[j]
+        return self.ds.item(i, flip)["image"] if hasattr(self.ds, "item") else self.ds[i]["image"]
+
+    def get(self, idx: list[int], device, patch_nums=None, step: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
         pns = tuple(patch_nums or self.vqvae.patch_nums)
-        labels = torch.tensor([i % self.ds.num_classes for i in idx], device=device)
+        labels = torch.tensor([self.label(j) for j in idx], device=device)
+        flips = [self.flip_seed is not None and self.ds.flip_for(self.ids[j], self.flip_seed, step) for j in idx]
         if self.cache is not None and (not self.vqvae.residual or pns == self.sizes):
             rows = torch.tensor(idx)
-            return [self.cache[self.sizes.index(pn)][rows].to(device) for pn in pns], labels
-        images = torch.stack([self.ds[i]["image"] for i in idx])
+            out = []
+            for pn in pns:
+                t = self.cache[self.sizes.index(pn)][rows]
+                if any(flips):
+                    t = torch.where(torch.tensor(flips)[:, None], self.flipped[self.sizes.index(pn)][rows], t)
+                out.append(t.to(device))
+            return out, labels
+        images = torch.stack([self.image(j, f) for j, f in zip(idx, flips)])
         return [t.to(device) for t in tokenize(self.vqvae, images, pns)], labels
 
 
-# ---------------------------------------------------------------- checkpoints, samples
+class _Items:
+    """A Data's items as a dataset of {"image"} (optionally all flipped), for tokenizing."""
+
+    def __init__(self, data: Data, flip: bool = False):
+        self.data, self.flip = data, flip
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, j: int) -> dict:
+        return {"image": self.data.image(j, self.flip)}
 
 
-class _Weights:
-    """``save_checkpoint`` saves a model through ``save_pretrained`` (the diffusers API); this writes
-    a plain module's state dict as one safetensors file in the same place (``transformer/``), which
-    ``apply_weights`` loads back strictly into the module."""
+def open_data(cfg, vqvae, main: bool) -> tuple[Data, Data | None, list[str]]:
+    """(training data, held-out data on the main process, class names) of ``cfg.data``."""
+    from vgen.data import class_names, open_class_dataset
 
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
+    on_error = "skip" if cfg.skip_bad_images else "raise"
+    ds = open_class_dataset(cfg.data, cfg.resolution, cfg.data_size, cfg.data_seed, cfg.flip, on_error)
+    names = class_names(ds)
+    if cfg.data == "shapes":
+        train = Data(vqvae, ds, cfg.cache_tokens, cfg.progress and main)
+        val = open_class_dataset("shapes", cfg.resolution, cfg.val_size, cfg.data_seed + 1)
+        return train, (Data(vqvae, val, cfg.cache_tokens) if main else None), names
+    if getattr(ds, "skipped", None) and main:
+        print(f"skipped {len(ds.skipped)} unreadable images in {cfg.data}", flush=True)
+    flip_seed = cfg.run.seed if cfg.flip else None
+    if cfg.val_data is None:
+        train_ids = [i for i in range(len(ds)) if i % 20]
+        val_ids = [i for i in range(len(ds)) if not i % 20][:cfg.val_size]
+        train = Data(vqvae, ds, cfg.cache_tokens, cfg.progress and main, train_ids, flip_seed)
+        return train, (Data(vqvae, ds, cfg.cache_tokens, ids=val_ids) if main and val_ids else None), names
+    vds = open_class_dataset(cfg.val_data, cfg.resolution, cfg.val_size, 0, False, on_error)
+    if class_names(vds) != names:
+        raise UserError(f"val_data {cfg.val_data!r} has other classes than data {cfg.data!r}")
+    train = Data(vqvae, ds, cfg.cache_tokens, cfg.progress and main, None, flip_seed)
+    val = Data(vqvae, vds, cfg.cache_tokens, ids=list(range(min(len(vds), cfg.val_size)))) if main else None
+    return train, val, names
 
-    def save_pretrained(self, folder: str, safe_serialization: bool = True) -> None:
-        from safetensors.torch import save_file
 
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()},
-                  str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
-
-
-def _rng_state() -> dict:
-    state = {"torch_rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch_rng"])
-    if "cuda_rng" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda_rng"])
+# ---------------------------------------------------------------- checkpoints, samples, evaluation
 
 
 def sample_grid(var, vqvae, classes: list[int], seeds: list[int], path: Path, prompts, cfg: float = 1.5,
                 top_k: int = 0, top_p: float = 0.0) -> float:
-    """Sample every (class, seed), save a labelled grid (green / red: the verifier's strict verdict)
-    and return the strict accuracy of the samples against their class prompts."""
-    from vgen.engine.scalewise import sample
-    from vgen.images import make_grid
-    from vgen.io import save_png
-    from vgen.world.verifier import verify
+    """Sample every (class, seed), save a labelled sheet (green / red: the verifier's strict verdict
+    when the class names are shapes prompts) and return the strict accuracy (NaN for other names)."""
+    from vgen.eval.harness import var_images
+    from vgen.images import sample_sheet
 
-    pairs = [(c, s) for c in classes for s in seeds]
-    out = sample(var, vqvae, [c for c, _ in pairs], [s for _, s in pairs], cfg=cfg, top_k=top_k, top_p=top_p)
-    images = (out.images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
-    verdicts = verify(images, [prompts[c] for c, _ in pairs])
-    save_png(path, make_grid(list(images), [f"{c}: {prompts[c]} ({s})" for c, s in pairs], cols=len(seeds) * 2,
-                             marks=[v.strict for v in verdicts]))
-    return float(np.mean([v.strict for v in verdicts]))
+    images = var_images(var, vqvae, classes, seeds, {"cfg": cfg, "top_k": top_k, "top_p": top_p})
+    verdicts = sample_sheet(path, images, [f"{c}: {prompts[c]} ({s})" for c in classes for s in seeds],
+                            [prompts[c] for c in classes for _ in seeds], cols=len(seeds) * 2)
+    return float(np.mean([v.strict for v in verdicts])) if verdicts else float("nan")
 
 
 @torch.no_grad()
@@ -341,7 +354,7 @@ def held_out(var, vqvae, data: Data, device, batch: int = 64) -> dict[str, float
     """Teacher-forcing CE and accuracy on the held-out items, labels kept (eval mode)."""
     from vgen.engine.scalewise import evaluating
 
-    n, ce, acc = len(data.ds), 0.0, 0.0
+    n, ce, acc = len(data), 0.0, 0.0
     with evaluating(var):
         for lo in range(0, n, batch):
             idx = list(range(lo, min(lo + batch, n)))
@@ -353,34 +366,69 @@ def held_out(var, vqvae, data: Data, device, batch: int = 64) -> dict[str, float
     return {"val_loss": ce / n, "val_acc": acc / n}
 
 
-def build_model(cfg: VARTrainConfig, vqvae, device):
+def eval_report(cfg, var, vqvae, class_names: list[str], run_dir: Path, step: int, held: dict) -> dict:
+    """The evaluation of step ``step`` as `vgen eval` writes it (eval/step-N/report.json, report.md,
+    samples.png): every class x ``eval_seeds`` seeds with the recipe's sampling settings, plus the
+    held-out teacher-forcing figures. Returns the figures to log."""
+    from vgen import __version__
+    from vgen.eval.harness import evaluate_var, write_report
+
+    classes, seeds = list(range(len(class_names))), [1_000_000 + i for i in range(cfg.eval_seeds)]
+    settings = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
+    metrics = ("geneval", "fid") if cfg.eval_fid else ("geneval",)
+    scores, images, prompts = evaluate_var(var, vqvae, class_names, classes, seeds, settings, metrics)
+    report = {"vgen_version": __version__, "model": str(run_dir), "kind": "var", "source": "run", "step": step,
+              "classes": classes, "n_classes": len(classes), "seeds": seeds, **settings,
+              "patch_nums": list(var.patch_nums), "flex": bool(var.flex), "resolution": cfg.resolution,
+              "threads": torch.get_num_threads(), "held_out": held, **scores}
+    write_report(run_dir / "eval" / f"step-{step:06d}", report, images, prompts, len(seeds))
+    out = {}
+    if "geneval_shapes" in scores:
+        out["eval_strict"] = scores["geneval_shapes"]["overall"]["strict"]["mean"]
+    if "fid_shapes" in scores:
+        out["eval_fid_shapes"] = scores["fid_shapes"]["fid_shapes"]
+    return out
+
+
+def build_model(cfg: VARTrainConfig, vqvae, num_classes: int, device):
     """The transformer: from ``init`` (its architecture and weights) or new with the official init."""
-    from vgen.models.var.folder import build_var, load_var_model
-    from vgen.world.datasets import CLASS_PROMPTS
+    from vgen.models.load import load
+    from vgen.models.var.folder import build_var
 
     if cfg.init is not None:
-        _, var, conf = load_var_model(cfg.init, device)
+        var = load(cfg.init, device=device).var
         if var is None:
             raise UserError(f"init folder {cfg.init!r} holds no transformer (var.safetensors)")
-        if tuple(conf["patch_nums"]) != tuple(vqvae.patch_nums):
-            raise UserError(f"init folder {cfg.init!r} has scales {conf['patch_nums']}, the tokenizer "
+        if tuple(var.patch_nums) != tuple(vqvae.patch_nums):
+            raise UserError(f"init folder {cfg.init!r} has scales {list(var.patch_nums)}, the tokenizer "
                             f"{list(vqvae.patch_nums)}")
         if (var.V, var.Cvae) != (vqvae.vocab_size, vqvae.Cvae):
             raise UserError(f"init folder {cfg.init!r} has a transformer for {var.V} tokens of {var.Cvae} channels, "
                             f"the tokenizer has {vqvae.vocab_size} of {vqvae.Cvae}")
-        if var.num_classes != len(CLASS_PROMPTS):
-            raise UserError(f"init folder {cfg.init!r} has {var.num_classes} classes, the recipe trains the "
-                            f"{len(CLASS_PROMPTS)} class prompts of the shapes world")
+        if var.num_classes != num_classes:
+            raise UserError(f"init folder {cfg.init!r} has {var.num_classes} classes, the data ({cfg.data}) has "
+                            f"{num_classes}")
+        if not hasattr(var, "arch"):  # official files: record the constructor arguments for saving
+            var.arch = _official_arch(var)
         var.cond_drop_rate = var.arch["cond_drop_rate"] = cfg.cond_drop_rate  # a training choice, not architecture
         return var.train()
     if cfg.width % cfg.heads:
         raise UserError(f"heads ({cfg.heads}) must divide width ({cfg.width})")
-    arch = dict(vocab_size=vqvae.vocab_size, Cvae=vqvae.Cvae, num_classes=len(CLASS_PROMPTS), depth=cfg.depth,
+    if round(cfg.width * cfg.mlp_ratio) < 1:
+        raise UserError(f"mlp_ratio {cfg.mlp_ratio} gives a zero-width FFN at width {cfg.width}")
+    arch = dict(vocab_size=vqvae.vocab_size, Cvae=vqvae.Cvae, num_classes=num_classes, depth=cfg.depth,
                 embed_dim=cfg.width, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, cond_drop_rate=cfg.cond_drop_rate,
                 drop_path_rate=cfg.drop_path, patch_nums=list(vqvae.patch_nums), flex=not vqvae.residual)
     var = build_var(arch, device)
     var.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02)
     return var.train()
+
+
+def _official_arch(var) -> dict:
+    """Constructor arguments of a transformer loaded from official files (the released layout)."""
+    return dict(vocab_size=var.V, Cvae=var.Cvae, num_classes=var.num_classes, depth=var.depth, embed_dim=var.C,
+                num_heads=var.num_heads, cond_drop_rate=var.cond_drop_rate, patch_nums=list(var.patch_nums),
+                flex=var.flex)
 
 
 def model_card(cfg: VARTrainConfig, var, history: dict) -> str:
@@ -393,7 +441,7 @@ def model_card(cfg: VARTrainConfig, var, history: dict) -> str:
 
 Class-conditional {"FlexVAR" if var.flex else "VAR"}: depth {var.depth}, width {var.C}, {var.num_heads} heads,
 {n / 1e6:.2f}M parameters; scales {list(var.patch_nums)} ({var.L} tokens per image); tokenizer from
-`{cfg.tokenizer}`. Classes are the {var.num_classes} prompts in config.json (`class_prompts`).
+`{cfg.tokenizer}`; data `{cfg.data}`. Classes are the {var.num_classes} names in config.json (`class_prompts`).
 
 Trained {cfg.iterations} steps, batch {cfg.batch}, AdamW lr {cfg.lr} ({cfg.schedule}, warm-up {cfg.warmup}),
 label smoothing {cfg.label_smoothing}, label dropout {cfg.cond_drop_rate}, seed {cfg.run.seed}.
@@ -411,46 +459,58 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     from tqdm.auto import tqdm
 
     from vgen.config import to_dict
-    from vgen.models.var.folder import load_var_model, save_var_model
-    from vgen.train.checkpoint import apply_weights, latest_checkpoint, load_state, save_checkpoint
+    from vgen.models.load import load
+    from vgen.models.var.folder import save_var_model, write_var_files
+    from vgen.train.checkpoint import apply_weights, load_state, save_checkpoint
     from vgen.train.dist import Dist
     from vgen.train.logging import MetricLog
-    from vgen.world.datasets import CLASS_PROMPTS
+    from vgen.train.loop import due, resume_from, rng_state, set_lr, set_rng_state
 
     dist = Dist()
     device = dist.device
+    main = dist.main
     if cfg.batch % dist.world:
         raise UserError(f"batch {cfg.batch} cannot be split evenly over {dist.world} processes")
-    if any(not 0 <= c < len(CLASS_PROMPTS) for c in cfg.sample_classes):
-        raise UserError(f"sample_classes must lie in 0..{len(CLASS_PROMPTS) - 1}")
     torch.manual_seed(cfg.run.seed)
     config = to_dict(cfg)
-    vqvae, _, tok_conf = load_var_model(cfg.tokenizer, device, tokenizer_only=True)
+    ckpt = resume_from(cfg.resume, run_dir, config)  # refuses a bad resume before any work
+    tok = load(cfg.tokenizer, device=device, tokenizer_only=True)
+    vqvae = tok.vqvae
+    if tok.kind != "var":
+        raise UserError(f"tokenizer {cfg.tokenizer!r} is a diffusers pipeline, not a VAR model")
     vqvae.requires_grad_(False)
-    if tok_conf["resolution"] != cfg.resolution:
-        raise UserError(f"the tokenizer in {cfg.tokenizer!r} is for {tok_conf['resolution']}px images, "
+    if not hasattr(vqvae, "arch"):
+        raise UserError(f"tokenizer {cfg.tokenizer!r}: official VQ-VAE files cannot be saved with the model folder; "
+                        "convert them to a vgen VAR folder first")
+    if tok.resolution != cfg.resolution:
+        raise UserError(f"the tokenizer in {cfg.tokenizer!r} is for {tok.resolution}px images, "
                         f"resolution is {cfg.resolution}")
-    var = build_model(cfg, vqvae, device)
-    var.cond_drop_rate = 0.0  # the loop drops labels itself (label_drops); var.arch keeps the rate for the folder
-    params = [p for p in var.parameters() if p.requires_grad]
-    opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas)
-    token_weights(var.lengths(), cfg.scale_weights)  # refuse bad weights before any work
     random_scales = (not vqvae.residual) if cfg.random_scales is None else cfg.random_scales
     if random_scales and vqvae.residual:
         raise UserError("random_scales needs a FlexVAR (non-residual) tokenizer: a residual VAR has one scale list")
     if random_scales and cfg.scale_weights is not None:
         raise UserError("scale_weights cannot be used with random_scales (the scale list changes every step)")
-    main = dist.main
-    train = Data(vqvae, cfg.data_size, cfg.resolution, cfg.data_seed, cfg.cache_tokens, cfg.progress and main)
-    val = Data(vqvae, cfg.val_size, cfg.resolution, cfg.data_seed + 1, cfg.cache_tokens) if main else None
+    train, val, names = open_data(cfg, vqvae, main)
+    if any(not 0 <= c < len(names) for c in cfg.sample_classes):
+        raise UserError(f"sample_classes must lie in 0..{len(names) - 1}")
+    var = build_model(cfg, vqvae, len(names), device)
+    var.cond_drop_rate = 0.0  # the loop drops labels itself (label_drops); var.arch keeps the rate for the folder
+    params = [p for p in var.parameters() if p.requires_grad]
+    opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas)
+    token_weights(var.lengths(), cfg.scale_weights)  # refuse bad weights before any work
+    sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
+
+    def write_model(folder: Path, stamp: dict) -> str:  # every checkpoint is a loadable VAR model folder
+        write_var_files(folder, vqvae, var, names, cfg.resolution, sampling, card=model_card(cfg, var, history),
+                        metadata=stamp)
+        return "var"
 
     start, history = 0, {"eval": []}
-    ckpt = latest_checkpoint(run_dir) if cfg.resume == "auto" else None
-    if ckpt is not None:  # the CLI only reuses a run directory whose config matches (check_resumable)
+    if ckpt is not None:
         apply_weights(ckpt, var)
         st = load_state(ckpt)
         opt.load_state_dict(st["optimizer"])
-        _set_rng_state(st)
+        set_rng_state(st)
         start, history = int(st["step"]), json.loads(st["history"])
         if main:
             print(f"resumed from {ckpt} at step {start}", flush=True)
@@ -462,9 +522,8 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     for step in range(start + 1, cfg.iterations + 1):
         t = time.perf_counter()
         lr = lr_at(step, cfg.lr, cfg.iterations, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = dist.shard(batch_indices(cfg.run.seed, step, cfg.batch, cfg.data_size))
+        set_lr(opt, lr)
+        idx = dist.shard(batch_indices(cfg.run.seed, step, cfg.batch, len(train)))
         drops = dist.shard(label_drops(cfg.run.seed, step, cfg.batch, cfg.cond_drop_rate))
         pns = flex_scale_list(cfg.run.seed, step, var.patch_nums, cfg.max_mid_scales) if random_scales \
             else var.patch_nums
@@ -472,7 +531,7 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
         sums = torch.zeros(2 + 2 * len(pns), device=device)  # loss, acc, per-scale CE, per-scale acc (global means)
         var.train()
         for lo in range(0, len(idx), micro):
-            tokens, labels = train.get(idx[lo:lo + micro], device, pns)
+            tokens, labels = train.get(idx[lo:lo + micro], device, pns, step)
             labels = labels.masked_fill(torch.tensor(drops[lo:lo + micro], device=device), var.num_classes)
             with torch.autocast(**amp):
                 r = tf_loss_from_tokens(var, vqvae, tokens, labels, cfg.label_smoothing, cfg.scale_weights, pns)
@@ -480,7 +539,8 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
             (r.loss * w).backward()
             acc = r.acc_per_scale @ lengths / lengths.sum()
             sums += w * torch.cat([r.loss.detach().view(1), acc.view(1), r.ce_per_scale, r.acc_per_scale])
-        stepped = optimizer_step(dist, params, opt, sums, cfg.grad_clip)
+        stepped = grad_step(dist, params, opt, sums, cfg.grad_clip)
+        opt.zero_grad(set_to_none=True)
         s, n = sums.tolist(), len(pns)
         m = {"loss": s[0], "acc": s[1], "lr": lr, **stepped}
         if random_scales:  # per-scale figures keyed by size: the list changes every step
@@ -491,23 +551,24 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
         m["time_step"] = time.perf_counter() - t
         m["images_per_s"] = cfg.batch / m["time_step"]
         if main:
-            final = step == cfg.iterations
-            if (cfg.eval_every and step % cfg.eval_every == 0) or final:
+            last = cfg.iterations
+            if due(cfg.eval_every, step, last) and val is not None:
                 ev = held_out(var, vqvae, val, device)
+                if cfg.eval_seeds:
+                    ev.update(eval_report(cfg, var, vqvae, names, run_dir, step, dict(ev)))
                 m.update(ev)
                 history["eval"].append({"step": step, **ev})
-            if (cfg.sample_every and step % cfg.sample_every == 0) or final:
+            if due(cfg.sample_every, step, last):
                 m["sample_strict"] = sample_grid(var, vqvae, cfg.sample_classes, list(range(cfg.sample_seeds)),
-                                                 run_dir / "samples" / f"step-{step:06d}.png", CLASS_PROMPTS,
+                                                 run_dir / "samples" / f"step-{step:06d}.png", names,
                                                  cfg.sample_cfg, cfg.sample_top_k, cfg.sample_top_p)
                 if history["eval"] and history["eval"][-1]["step"] == step:
                     history["eval"][-1]["sample_strict"] = m["sample_strict"]
             log.write(step, m)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or final:
-                state = {"step": step, "optimizer": opt.state_dict(), "history": json.dumps(history),
-                         **_rng_state()}
-                save_checkpoint(run_dir, step, _Weights(var), state, config, cfg.tokenizer)
-            if cfg.log_every and (step % cfg.log_every == 0 or final):
+            if due(cfg.checkpoint_every, step, last):
+                state = {"step": step, "optimizer": opt.state_dict(), "history": json.dumps(history), **rng_state()}
+                save_checkpoint(run_dir, step, None, state, config, cfg.tokenizer, writer=write_model)
+            if cfg.log_every and due(cfg.log_every, step, last):
                 rate = (step - start) / (time.perf_counter() - t_run)
                 print(f"step {step}/{cfg.iterations} loss {m['loss']:.4f} acc {m['acc']:.3f} lr {lr:.2e} "
                       f"{rate * cfg.batch:.1f} img/s eta {(cfg.iterations - step) / rate / 60:.1f} min"
@@ -521,8 +582,7 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
         return 0
     log.close()
     if cfg.save_model:
-        sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
-        out = save_var_model(run_dir / "model", vqvae, var.eval(), CLASS_PROMPTS, cfg.resolution, sampling,
+        out = save_var_model(run_dir / "model", vqvae, var.eval(), names, cfg.resolution, sampling,
                              card=model_card(cfg, var, history))
         print(f"model folder: {out}", flush=True)
     if history["eval"]:

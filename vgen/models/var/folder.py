@@ -60,9 +60,11 @@ def _jsonable(arch: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}
 
 
-def save_var_model(path, vqvae: VQVAE, var: VAR | None, class_prompts, resolution: int, sampling: dict | None = None,
-                   card: str | None = None, extra: dict | None = None) -> Path:
-    """Write a model folder atomically (built in a hidden sibling, then renamed over ``path``)."""
+def write_var_files(folder, vqvae: VQVAE, var: VAR | None, class_prompts, resolution: int,
+                    sampling: dict | None = None, card: str | None = None, extra: dict | None = None,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write the files of a model folder into the existing ``folder`` (a checkpoint writer or
+    :func:`save_var_model` makes it atomic). ``metadata``: strings stamped into each safetensors file."""
     from safetensors.torch import save_file
 
     for name, m in (("vqvae", vqvae), ("var", var)):
@@ -70,23 +72,31 @@ def save_var_model(path, vqvae: VQVAE, var: VAR | None, class_prompts, resolutio
             raise ValueError(f"the {name} was not made by build_{name}(), its constructor arguments are unknown")
     if var is not None and var.num_classes != len(class_prompts):
         raise ValueError(f"the VAR has {var.num_classes} classes but {len(class_prompts)} class prompts were given")
+    folder = Path(folder)
+    config = {"format": FORMAT, "version": VERSION, "vqvae": _jsonable(vqvae.arch),
+              "var": _jsonable(var.arch) if var is not None else None, "patch_nums": list(vqvae.patch_nums),
+              "class_prompts": list(class_prompts), "resolution": int(resolution),
+              "sampling": sampling or {"cfg": 1.5, "top_k": 0, "top_p": 0.0}, **(extra or {})}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    meta = {"format": "pt", **(metadata or {})}
+    save_file({k: v.detach().cpu().contiguous() for k, v in vqvae.state_dict().items()},
+              str(folder / "vqvae.safetensors"), metadata=meta)
+    if var is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in var.state_dict().items()},
+                  str(folder / "var.safetensors"), metadata=meta)
+    if card is not None:
+        (folder / "README.md").write_text(card)
+    return folder
+
+
+def save_var_model(path, vqvae: VQVAE, var: VAR | None, class_prompts, resolution: int, sampling: dict | None = None,
+                   card: str | None = None, extra: dict | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """Write a model folder atomically (built in a hidden sibling, then renamed over ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        config = {"format": FORMAT, "version": VERSION, "vqvae": _jsonable(vqvae.arch),
-                  "var": _jsonable(var.arch) if var is not None else None, "patch_nums": list(vqvae.patch_nums),
-                  "class_prompts": list(class_prompts), "resolution": int(resolution),
-                  "sampling": sampling or {"cfg": 1.5, "top_k": 0, "top_p": 0.0}, **(extra or {})}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        meta = {"format": "pt"}
-        save_file({k: v.detach().cpu().contiguous() for k, v in vqvae.state_dict().items()},
-                  str(tmp / "vqvae.safetensors"), metadata=meta)
-        if var is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in var.state_dict().items()},
-                      str(tmp / "var.safetensors"), metadata=meta)
-        if card is not None:
-            (tmp / "README.md").write_text(card)
+        write_var_files(tmp, vqvae, var, class_prompts, resolution, sampling, card, extra, metadata)
         os.chmod(tmp, 0o755)
         if path.exists():
             shutil.rmtree(path)

@@ -28,6 +28,13 @@ Hooks for the post-training methods, all off by default:
 * ScaleWeaver: ``ref_kv`` gives each block extra (keys, values) that the sequence's queries can
   attend to, in the same softmax (joint attention), with an optional additive ``ref_bias``;
   ``kv_out`` collects each block's own keys / values, to build such a reference stream.
+  ``scale_ref_bias`` builds the bias that gives each scale its own part of such a stream.
+  The cached sampler (engine/scalewise.py) takes the same ``ref_kv`` / ``ref_bias``.
+* LoRA: every linear layer (``mat_qkv``, ``proj``, ``ffn.fc1`` / ``fc2``, ``ada_lin``,
+  ``shared_ada_lin``, ``head``, ``word_embed``) is used through its module call, so a peft LoRA
+  wrapping any of them takes effect; the q / v biases of ``mat_qkv`` are separate parameters
+  (``q_bias``, ``v_bias``, official names) added after the projection, and the shared AdaLN
+  projection is a plain linear whose output ``condition`` reshapes.
 """
 
 from __future__ import annotations
@@ -71,6 +78,19 @@ def block_causal_bias(lengths: list[int], device=None, dtype=torch.float32) -> t
     """(1, 1, L, L) additive mask: 0 where the key's scale <= the query's scale, -inf elsewhere."""
     d = scale_ids(lengths, device)
     return torch.where(d[:, None] >= d[None, :], 0.0, -torch.inf).to(dtype).view(1, 1, len(d), len(d))
+
+
+def scale_ref_bias(lengths: list[int], ref_lengths: list[int], same_scale: bool = True, device=None,
+                   dtype=torch.float32) -> torch.Tensor:
+    """(1, 1, L, l_ref) additive bias over a reference stream laid out scale by scale like the sequence.
+
+    0 where the reference token's scale equals the query token's scale (``same_scale``) or is <= it
+    (``same_scale=False``), -inf elsewhere. With it one ``ref_kv`` over all reference scales gives
+    each scale of the sequence its own (per-scale) reference, as ScaleWeaver's condition stream;
+    a query always keeps its own sequence's keys, so fully masked reference rows are harmless."""
+    q, r = scale_ids(lengths, device), scale_ids(ref_lengths, device)
+    see = q[:, None] == r[None, :] if same_scale else q[:, None] >= r[None, :]
+    return torch.where(see, 0.0, -torch.inf).to(dtype).view(1, 1, len(q), len(r))
 
 
 def sinusoid_grid(size: int, C: int) -> torch.Tensor:
@@ -135,9 +155,11 @@ class SelfAttention(nn.Module):
     def qkv(self, x: torch.Tensor):
         """q, k, v as (B, H, l, head_dim), q and k already normalised / scaled when l2-norm is on."""
         B, L, C = x.shape
+        # through the module call (a LoRA wrapping mat_qkv takes effect), then the q / zero-k / v bias
         bias = torch.cat((self.q_bias, self.zero_k_bias.to(self.q_bias.dtype), self.v_bias))
-        q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim).permute(
-            2, 0, 3, 1, 4).unbind(0)
+        qkv = self.mat_qkv(x)
+        qkv = qkv + bias.to(qkv.dtype)  # the dtype the projection gives (autocast), as F.linear's bias would
+        q, k, v = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.attn_l2_norm:
             q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
             k = F.normalize(k, dim=-1)
@@ -209,8 +231,8 @@ class AdaLNBeforeHead(nn.Module):
 
 
 class SharedAdaLin(nn.Linear):
-    def forward(self, cond_BD):
-        return super().forward(cond_BD).view(-1, 1, 6, self.weight.shape[0] // 6)
+    """The shared AdaLN projection: a plain linear (so a LoRA wrapper around it works); ``VAR.condition``
+    reshapes its (B, 6C) output to (B, 1, 6, C)."""
 
 
 class VAR(nn.Module):
@@ -224,7 +246,7 @@ class VAR(nn.Module):
         self.V, self.Cvae, self.num_classes, self.depth = vocab_size, Cvae, num_classes, depth
         self.C = self.D = C
         self.num_heads = num_heads or depth
-        self.cond_drop_rate, self.flex = cond_drop_rate, flex
+        self.cond_drop_rate, self.flex, self.shared_aln = cond_drop_rate, flex, shared_aln
         self.patch_nums = tuple(patch_nums)
         self.L = sum(pn * pn for pn in self.patch_nums)
         self.first_l = self.patch_nums[0] ** 2
@@ -292,7 +314,10 @@ class VAR(nn.Module):
         """(class embedding for the head and start token, the blocks' condition)."""
         check_labels(label_B, self.num_classes)
         cond_BD = self.class_emb(label_B)
-        return cond_BD, self.shared_ada_lin(cond_BD)
+        cond = self.shared_ada_lin(cond_BD)
+        if self.shared_aln:
+            cond = cond.view(-1, 1, 6, self.C)
+        return cond_BD, cond
 
     def logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_nm(h, cond_BD))
@@ -303,7 +328,8 @@ class VAR(nn.Module):
         """Run one scale's tokens through the blocks with a KV cache (sampling).
 
         ``caches``: one dict per block; ``blocks``: the block indices this scale runs (default all);
-        the others neither change the tokens nor receive keys / values."""
+        the others neither change the tokens nor receive keys / values. ``ref_kv`` / ``ref_bias`` as in
+        ``forward``, with ``ref_bias``'s query axis (if not 1) over this scale's tokens only."""
         run = range(self.depth) if blocks is None else sorted(blocks)
         for j in run:
             x = self.blocks[j](x, cond, None, caches[j], ref_kv[j] if ref_kv else None, ref_bias)
