@@ -6,13 +6,13 @@ import yaml
 from conftest import transformer_forward as _forward
 
 from vgen.errors import UserError
+from vgen.models.load import load, load_policy
 from vgen.train import checkpoint as ck
 
 
 def _lora_transformer(model_dir, seed=0):
     from peft import LoraConfig
 
-    from vgen.models.load import load_policy
 
     tr = load_policy(model_dir).transformer
     tr.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
@@ -42,22 +42,20 @@ def test_lora_checkpoint_round_trips_into_a_fresh_base(tmp_path, model_dir):
     meta = ck.read_meta(ckpt)
     assert ckpt.name == "step-000003" and meta["kind"] == "lora" and meta["config_hash"] == ck.config_hash(config)
     assert not list((run / "checkpoints").glob(".*"))  # no temporary folder left
-    policy, info = ck.load_model(run)
-    assert info["kind"] == "run" and info["meta"]["step"] == 3
-    assert torch.equal(_forward(policy.transformer), _forward(tr))
+    loaded = load(run)
+    assert loaded.source == "run" and loaded.meta["step"] == 3
+    assert torch.equal(_forward(loaded.policy.transformer), _forward(tr))
     assert ck.load_state(ckpt)["step"] == 3 and ck.load_state(ckpt)["rng"].dtype == torch.uint8
 
 
 def test_full_checkpoint_round_trips(tmp_path, model_dir):
-    from vgen.models.load import load_policy
 
     tr = load_policy(model_dir).transformer
     with torch.no_grad():
         tr.proj_out.weight.add_(0.5)
     run, _ = _make_run(tmp_path, model_dir, tr)
     assert ck.read_meta(ck.latest_checkpoint(run))["kind"] == "full"
-    policy, _ = ck.load_model(run)
-    assert torch.equal(_forward(policy.transformer), _forward(tr))
+    assert torch.equal(_forward(load_policy(run).transformer), _forward(tr))
 
 
 def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, model_dir, monkeypatch):
@@ -82,11 +80,11 @@ def test_bad_runs_and_checkpoints_are_one_line_errors(tmp_path, model_dir):
         ck.load_state(ck.latest_checkpoint(run))
     (run / "checkpoints" / "latest").write_text("step-000009\n")
     with pytest.raises(UserError, match="not a complete checkpoint"):
-        ck.load_model(run)
+        load(run)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="neither a model folder"):
-        ck.load_model(empty)
+        load(empty)
     (empty / "config.yaml").write_text("recipe: solrl\nmodel: x\n")
     with pytest.raises(UserError, match="no checkpoint yet"):
-        ck.load_model(empty)
+        load(empty)

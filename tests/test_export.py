@@ -21,6 +21,7 @@ from vgen.engine import rollout
 from vgen.errors import UserError
 from vgen.export import export
 from vgen.export import exporter as X
+from vgen.models.load import load, load_policy
 from vgen.train import checkpoint as ck
 
 PROMPTS = ["a photo of a red circle", "a photo of two squares"]
@@ -103,7 +104,7 @@ def evaluated_run(lora_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_images(lora_run):
-    return _images(ck.load_model(lora_run)[0])
+    return _images(load_policy(lora_run))
 
 
 def _stamped(out, config_hash) -> int:
@@ -171,7 +172,7 @@ def test_peft_export_loads_with_peft_and_diffusers(lora_run, tmp_path, model_dir
     export(lora_run, out, fmt="peft", **FAST)
     assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md",
                                                 "pytorch_lora_weights.safetensors", "samples.png"}
-    expected = _forward(ck.load_model(lora_run)[0].transformer)
+    expected = _forward(load_policy(lora_run).transformer)
     assert not torch.equal(_forward(_base_transformer(model_dir)), expected)
     tr = _base_transformer(model_dir)
     PeftModel.from_pretrained(tr, out)  # injects the adapter into tr in place
@@ -192,9 +193,9 @@ def test_peft_export_loads_with_peft_and_diffusers(lora_run, tmp_path, model_dir
 def test_vgen_export_is_a_run_load_model_reads(evaluated_run, tmp_path, model_dir):
     out = tmp_path / "vgen"
     export(evaluated_run, out, fmt="vgen")
-    policy, info = ck.load_model(out)
-    assert info["kind"] == "run" and info["meta"]["step"] == 3 and info["eval"] == REPORT
-    assert torch.equal(_forward(policy.transformer), _forward(ck.load_model(evaluated_run)[0].transformer))
+    loaded = load(out)
+    assert loaded.source == "run" and loaded.meta["step"] == 3 and loaded.eval == REPORT
+    assert torch.equal(_forward(loaded.policy.transformer), _forward(load_policy(evaluated_run).transformer))
     assert yaml.safe_load((out / "config.yaml").read_text())["model"] == str(model_dir.resolve())
     assert not list(out.rglob("state.pt"))
     assert _stamped(out, ck.config_hash(yaml.safe_load((evaluated_run / "config.yaml").read_text()))) == 1
@@ -208,7 +209,7 @@ def test_full_finetune_exports_the_trained_transformer(tmp_path, model_dir):
     out = tmp_path / "full"
     assert export(run, out, **FAST)["kind"] == "full"
     exported = _base_transformer(out)
-    assert torch.equal(_forward(exported), _forward(ck.load_model(run)[0].transformer))
+    assert torch.equal(_forward(exported), _forward(load_policy(run).transformer))
     with pytest.raises(UserError, match="full fine-tune run: it has no LoRA adapter"):
         export(run, tmp_path / "x", fmt="peft")
     assert "lora" not in _card(out)[0]["tags"]

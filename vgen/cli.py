@@ -24,7 +24,10 @@ def _run_dir(cfg, recipe: str, name: str, kind: str) -> str:
     ``resume=auto`` and its config matches; otherwise a fresh directory with the config saved."""
     from vgen import config as C
     from vgen.run import create_run_dir
+    from vgen.train.loop import check_resume
 
+    if hasattr(cfg, "resume"):
+        check_resume(cfg.resume)  # auto | never | a checkpoint path; anything else refused before any work
     existing = Path(cfg.run.out_dir) / cfg.run.name if cfg.run.name else None
     if getattr(cfg, "resume", "never") == "auto" and existing and (existing / "checkpoints" / "latest").is_file():
         from vgen.train.checkpoint import check_resumable
@@ -86,7 +89,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vgen.export import export
 
-    result = export(args.src, args.out, fmt=args.format, merge_lora=args.merge_lora, force=args.force)
+    result = export(args.src, args.out, fmt=args.format, merge_lora=args.merge_lora, force=args.force,
+                    eval_report=args.eval)
     print(f"exported {args.src} to {result['out']} (format {result['format']}"
           + (", LoRA merged" if result["merged"] else "") + ")")
     print(f"model card: {result['card']}")
@@ -249,11 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     e = sub.add_parser("export", help="export a run or a model folder as a folder to hand on: weights + model card")
-    e.add_argument("src", metavar="RUN_OR_MODEL", help="a vgen run directory or a local diffusers model folder")
+    e.add_argument("src", metavar="RUN_OR_MODEL", help="a vgen run directory, a diffusers model folder or a VAR "
+                   "model folder")
     e.add_argument("out", metavar="OUT_DIR", help="the folder to write (built aside, renamed into place when complete)")
-    e.add_argument("--format", default="diffusers", choices=["diffusers", "peft", "vgen"],
+    e.add_argument("--format", default="diffusers", choices=["diffusers", "peft", "vgen", "var"],
                    help="diffusers: a complete pipeline folder (default); peft: the LoRA adapter alone; "
-                   "vgen: the checkpoint as a minimal run directory")
+                   "vgen: the checkpoint as a minimal run directory; var: a VAR model folder (what a VAR source "
+                   "always exports to)")
+    e.add_argument("--eval", default=None, metavar="REPORT",
+                   help="the evaluation (report.json or its folder, from vgen eval) whose figures the card states "
+                   "(default: a run's newest)")
     e.add_argument("--merge-lora", action="store_true", help="fuse a LoRA into the transformer weights (diffusers)")
     e.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     e.set_defaults(func=cmd_export)

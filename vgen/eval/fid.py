@@ -533,18 +533,19 @@ def fid_against_ref_stats(images, ref_stats: str | Path, inception: str | Path |
     a feature dimension that differs from the reference's, fewer than 2 images).
     """
     mu_ref, sigma_ref = load_ref_stats(ref_stats)
-    if isinstance(inception, (str, Path)):
-        net = inception_features(inception, feature=feature, antialias=antialias, logits=True).to(device)
-    else:
-        net = inception
-    dim = getattr(net, "num_features", None)
 
     def mismatch(d: int) -> UserError:
         return UserError(f"reference statistics {str(ref_stats)!r} are {len(mu_ref)}-d but the Inception "
                          f"features are {d}-d")
 
-    if dim is not None and int(dim) != len(mu_ref):
+    from_file = isinstance(inception, (str, Path))
+    dim = feature if from_file else getattr(inception, "num_features", None)
+    if dim is not None and int(dim) != len(mu_ref):  # before loading the network or running any image
         raise mismatch(int(dim))
+    if from_file:
+        net = inception_features(inception, feature=feature, antialias=antialias, logits=True).to(device)
+    else:
+        net = inception
     if not isinstance(images, (torch.Tensor, np.ndarray)):
         images = as_uint8_batch(images)
     n = len(images)

@@ -149,6 +149,10 @@ def _check(opts: EvalOptions) -> None:
             raise UserError(f"{flag}: file not found: {path!r}")
     if opts.ref_stats and not opts.inception_weights:
         raise UserError("--ref-stats needs --inception-weights (the network its statistics were computed with)")
+    if opts.ref_stats:
+        from vgen.eval.fid import load_ref_stats
+
+        load_ref_stats(opts.ref_stats)  # a corrupt or malformed file is refused before any generation
     if (opts.switch_scale is None) != (opts.subnet_depth is None):
         raise UserError("--switch-scale and --subnet-depth go together (a VARiant depth plan), or neither")
 
@@ -282,10 +286,10 @@ def evaluate_var_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray,
               "patch_nums": list(pns), "flex": bool(m.var.flex), "resolution": m.resolution,
               "threads": torch.get_num_threads(), **scores}
     if opts.ref_stats:
-        from vgen.eval.fid import ref_stats_fid
+        from vgen.eval.fid import fid_against_ref_stats
 
         t = time.perf_counter()
-        report["fid_ref_stats"] = ref_stats_fid(images, opts.ref_stats, opts.inception_weights)
+        report["fid_ref_stats"] = fid_against_ref_stats(images, opts.ref_stats, opts.inception_weights)
         report["seconds"]["fid_ref_stats"] = time.perf_counter() - t
     return report, images, prompts, len(opts.seeds)
 

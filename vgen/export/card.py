@@ -122,8 +122,8 @@ def _load_snippet(s: dict) -> str:
     call = (f'image = pipe("{s["example_prompt"]}", num_inference_steps={s["steps"]}, '
             f'guidance_scale={s["guidance"]}, height={s["size"]}, width={s["size"]}).images[0]')
     if s["format"] == "vgen":
-        return ("```python\nfrom vgen.train.checkpoint import load_model\n\n"
-                f'policy, info = load_model("{name}")  # the base named by config.yaml `model:` plus this checkpoint\n'
+        return ("```python\nfrom vgen.models.load import load\n\n"
+                f'policy = load("{name}").policy  # the base named by config.yaml `model:` plus this checkpoint\n'
                 "```\n\n`config.yaml` names the base model folder by its path on the exporting machine "
                 f"(`{s['base_path']}`); elsewhere, point `model:` to a copy of `{base}`.")
     where = f"path/to/{base}" if s["format"] == "peft" else name
@@ -146,10 +146,14 @@ def _protocol(report: dict) -> str:
     """How the evaluation was run, from what the report records (nothing when it records nothing)."""
     seeds = report.get("seeds")
     parts = [f"{report['n_prompts']} prompts" if _number(report.get("n_prompts")) else None,
+             f"{report['n_classes']} classes" if _number(report.get("n_classes")) else None,
              f"{len(seeds)} seeds each" if isinstance(seeds, list) else None,
              f"the {report['split']} split" if isinstance(report.get("split"), str) else None,
              f"{report['steps']} steps" if _number(report.get("steps")) else None,
              f"CFG {report['guidance']}" if _number(report.get("guidance")) else None,
+             f"CFG {report['cfg']}, top-k {report.get('top_k')}, top-p {report.get('top_p')}"
+             if _number(report.get("cfg")) else None,
+             f"scales {report['patch_nums']}" if isinstance(report.get("patch_nums"), list) else None,
              f"{report['resolution']}px" if _number(report.get("resolution")) else None]
     parts = [p for p in parts if p]
     return f" Protocol: {', '.join(parts)}." if parts else ""
@@ -162,20 +166,23 @@ def build_card(s: dict) -> ModelCard:
     metrics = eval_metrics(report)
     dataset = (s["datasets"] or [WORLD_DATASET])[0]
     split = report.get("split") if isinstance(report.get("split"), str) else None
-    results = [EvalResult(task_type="text-to-image", dataset_type=dataset, dataset_name="vgen shapes world",
+    task = s.get("task", "text-to-image")
+    results = [EvalResult(task_type=task, dataset_type=dataset, dataset_name="vgen shapes world",
                           dataset_split=split, metric_type=t, metric_name=n, metric_value=v)
                for t, n, v, _ in metrics]
-    tags = ["vgen", *([s["recipe"]] if s["recipe"] else []), "text-to-image", *(["lora"] if s["lora"] else [])]
+    tags = ["vgen", *([s["recipe"]] if s["recipe"] else []), task, *(["lora"] if s["lora"] else []),
+            *s.get("extra_tags", [])]
     extra = {k: base_meta[k] for k in ("license_name", "license_link") if k in base_meta}
     data = ModelCardData(
         license=base_meta.get("license", "apache-2.0"),
         library_name={"diffusers": "diffusers", "peft": "peft"}.get(s["format"], "vgen"),
-        base_model=s["base_model"], tags=tags, datasets=s["datasets"], pipeline_tag="text-to-image",
+        base_model=s["base_model"], tags=tags, datasets=s["datasets"],
+        pipeline_tag="text-to-image" if task == "text-to-image" else None,
         model_name=s["name"] if results else None, eval_results=results or None, **extra)
 
     body = [f"# {s['name']}", "", s["description"], ""]
     body += ["## Samples", "", "![samples](samples.png)", "", s["samples_note"], ""]
-    body += ["## How to load", "", _load_snippet(s), ""]
+    body += ["## How to load", "", s.get("load_snippet") or _load_snippet(s), ""]
     body += ["## Evaluation", ""]
     if s["eval"] is None:
         body += ["Not evaluated yet: the source has no vgen evaluation report (`eval/*/report.json`), so this card "
@@ -183,7 +190,8 @@ def build_card(s: dict) -> ModelCard:
     elif not metrics:
         body += [f"Not evaluated yet: the evaluation report ({s['eval_name']}) holds no numeric metrics.", ""]
     else:
-        body += [f"From the run's newest evaluation report, `eval/{s['eval_name']}/report.json`"
+        where = s.get("eval_path") or f"eval/{s['eval_name']}/report.json"
+        body += [f"From the newest evaluation report, `{where}`"
                  + (f" (the exported checkpoint is `{s['checkpoint']}`)." if s["eval_name"] != s["checkpoint"]
                     else ".") + _protocol(report), "", "| metric | value [95% interval] |", "|---|---|"]
         body += [f"| {n} | {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + " |" for _, n, v, ci in metrics]
@@ -192,7 +200,7 @@ def build_card(s: dict) -> ModelCard:
                  "features: they are comparable only with other FID-shapes numbers, never with Inception FID.", ""]
     body += ["## Training", ""]
     if s["config"] is None:
-        body += [f"Not trained with vgen: this is the model folder `{s['base_name']}` exported as is.", ""]
+        body += [f"This is the model folder `{s['base_name']}` exported as is (its own files say how it was made).", ""]
     else:
         body += [f"Trained with vgen's `{s['recipe']}` recipe from `{s['base_name']}`; exported checkpoint "
                  f"`{s['checkpoint']}` (kind `{s['kind']}`, config hash `{s['config_hash']}`).", "",

@@ -10,7 +10,8 @@ Formats (``fmt``):
   ``PeftModel.save_pretrained`` writes (keys ``base_model.model.<module>...``, so
   ``PeftModel.from_pretrained(transformer, OUT)`` loads it), plus ``pytorch_lora_weights.safetensors``
   for ``pipe.load_lora_weights``. Only LoRA runs have an adapter to export.
-* ``vgen``: a minimal run directory that ``vgen.train.checkpoint.load_model`` reads back: ``config.yaml``
+* ``var``: a VAR model folder (the only format of a VAR source; see :func:`export_var`).
+* ``vgen``: a minimal run directory that ``vgen.models.load.load`` reads back: ``config.yaml``
   (``model:`` made an absolute path), ``checkpoints/latest``, the newest checkpoint's ``meta.json`` and
   weights as they are (no ``state.pt``: optimizer and RNG state are for resuming, not for handing on), and
   the newest evaluation report. It still needs the base folder it names.
@@ -43,27 +44,36 @@ import yaml
 from vgen import __version__
 from vgen.errors import UserError
 
-FORMATS = ("diffusers", "peft", "vgen")
+FORMATS = ("diffusers", "peft", "vgen", "var")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before module names
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def export(src: str | Path, out: str | Path, fmt: str = "diffusers", merge_lora: bool = False, force: bool = False,
-           *, sample_steps: int | None = None, sample_size: int | None = None) -> dict:
+           *, sample_steps: int | None = None, sample_size: int | None = None, eval_report: str | None = None) -> dict:
     """Export ``src`` (a model folder or a run directory) to the folder ``out``; see the module docstring.
 
     ``merge_lora`` is refused with the peft and vgen formats and changes nothing for a source without a
     LoRA. ``sample_steps`` / ``sample_size`` override the sample grid's steps and resolution (default: the
-    base's ``vgen_base.json``, else 20 steps and the pipeline's default size). Returns
+    base's ``vgen_base.json``, else 20 steps and the pipeline's default size). ``eval_report``: the
+    evaluation (a report.json or the folder holding one) whose figures the card states, instead of
+    the run's newest (a model folder has none of its own). Returns
     ``{"out", "card", "format", "kind", "merged"}`` (``out`` made absolute).
     """
     src, out = Path(src), Path(os.path.abspath(out))  # absolute: "." or "x/" still name a folder and its parent
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
+    report = read_report(eval_report) if eval_report else None
+    if _is_var(src):
+        return export_var(src, out, fmt, merge_lora, force, report=report)
+    if fmt == "var":
+        raise UserError(f"--format var is for VAR models; {str(src)!r} is not one")
     if merge_lora and fmt != "diffusers":
         raise UserError(f"--merge-lora applies to --format diffusers only (the {fmt} format keeps the adapter apart)")
     source = read_source(src)
+    if report is not None:
+        source["eval"], source["eval_name"] = report, Path(eval_report).name
     if fmt == "peft" and source["kind"] != "lora":
         what = "a model folder" if source["kind"] == "model" else "a full fine-tune run"
         raise UserError(f"{str(src)!r} is {what}: it has no LoRA adapter to export with --format peft")
@@ -86,6 +96,131 @@ def export(src: str | Path, out: str | Path, fmt: str = "diffusers", merge_lora:
         raise
     return {"out": out, "card": out / "README.md", "format": fmt, "kind": source["kind"],
             "merged": merge_lora and source["kind"] == "lora"}
+
+
+def _is_var(src: Path) -> bool:
+    from vgen.models.load import load
+
+    try:
+        return load(src, weights=False).kind == "var"
+    except UserError:
+        return False  # read_source says what is wrong with it
+
+
+def read_report(path) -> dict:
+    """An evaluation report: ``path`` is a report.json or the folder holding one."""
+    p = Path(path)
+    p = p / "report.json" if p.is_dir() else p
+    try:
+        report = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--eval: cannot read the evaluation report {str(p)!r} ({getattr(e, 'strerror', None) or e})")\
+            from None
+    if not isinstance(report, dict):
+        raise UserError(f"--eval: {str(p)!r} is not a vgen evaluation report")
+    return report
+
+
+def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False, force: bool = False,
+               sample_classes: int = 12, report: dict | None = None) -> dict:
+    """Export a VAR model folder or a VAR-family run (its newest checkpoint) as a VAR model folder:
+    config.json + vqvae / var safetensors (stamped with vgen_version and config_hash), samples.png
+    (the first ``sample_classes`` classes, seed 0, the model's sampling defaults) and a model card
+    whose metrics come from the newest evaluation report (a run's ``eval/*/report.json``, or one in
+    the folder's own ``eval/``). The weights are written unchanged, so the export samples exactly
+    as its source."""
+    from vgen.eval.harness import var_images
+    from vgen.export.card import WORLD_DATASET, build_card
+    from vgen.images import sample_sheet
+    from vgen.models.load import load
+    from vgen.models.var.folder import write_var_files
+    from vgen.train.checkpoint import latest_eval
+
+    if fmt not in ("var", "diffusers"):  # diffusers: the CLI's default, read as "the model's own format"
+        raise UserError(f"--format {fmt} does not apply to a VAR model: it exports as a VAR model folder "
+                        "(--format var)")
+    if merge_lora:
+        raise UserError("--merge-lora: a VAR checkpoint holds whole weights, there is no adapter to merge")
+    m = load(src)
+    if m.var is None:
+        raise UserError(f"{str(src)!r} holds a tokenizer only: there is no VAR transformer to export")
+    _check_out(out, force, [src])
+    run = src.parent.parent if src.parent.name == "checkpoints" else src
+    given = report is not None
+    if not given:
+        report = m.eval if m.source == "run" else (latest_eval(src) if (src / "eval").is_dir() else None)
+    reports = [] if given else sorted(run.glob("eval/*/report.json"))
+    if m.source == "run":
+        digest = str(m.meta.get("config_hash"))
+    else:
+        digest = hashlib.sha256((Path(m.base) / "config.json").read_bytes()).hexdigest()[:16]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as e:
+        raise UserError(f"cannot write beside {str(out)!r}: {e.strerror or e}") from None
+    try:
+        std = ("format", "version", "vqvae", "var", "patch_nums", "class_prompts", "resolution", "sampling")
+        extra = {k: v for k, v in m.var_config.items() if k not in std}
+        write_var_files(tmp, m.vqvae, m.var, m.classes, m.resolution, m.sampling, extra=extra,
+                        metadata={"vgen_version": __version__, "config_hash": digest})
+        shown = list(range(min(sample_classes, len(m.classes))))
+        images = var_images(m.var, m.vqvae, shown, [0], {k: m.sampling[k] for k in ("cfg", "top_k", "top_p")})
+        verdicts = sample_sheet(tmp / "samples.png", images, [f"{c}: {m.classes[c]}" for c in shown],
+                                [m.classes[c] for c in shown], cols=6)
+        note = (f"Classes 0-{len(shown) - 1}, seed 0, CFG {m.sampling['cfg']}, top-k {m.sampling['top_k']}, top-p "
+                f"{m.sampling['top_p']}, made at export"
+                + (f"; the bar is the shapes verifier's strict verdict, {sum(v.strict for v in verdicts)}/"
+                   f"{len(verdicts)} correct." if verdicts else "."))
+        recipe = (m.config or {}).get("recipe") if m.source == "run" else None
+        flex = "FlexVAR" if m.var.flex else "VAR"
+        what = (f"A class-conditional {flex} trained with vgen's `{recipe}` recipe (checkpoint step {m.step})"
+                if m.source == "run" else f"The class-conditional {flex} model folder `{Path(src).name}`")
+        n = sum(p.numel() for p in m.var.parameters())
+        desc = (f"{what}: depth {m.var.depth}, width {m.var.C}, {n / 1e6:.2f}M parameters, scales "
+                f"{list(m.var.patch_nums)}, {len(m.classes)} classes, {m.resolution}px images.")
+        snippet = "\n".join([
+            "```", f"vgen sample --model {out.name} --classes 0 5 12 --seeds 0-3 --out samples",
+            f"vgen eval --model {out.name} --seeds 0-9", "```", "```python",
+            "from vgen.models.load import load", "from vgen.engine.scalewise import sample", "",
+            f'm = load("{out.name}")',
+            "images = sample(m.var, m.vqvae, class_ids=[0, 5], seeds=[0, 1], **m.sampling).images", "```"])
+        files = [("config.json", "architecture, class names, scale list, sampling defaults"),
+                 ("vqvae.safetensors", "the multi-scale VQ-VAE tokenizer"),
+                 ("var.safetensors", "the transformer")]
+        world = all(_grammar(c) for c in m.classes)
+        summary = {"name": out.name, "description": desc, "format": "var", "lora": False, "merged": False,
+                   "base_card": {}, "base_model": None, "datasets": [WORLD_DATASET] if world else None,
+                   "recipe": recipe, "kind": "var", "config": m.config if m.source == "run" else None,
+                   "base_name": Path(src).name, "checkpoint": m.checkpoint.name if m.checkpoint else None,
+                   "config_hash": digest, "eval": report,
+                   "eval_name": reports[-1].parent.name if reports else ("given" if given else None),
+                   "eval_path": str(reports[-1].relative_to(run)) if reports else (
+                       str(report.get("model", "")) + " evaluation (`vgen eval`)" if given else None),
+                   "samples_note": note, "files": [*files, ("README.md", "this card"),
+                                                   ("samples.png", "the sample sheet shown above")],
+                   "vgen_version": __version__, "task": "class-conditional-image-generation",
+                   "extra_tags": ["var", "visual-autoregressive"] + (["flexvar"] if m.var.flex else []),
+                   "load_snippet": snippet}
+        build_card(summary).save(tmp / "README.md")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": out, "card": out / "README.md", "format": "var", "kind": "var", "merged": False}
+
+
+def _grammar(prompt: str) -> bool:
+    from vgen.world.grammar import parse
+
+    try:
+        parse(prompt)
+        return True
+    except ValueError:
+        return False
 
 
 def read_source(src: Path) -> dict:

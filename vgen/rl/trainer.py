@@ -45,6 +45,7 @@ import torch
 from vgen.config import param
 from vgen.errors import UserError
 from vgen.run import RunConfig
+from vgen.train.loop import RESUME_HELP
 
 RECIPE = "solrl"
 Family = Literal["sol_rl", "diffusionnft", "naive_scaling", "naive_quant"]
@@ -90,13 +91,14 @@ class SolRLConfig:
                               "noise levels each), the old policy fixed in between")
     train_batch: int = param(32, ge=1, le=100_000, help="samples per forward/backward micro-batch")
     iterations: int = param(20, ge=0, le=10_000_000, help="policy updates")
-    eval_every: int = param(10, ge=0, help="held-out evaluation every this many iterations (0: start and end only)")
+    eval_every: int = param(10, ge=0, help="held-out evaluation every this many iterations and at the end "
+                            "(0: end only); the base is always evaluated once before training")
     eval_prompts: int = param(60, ge=1, help="held-out val prompts (fixed, categories balanced)")
     eval_seeds: int = param(1, ge=1, help="seeds per held-out prompt")
     eval_steps: int | None = param(None, ge=1, le=1000, help="step count of the held-out evaluation (default: steps)")
-    sample_every: int = param(10, ge=0, help="sample grid every this many iterations (0: never)")
+    sample_every: int = param(10, ge=0, help="sample grid every this many iterations and at the end (0: end only)")
     checkpoint_every: int = param(5, ge=0, help="checkpoint every this many iterations (0: only at the end)")
-    resume: str = param("auto", help="auto: continue the run named run.name if it has a checkpoint; never")
+    resume: str = param("auto", help=RESUME_HELP)
     progress: bool = param(True, help="show a progress bar")
     export: Literal["none", "diffusers", "peft", "vgen"] = param("none", help="export the final model to RUN/export")
     fsdp: bool = param(False, help="shard the denoiser, its gradients and optimizer state over processes with FSDP2 "
@@ -405,17 +407,12 @@ def _kept(dist, keep: np.ndarray, params, opt) -> tuple[np.ndarray, int]:
 def _step(cfg: SolRLConfig, dist, params, opt, sums: torch.Tensor, n_global: int) -> dict:
     """Sum gradients and diagnostics over processes (FSDP has summed its shards' already), clip,
     step (unless the gradient is non-finite)."""
-    from vgen.train.fsdp import full, is_sharded
+    from vgen.train.loop import grad_step
 
-    dist.sum_([p.grad for p in params if not is_sharded(p)] + [sums])
-    norm = full(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-    out = {"loss": float(sums[0]), "kl": float(sums[1]), "grad_norm": float(norm), "trained_samples": n_global}
+    stepped = grad_step(dist, params, opt, sums, cfg.grad_clip)  # sums are summed over processes there
+    out = {"loss": float(sums[0]), "kl": float(sums[1]), **stepped, "trained_samples": n_global}
     if cfg.loss == "flow_grpo":
         out.update(clip_frac=float(sums[2]), approx_kl=float(sums[3]))
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)  # a non-finite gradient never reaches the weights
-        return {**out, "skipped_update": 1}
-    opt.step()
     return out
 
 
@@ -519,9 +516,10 @@ def _held_out(cfg: SolRLConfig, dist, policy, reward, steps, guidance, run_dir: 
 def _state(step: int, opt, ema: list[torch.Tensor], history: dict) -> dict:
     """Optimizer, EMA, RNG and history for a checkpoint, as full tensors (gathered when sharded)."""
     from vgen.train.fsdp import full, full_optimizer_state
+    from vgen.train.loop import rng_state
 
     return {"step": step, "optimizer": full_optimizer_state(opt), "ema": [full(e) for e in ema],
-            "torch_rng": torch.get_rng_state(), "history": json.dumps(history)}
+            "history": json.dumps(history), **rng_state()}
 
 
 def _gather_rows(dist, local: np.ndarray) -> np.ndarray:
@@ -543,16 +541,17 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     from vgen.rl.advantages import advantages
     from vgen.rl.losses import ema_update
     from vgen.rl.selection import select
-    from vgen.train.checkpoint import latest_checkpoint, load_state, save_checkpoint, trained_state
+    from vgen.train.checkpoint import load_state, save_checkpoint, trained_state
     from vgen.train.dist import Dist
     from vgen.train.fsdp import like, load_optimizer_state
     from vgen.train.logging import MetricLog
+    from vgen.train.loop import due, resume_from, set_rng_state
 
     dist = Dist()
     torch.manual_seed(cfg.run.seed)
     config = to_dict(cfg)
     # the CLI only reuses a run directory whose config matches (check_resumable)
-    ckpt = latest_checkpoint(run_dir) if cfg.resume == "auto" else None
+    ckpt = resume_from(cfg.resume, run_dir, config)
     policy, params, ref, opt, reward, explore, steps, guidance = _setup(cfg, dist, ckpt)
     ema = [p.detach().clone() for p in params]
     start, history = 0, {"eval": []}
@@ -561,7 +560,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         load_optimizer_state(opt, params, st["optimizer"])
         for e, v in zip(ema, st["ema"]):
             e.copy_(like(v, e))
-        torch.set_rng_state(st["torch_rng"])
+        set_rng_state(st)
         start, history = int(st["step"]), json.loads(st["history"])
         if dist.main:
             print(f"resumed from {ckpt} at iteration {start}", flush=True)
@@ -654,11 +653,11 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
             times["refresh"] = refresh(explore.transformer, policy.transformer)
         # 8. held-out evaluation and checkpoint (every process takes part: sharded weights are gathered)
         scores = {}
-        if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.iterations:
+        if due(cfg.eval_every, step, cfg.iterations):
             scores = _held_out(cfg, dist, policy, reward, cfg.eval_steps or steps, guidance, run_dir, step)
             if dist.main:
                 history["eval"].append([step, next(iter(scores.values()))])
-        saving = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations
+        saving = due(cfg.checkpoint_every, step, cfg.iterations)
         if saving:
             weights, state = trained_state(policy.transformer), _state(step, opt, ema, history)
         all_chosen = _gather_rows(dist, chosen) if cfg.family == "sol_rl" else None
@@ -676,7 +675,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
                 m.update(_ranking_stats(np.take_along_axis(all_ex, all_chosen, 1), all_r, cfg.k))
             m.update({f"time_{k}": v for k, v in times.items()})
             m.update(scores)
-            if cfg.sample_every and step % cfg.sample_every == 0:
+            if due(cfg.sample_every, step, cfg.iterations):
                 _sample_grid(run_dir, step, images, prompts)
             log.write(step, m)
             if saving:
@@ -716,9 +715,9 @@ def _fill(idx: np.ndarray, k: int, n: int) -> np.ndarray:
 
 
 def _sample_grid(run_dir: Path, step: int, images: np.ndarray, prompts: list[str]) -> None:
-    from vgen.images import make_grid
-    from vgen.io import save_png
+    from vgen.images import sample_sheet
 
-    tiles = [images[i, j] for i in range(len(prompts)) for j in range(min(4, images.shape[1]))]
-    labels = [prompts[i] for i in range(len(prompts)) for _ in range(min(4, images.shape[1]))]
-    save_png(run_dir / "samples" / f"step-{step:06d}.png", make_grid(tiles, labels, cols=4))
+    n = min(4, images.shape[1])
+    labels = [prompts[i] for i in range(len(prompts)) for _ in range(n)]
+    sample_sheet(run_dir / "samples" / f"step-{step:06d}.png", images[:, :n].reshape(-1, *images.shape[2:]), labels,
+                 labels, cols=4)

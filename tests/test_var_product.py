@@ -1,0 +1,277 @@
+"""VAR models as products: the one loader, `vgen eval` / `vgen export` / `vgen sample` on VAR folders
+and runs, image-folder training with exact resume, and the shared loop rules."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli import user_error
+from test_solrl import _metrics
+from test_var_train import VOLATILE, _args, _train
+
+from vgen.cli import main
+from vgen.engine.scalewise import sample
+from vgen.errors import UserError
+from vgen.models.load import load
+from vgen.train.loop import due
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def var_run(tmp_path_factory, var_tokenizer_dir):
+    """A 4-step var run of the tiny config: checkpoints at 2 and 4, evaluation reports at 2 and 4."""
+    root = tmp_path_factory.mktemp("varrun")
+    assert _train(root, var_tokenizer_dir, "r") == 0
+    return root / "r"
+
+
+# ---------------------------------------------------------------- the loader
+
+
+def test_load_tells_every_kind_apart(model_dir, var_model_dir, var_tokenizer_dir, var_run):
+    pipe = load(model_dir, weights=False)
+    assert (pipe.kind, pipe.source, pipe.policy) == ("pipeline", "model", None)
+    assert load(model_dir).policy is not None
+    v = load(var_model_dir)
+    assert (v.kind, v.source) == ("var", "model") and v.var is not None and len(v.classes) == v.var.num_classes
+    assert set(v.sampling) >= {"cfg", "top_k", "top_p"} and v.resolution == 16
+    t = load(var_tokenizer_dir)
+    assert t.kind == "var" and t.var is None and t.vqvae is not None
+    r = load(var_run)
+    assert (r.kind, r.source, r.step, r.checkpoint.name) == ("var", "run", 4, "step-000004")
+    assert r.eval is not None and r.eval["step"] == 4 and r.config["recipe"] == "var"
+    two = load(var_run, checkpoint=2)
+    assert two.step == 2 and two.checkpoint.name == "step-000002"
+    direct = load(var_run / "checkpoints" / "step-000002")
+    assert direct.source == "run" and direct.step == 2
+    for a, b in zip(two.var.state_dict().values(), direct.var.state_dict().values()):
+        assert torch.equal(a, b)
+    # the run's final checkpoint is the model the run saved
+    final = load(var_run / "model")
+    for k, x in final.var.state_dict().items():
+        assert torch.equal(x, r.var.state_dict()[k])
+
+
+def test_load_errors_are_one_line(tmp_path, var_run):
+    (tmp_path / "f.txt").write_text("x")
+    cases = [(tmp_path / "nope", "model not found"), (tmp_path / "f.txt", "is a file"),
+             (tmp_path, "neither a model folder"), ("a.pth,b.pth", "official checkpoint not found")]
+    for spec, needle in cases:
+        with pytest.raises(UserError, match=needle) as e:
+            load(spec)
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="no complete checkpoint 'step-000003'.*step-000002, step-000004"):
+        load(var_run, checkpoint=3)
+    official = tmp_path / "official"
+    official.mkdir()
+    for name in ("vae_ch160v4096z32.pth", "var_d16.pth", "var_d20.pth"):
+        (official / name).write_bytes(b"")
+    with pytest.raises(UserError, match="2 var_d"):
+        load(official)
+
+
+# ---------------------------------------------------------------- vgen eval on VAR
+
+
+def test_vgen_eval_on_a_var_folder_and_a_run(var_model_dir, var_run, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(var_model_dir), "--classes", "0-5", "--seeds", "0-2", "--cfg", "1.0",
+                 "--top-k", "5", "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["kind"] == "var" and r["classes"] == list(range(6)) and r["seeds"] == [0, 1, 2]
+    assert (r["cfg"], r["top_k"], r["top_p"]) == (1.0, 5, 0.0)
+    g = r["geneval_shapes"]
+    assert g["n_images"] == 18 and g["n_seeds"] == 3 and len(g["overall"]["strict"]["per_seed"]) == 3
+    assert r["fid_shapes"]["n_fake"] == r["fid_shapes"]["n_real"] == 18
+    assert "6 classes x 3 seeds" in (out / "report.md").read_text()
+    # the evaluation's images are `vgen sample`'s: class c, seed s -> the sampler's seed s
+    m = load(var_model_dir)
+    s = sample(m.var, m.vqvae, [4], [2], cfg=1.0, top_k=5)
+    strict = np.array(g["overall"]["strict"]["mean"])
+    assert 0 <= strict <= 1 and s.images.shape[-1] == 16
+    # a run: the report lands in RUN/eval/step-N
+    assert main(["eval", "--model", str(var_run), "--classes", "0", "1", "--seeds", "0", "--metrics",
+                 "geneval", "--checkpoint", "2", "--force", "--out", str(tmp_path / "ev2")]) == 0
+    assert json.loads((tmp_path / "ev2" / "report.json").read_text())["step"] == 2
+
+
+def test_vgen_eval_depth_plan_and_scale_list(var_model_dir, tmp_path):
+    out = tmp_path / "plan"
+    assert main(["eval", "--model", str(var_model_dir), "--classes", "0-3", "--seeds", "0", "--metrics", "geneval",
+                 "--switch-scale", "1", "--subnet-depth", "2", "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["depth_plan"][0] == list(range(load(var_model_dir).var.depth)) and len(r["depth_plan"][-1]) == 2
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--steps", "3"], "--steps applies to diffusers pipelines"),
+    (["--switch-scale", "1"], "--switch-scale and --subnet-depth go together"),
+    (["--patch-nums", "1,2,3,4"], "only a FlexVAR model"),
+    (["--patch-nums", "2,1"], "increasing positive sizes"),
+    (["--classes", "999"], "class 999 is out of range"),
+    (["--ref-stats", "missing.npz", "--inception-weights", "missing.pth"], "file not found"),
+])
+def test_vgen_eval_var_errors_are_one_line(var_model_dir, tmp_path, capsys, extra, needle):
+    msg = user_error(capsys, "eval", "--model", str(var_model_dir), "--seeds", "0", "--out", str(tmp_path / "o"),
+                     *extra)
+    assert needle in msg, msg
+
+
+def test_vgen_eval_ref_stats_fid(var_model_dir, tmp_path, capsys):
+    """--ref-stats: FID and IS of the generated classes against an ADM-style .npz (Inception mu /
+    sigma) with local Inception weights; a corrupt .npz is a one-line error."""
+    from test_fid import random_inception_weights
+
+    weights = tmp_path / "inception.pth"
+    random_inception_weights(weights, fc_scale=100.0)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2048, 8))
+    np.savez(tmp_path / "ref.npz", mu=rng.normal(size=2048) * 1e-3, sigma=a @ a.T * 1e-6)
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(var_model_dir), "--classes", "0-4", "--seeds", "0-3", "--metrics", "geneval",
+                 "--ref-stats", str(tmp_path / "ref.npz"), "--inception-weights", str(weights),
+                 "--out", str(out)]) == 0
+    f = json.loads((out / "report.json").read_text())["fid_ref_stats"]
+    assert f["n"] == 20 and np.isfinite(f["fid"]) and f["fid"] > 0 and f["feature_dim"] == 2048
+    assert "FID against reference statistics" in (out / "report.md").read_text()
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    capsys.readouterr()
+    msg = user_error(capsys, "eval", "--model", str(var_model_dir), "--classes", "0", "--seeds", "0", "--metrics",
+                     "geneval", "--ref-stats", str(tmp_path / "bad.npz"), "--inception-weights", str(weights),
+                     "--out", str(tmp_path / "o2"))
+    assert "bad.npz" in msg
+
+
+# ---------------------------------------------------------------- vgen export on VAR
+
+
+def test_exported_var_folder_samples_bit_identically(var_model_dir, var_run, tmp_path):
+    from safetensors import safe_open
+
+    for src in (var_model_dir, var_run):
+        out = tmp_path / f"x-{src.name}"
+        assert main(["export", str(src), str(out)]) == 0
+        a, b = load(src), load(out)
+        sa = sample(a.var, a.vqvae, [0, 3, 5], [0, 1, 2], **{k: a.sampling[k] for k in ("cfg", "top_k", "top_p")})
+        sb = sample(b.var, b.vqvae, [0, 3, 5], [0, 1, 2], **{k: b.sampling[k] for k in ("cfg", "top_k", "top_p")})
+        assert all(torch.equal(x, y) for x, y in zip(sa.tokens, sb.tokens)) and torch.equal(sa.images, sb.images)
+        assert a.classes == b.classes and a.sampling == b.sampling
+        with safe_open(str(out / "var.safetensors"), "pt") as f:
+            assert f.metadata()["vgen_version"] and f.metadata()["config_hash"]
+        card = (out / "README.md").read_text()
+        assert (out / "samples.png").is_file() and "vgen sample --model" in card
+    # the run's card states its newest evaluation (GenEval-Shapes of step 4)
+    card = (tmp_path / "x-r" / "README.md").read_text()
+    assert "eval/step-000004/report.json" in card and "GenEval-Shapes strict accuracy" in card
+
+
+def test_export_of_a_var_folder_takes_a_given_evaluation(var_model_dir, tmp_path):
+    ev = tmp_path / "ev"
+    assert main(["eval", "--model", str(var_model_dir), "--classes", "0-3", "--seeds", "0", "--metrics", "geneval",
+                 "--out", str(ev)]) == 0
+    out = tmp_path / "x"
+    assert main(["export", str(var_model_dir), str(out), "--eval", str(ev)]) == 0
+    assert "GenEval-Shapes strict accuracy" in (out / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=6, size=20):
+    """Small coloured scenes: class c is a disc of colour c on a grey ground, at random places."""
+    rng = np.random.default_rng(0)
+    colours = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = np.full((size + 4 * i % 9, size, 3), 128, np.uint8)
+            y, x = rng.integers(4, size - 4, 2)
+            yy, xx = np.mgrid[:img.shape[0], :size]
+            img[(yy - y) ** 2 + (xx - x) ** 2 < 16] = colours[c]
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def test_var_trains_on_an_image_folder_and_resumes_exactly_after_sigkill(tmp_path, var_tokenizer_dir, capsys):
+    data = _image_folder(tmp_path / "data")
+    common = [f"data={data}", "flip=true", "iterations=8", "checkpoint_every=2", "eval_every=4", "sample_every=0",
+              "sample_classes=[0, 1]", "batch=4"]
+    assert _train(tmp_path, var_tokenizer_dir, "ref", *common) == 0
+    m = load(tmp_path / "ref" / "model")
+    assert m.classes == ["cat", "dog"] and m.var.num_classes == 2
+    r = json.loads((tmp_path / "ref" / "eval" / "step-000008" / "report.json").read_text())
+    assert r["classes"] == [0, 1] and "geneval_shapes" not in r and r["held_out"]["val_loss"] > 0
+    cmd = [sys.executable, "-m", "vgen.cli", "train", *_args(tmp_path, var_tokenizer_dir, "k", *common)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    latest = tmp_path / "k" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    capsys.readouterr()
+    assert _train(tmp_path, var_tokenizer_dir, "k", *common) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert _metrics(tmp_path / "k", VOLATILE) == _metrics(tmp_path / "ref", VOLATILE)
+
+
+def test_image_folder_errors_are_one_line(tmp_path, var_tokenizer_dir, capsys):
+    data = _image_folder(tmp_path / "data")
+    (data / "cat" / "broken.png").write_bytes(b"\x89PNG garbage")
+    msg = user_error(capsys, "train", *_args(tmp_path, var_tokenizer_dir, "b", f"data={data}", "cache_tokens=true"))
+    assert "broken.png" in msg
+    assert _train(tmp_path, var_tokenizer_dir, "s", f"data={data}", "skip_bad_images=true", "iterations=1",
+                  "eval_every=0", "sample_every=0", "sample_classes=[0]") == 0
+    assert "skipped 1 unreadable images" in capsys.readouterr().out
+    msg = user_error(capsys, "train", *_args(tmp_path, var_tokenizer_dir, "n", f"data={tmp_path / 'none'}"))
+    assert "none" in msg
+
+
+# ---------------------------------------------------------------- shared loop rules
+
+
+def test_every_n_rule():
+    assert [s for s in range(1, 11) if due(3, s, 10)] == [3, 6, 9, 10]
+    assert [s for s in range(1, 11) if due(0, s, 10)] == [10]
+    assert [s for s in range(1, 5) if due(1, s, 4)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("never", True), ("bogus", False), ("Auto", False),
+                                       ("", False)])
+def test_resume_is_a_fixed_choice(tmp_path, var_tokenizer_dir, capsys, value, ok):
+    args = _args(tmp_path, var_tokenizer_dir, "x", f"resume={value}", "iterations=1", "eval_every=0",
+                 "sample_every=0", "save_model=false")
+    if ok:
+        assert main(["train", *args]) == 0
+    else:
+        assert "resume=" in user_error(capsys, "train", *args)
+
+
+def test_resume_from_a_checkpoint_path(tmp_path, var_tokenizer_dir, var_run, capsys):
+    """resume=PATH starts a new run from another run's checkpoint: the same config continues as that
+    run did; another config is refused."""
+    common = ["iterations=6", "eval_every=0", "sample_every=0", "checkpoint_every=2", "save_model=false"]
+    assert _train(tmp_path, var_tokenizer_dir, "a", *common) == 0
+    assert _train(tmp_path, var_tokenizer_dir, "b", *common,
+                  f"resume={tmp_path / 'a' / 'checkpoints' / 'step-000002'}") == 0
+    a, b = _metrics(tmp_path / "a", VOLATILE), _metrics(tmp_path / "b", VOLATILE)
+    assert sorted(b) == [3, 4, 5, 6] and all(a[s] == b[s] for s in b)
+    msg = user_error(capsys, "train", *_args(tmp_path, var_tokenizer_dir, "c", *common, "lr=0.5",
+                                             f"resume={tmp_path / 'a'}"))
+    assert "another config" in msg
