@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vgen.rl.advantages import advantages
-from vgen.rl.losses import (
+from vgen.solrl.advantages import advantages
+from vgen.solrl.losses import (
     diffusionnft_loss,
     ema_decay,
     ema_update,
@@ -17,8 +17,8 @@ from vgen.rl.losses import (
     kl_velocity,
     sample_s,
 )
-from vgen.rl.selection import select
-from vgen.rl.trainer import informative
+from vgen.solrl.recipe import informative
+from vgen.solrl.selection import select
 
 # ---------------------------------------------------------------- selection
 

@@ -257,7 +257,7 @@ def test_dry_run_counts_parameters_on_the_meta_device(model_dir, capsys):
     from peft import LoraConfig
 
     from vgen.models.load import load_policy
-    from vgen.rl.dryrun import LORA_TARGETS
+    from vgen.solrl.dryrun import LORA_TARGETS
 
     assert main(["train", "configs/solrl/tiny.yaml", f"model={model_dir}", "lora_rank=2", "--dry-run",
                  "--processes", "4"]) == 0

@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 from test_cli import user_error
 from test_solrl import _metrics
 
+from vgen import vartrain as T
 from vgen.cli import main
 from vgen.engine.scalewise import sample, teacher_forcing_inputs
+from vgen.errors import UserError
 from vgen.models.var.folder import build_var, load_var_model, save_var_model
-from vgen.train import var as T
+from vgen.train.loop import lr_at
 from vgen.world.datasets import CLASS_PROMPTS, ShapesClassDataset
 
 TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "var" / "tiny.yaml")
@@ -72,7 +74,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, var_tokenizer_dir, capsys):
             assert math.isfinite(row[key]), (step, key)
         # acc is the token accuracy: the scales' accuracies weighted by their token counts (1, 4, 16)
         assert row["acc"] == pytest.approx(sum(n * row[f"acc_scale{k}"] for k, n in enumerate((1, 4, 16))) / 21)
-        assert row["lr"] == pytest.approx(T.lr_at(step, 0.003, 4, 2, "cosine", 0.05))
+        assert row["lr"] == pytest.approx(lr_at(step, 0.003, 4, 2, "cosine", 0.05))
     # the head starts at 0.02 x the init: near-uniform logits, every scale's CE close to ln(vocab)
     assert all(abs(m[1][f"ce_scale{k}"] - math.log(32)) < 0.05 for k in range(K))
     assert {s for s, r in m.items() if "val_loss" in r} == {2, 4} and "sample_strict" in m[4]
@@ -170,19 +172,19 @@ def test_lr_schedule():
     lr, it, wu, r = 0.01, 50, 10, 0.1
     for s in range(1, wu + 1):
         for sched in ("cosine", "linear", "constant"):
-            assert T.lr_at(s, lr, it, wu, sched, r) == pytest.approx(lr * s / wu)
+            assert lr_at(s, lr, it, wu, sched, r) == pytest.approx(lr * s / wu)
     for sched in ("cosine", "linear"):
-        assert T.lr_at(it, lr, it, wu, sched, r) == pytest.approx(r * lr)
-        values = [T.lr_at(s, lr, it, wu, sched, r) for s in range(wu, it + 1)]
+        assert lr_at(it, lr, it, wu, sched, r) == pytest.approx(r * lr)
+        values = [lr_at(s, lr, it, wu, sched, r) for s in range(wu, it + 1)]
         assert all(a >= b for a, b in zip(values, values[1:]))  # non-increasing after warm-up
     mid = wu + (it - wu) // 2  # half way: cosine at (1 + cos(pi / 2)) / 2 = 1/2, as linear
-    assert T.lr_at(mid, lr, it, wu, "cosine", r) == pytest.approx(lr * (r + (1 - r) * 0.5))
+    assert lr_at(mid, lr, it, wu, "cosine", r) == pytest.approx(lr * (r + (1 - r) * 0.5))
     quarter = wu + (it - wu) // 4
-    assert T.lr_at(quarter, lr, it, wu, "cosine", r) == pytest.approx(
+    assert lr_at(quarter, lr, it, wu, "cosine", r) == pytest.approx(
         lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi / 4))))
-    assert T.lr_at(quarter, lr, it, wu, "linear", r) == pytest.approx(lr * (r + (1 - r) * 0.75))
-    assert all(T.lr_at(s, lr, it, wu, "constant", r) == lr for s in range(wu, it + 1))
-    assert T.lr_at(1, lr, it, 0, "cosine", 0.0) < lr and T.lr_at(it, lr, it, 0, "cosine", 0.0) == pytest.approx(0.0)
+    assert lr_at(quarter, lr, it, wu, "linear", r) == pytest.approx(lr * (r + (1 - r) * 0.75))
+    assert all(lr_at(s, lr, it, wu, "constant", r) == lr for s in range(wu, it + 1))
+    assert lr_at(1, lr, it, 0, "cosine", 0.0) < lr and lr_at(it, lr, it, 0, "cosine", 0.0) == pytest.approx(0.0)
 
 
 def test_token_weights():
@@ -201,7 +203,7 @@ def test_token_weights():
     assert float(per_scale[2].sum()) == pytest.approx(0.5 * 16 / (3 + 4 + 8))
     assert torch.equal(T.token_weights(lengths, [0, 0, 1]).split(lengths)[0], torch.zeros(1))
     for bad in ([1.0, 1.0], [1, -1, 1], [0, 0, 0]):
-        with pytest.raises(T.UserError):
+        with pytest.raises(UserError):
             T.token_weights(lengths, bad)
 
 
@@ -362,7 +364,7 @@ def test_flexvar_trains_with_a_non_residual_tokenizer(tmp_path, var_tokenizer_di
 def test_flex_scale_list_rule():
     """First two sizes and the last always in; 1..max_mid distinct middle sizes from every integer
     between; increasing; a function of (seed, step) alone; every allowed list is drawn."""
-    from vgen.train.var import flex_scale_list
+    from vgen.vartrain import flex_scale_list
 
     seen = set()
     for step in range(400):
@@ -379,7 +381,7 @@ def test_flex_scale_list_rule():
 def test_flexvar_trains_on_random_scale_lists(tmp_path):
     """By default a FlexVAR trains on a random scale list per step: its metrics are keyed by size
     and the token targets of each size equal the tokenizer's independent quantization."""
-    from vgen.train.var import Data, flex_scale_list
+    from vgen.vartrain import Data, flex_scale_list
 
     vae, _ = tiny_var_models(flex=True)
     tok = save_var_model(tmp_path / "flextok", vae, None, CLASS_PROMPTS, 16)

@@ -7,7 +7,7 @@ the shapes world on CPU, saved as a vgen VAR model folder (vgen/models/var/folde
 ``--flex`` builds the FlexVAR variant: a non-residual tokenizer (every scale quantizes the
 downsampled latent itself; the image decodes from the last scale alone) and a ``flex=True``
 transformer that the ``var`` recipe trains on a random scale list per step (FlexVAR's rule as
-vgen states it in ``vgen/train/var.py: flex_scale_list``), so it samples at scale lists it never
+vgen states it in ``vgen/vartrain/data.py: flex_scale_list``), so it samples at scale lists it never
 saw, e.g. all eight sizes 1..8.
 
 Classes are the 70 prompts of ``vgen.world.datasets.CLASS_PROMPTS`` (all six GenEval
@@ -29,7 +29,7 @@ starts from encoder outputs, and codes that stop being used (per-scale usage EMA
 ``ema_vocab_hit_SV`` buffer) are restarted on residuals of the current batch every 100 steps,
 the usual remedy for codebook collapse. AdamW with a one-cycle schedule.
 
-Stage 2, the transformer: the ``var`` training recipe (vgen/train/var.py) with the config in
+Stage 2, the transformer: the ``var`` training recipe (vgen/vartrain/recipe.py) with the config in
 ``var_config``; teacher forcing, label smoothing, label dropout for CFG.
 
 Finally the CFG scale and top-k are picked on validation seeds, the samples of every class

@@ -10,8 +10,8 @@ import importlib
 
 # Training recipes arrive with their issues (Sol-RL, VAR, SAR, VARiant, ScaleWeaver).
 TRAIN: dict[str, tuple[str, str]] = {
-    "solrl": ("vgen.rl.trainer", "SolRLConfig"),
-    "var": ("vgen.train.var", "VARTrainConfig"),
+    "solrl": ("vgen.solrl.recipe", "SolRLConfig"),
+    "var": ("vgen.vartrain.recipe", "VARTrainConfig"),
 }
 # What each not-yet-landed recipe name will be, so a user gets a plain answer.
 PLANNED = {

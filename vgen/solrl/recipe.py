@@ -290,7 +290,7 @@ def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
 
 
 def dry_run(cfg: SolRLConfig, processes: int = 1, fsdp: bool = False) -> str:
-    from vgen.rl.dryrun import dry_run as report
+    from vgen.solrl.dryrun import dry_run as report
 
     return report(cfg, processes, fsdp or cfg.fsdp)
 
@@ -300,7 +300,7 @@ def _noise_and_levels(seeds: list[int], step: int, sigmas: torch.Tensor, fractio
     """Training noise levels (B, n) and forward noises (n, B, ...) of each sample from its own seed,
     the iteration and the inner epoch alone: the same in any batch, micro-batch or process."""
     from vgen.engine.seeds import step_seed
-    from vgen.rl.losses import sample_s
+    from vgen.solrl.losses import sample_s
 
     levels, noises = [], []
     for sd in seeds:
@@ -323,7 +323,7 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
     from its negatives (measured: 20 steps on one batch with the old policy tracking the current
     one halved the batch's mean reward, 0.29 -> 0.14; with it fixed it rose to 0.33)."""
     from vgen.engine.rollout import conditioning, guided_velocity
-    from vgen.rl.losses import diffusionnft_loss, forward_noise, kl_velocity
+    from vgen.solrl.losses import diffusionnft_loss, forward_noise, kl_velocity
 
     # DiffusionNFT trains the conditional velocity (CFG-free), or with nft_guided the guided one
     w = guidance if cfg.nft_guided else 1.0
@@ -428,7 +428,7 @@ def _update_grpo(cfg: SolRLConfig, dist, policy, params, ref, opt, prompts, seed
     from vgen.engine.flow import gaussian_log_prob, sde_mean, sde_std
     from vgen.engine.rollout import conditioning, guided_velocity, schedule
     from vgen.engine.seeds import step_seed
-    from vgen.rl.losses import flow_grpo_loss
+    from vgen.solrl.losses import flow_grpo_loss
 
     idx, n_global = _kept(dist, keep, params, opt)
     if n_global == 0:
@@ -538,9 +538,9 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     from vgen.config import to_dict
     from vgen.engine.rollout import schedule
     from vgen.quant.explore import refresh
-    from vgen.rl.advantages import advantages
-    from vgen.rl.losses import ema_update
-    from vgen.rl.selection import select
+    from vgen.solrl.advantages import advantages
+    from vgen.solrl.losses import ema_update
+    from vgen.solrl.selection import select
     from vgen.train.checkpoint import load_state, save_checkpoint, trained_state
     from vgen.train.dist import Dist
     from vgen.train.fsdp import like, load_optimizer_state
