@@ -2,11 +2,6 @@
 and runs, image-folder training with exact resume, and the shared loop rules."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,21 +9,13 @@ import torch
 from PIL import Image
 from test_cli import user_error
 from test_solrl import _metrics
-from test_var_train import VOLATILE, _args, _train
+from test_var_train import VOLATILE, _args, _one_thread, _train, kill_after_first_checkpoint  # noqa: F401
 
 from vgen.cli import main
 from vgen.engine.scalewise import sample
 from vgen.errors import UserError
 from vgen.models.load import load
 from vgen.train.loop import due
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +55,7 @@ def test_load_tells_every_kind_apart(model_dir, var_model_dir, var_tokenizer_dir
 
 def test_load_errors_are_one_line(tmp_path, var_run):
     (tmp_path / "f.txt").write_text("x")
-    cases = [(tmp_path / "nope", "model not found"), (tmp_path / "f.txt", "is a file"),
+    cases = [(tmp_path / "nope", "model folder not found"), (tmp_path / "f.txt", "is a file"),
              (tmp_path, "neither a model folder"), ("a.pth,b.pth", "official checkpoint not found")]
     for spec, needle in cases:
         with pytest.raises(UserError, match=needle) as e:
@@ -215,16 +202,7 @@ def test_var_trains_on_an_image_folder_and_resumes_exactly_after_sigkill(tmp_pat
     assert m.classes == ["cat", "dog"] and m.var.num_classes == 2
     r = json.loads((tmp_path / "ref" / "eval" / "step-000008" / "report.json").read_text())
     assert r["classes"] == [0, 1] and "geneval_shapes" not in r and r["held_out"]["val_loss"] > 0
-    cmd = [sys.executable, "-m", "vgen.cli", "train", *_args(tmp_path, var_tokenizer_dir, "k", *common)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    latest = tmp_path / "k" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    kill_after_first_checkpoint(_args(tmp_path, var_tokenizer_dir, "k", *common), tmp_path / "k")
     capsys.readouterr()
     assert _train(tmp_path, var_tokenizer_dir, "k", *common) == 0
     assert "resuming" in capsys.readouterr().out

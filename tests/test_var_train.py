@@ -118,22 +118,27 @@ def test_it_learns_a_small_fixed_dataset(tmp_path, var_tokenizer_dir):
 # ---------------------------------------------------------------- resume
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, var_tokenizer_dir, capsys):
-    """A real SIGKILL while the run works; the resumed run (same config, so the same lr schedule)
-    reports bitwise the metrics of an uninterrupted one and ends with the same weights, because
-    weights, optimizer, RNG state and history are all in the checkpoint. Another config is refused."""
-    common = ["iterations=16", "checkpoint_every=4", "eval_every=8", "sample_every=0", "cond_drop_rate=0.3"]
-    assert _train(tmp_path, var_tokenizer_dir, "ref", *common) == 0
-    cmd = [sys.executable, "-m", "vgen.cli", "train", *_args(tmp_path, var_tokenizer_dir, "k", *common)]
+def kill_after_first_checkpoint(train_args: list[str], run_dir) -> None:
+    """Run `vgen train` in a subprocess and SIGKILL it as soon as its first checkpoint is complete."""
+    cmd = [sys.executable, "-m", "vgen.cli", "train", *train_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    latest = tmp_path / "k" / "checkpoints" / "latest"
+    latest = run_dir / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not latest.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished or failed
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, var_tokenizer_dir, capsys):
+    """A real SIGKILL while the run works; the resumed run (same config, so the same lr schedule)
+    reports bitwise the metrics of an uninterrupted one and ends with the same weights, because
+    weights, optimizer, RNG state and history are all in the checkpoint. Another config is refused."""
+    common = ["iterations=16", "checkpoint_every=4", "eval_every=8", "sample_every=0", "cond_drop_rate=0.3"]
+    assert _train(tmp_path, var_tokenizer_dir, "ref", *common) == 0
+    kill_after_first_checkpoint(_args(tmp_path, var_tokenizer_dir, "k", *common), tmp_path / "k")
     steps = sorted(int(p.name[5:]) for p in (tmp_path / "k" / "checkpoints").glob("step-*"))
     assert steps and steps[-1] < 16
     for ckpt in (tmp_path / "k" / "checkpoints").glob("step-*"):
@@ -312,7 +317,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, var_tokenizer_dir):
 
 @pytest.mark.parametrize("extra, message", [
     (["resolution=32"], "is for 16px images, resolution is 32"),
-    (["tokenizer=/nonexistent/tokenizer"], "model not found: '/nonexistent/tokenizer'"),
+    (["tokenizer=/nonexistent/tokenizer"], "model folder not found: '/nonexistent/tokenizer'"),
     (["sample_classes=[0, 70]"], "sample_classes must lie in 0..69"),
     (["heads=3"], "heads (3) must divide width (64)"),
     (["scale_weights=[1.0, 2.0]"], "scale_weights has 2 entries, the model has 3 scales"),

@@ -32,10 +32,11 @@ the usual remedy for codebook collapse. AdamW with a one-cycle schedule.
 Stage 2, the transformer: the ``var`` training recipe (vgen/vartrain/recipe.py) with the config in
 ``var_config``; teacher forcing, label smoothing, label dropout for CFG.
 
-Finally the CFG scale and top-k are picked on validation seeds, the samples of every class
-are scored against the class prompt with the verifier (strict accuracy, per class and per
-category), FID-shapes against the class prompts' real renders, and reconstruction PSNR per
-number of scales. Deterministic from --seed for a given torch build and thread count.
+Finally the CFG scale and top-k are picked on validation seeds, and the test seeds are scored
+by vgen's one VAR evaluator (what `vgen eval` runs): GenEval-Shapes of every class against its
+prompt, FID-shapes against the class prompts' real renders; plus reconstruction PSNR per number
+of scales. The test report is saved in the folder (``eval/test/``), so `vgen export` states it.
+Deterministic from --seed for a given torch build and thread count.
 """
 
 from __future__ import annotations
@@ -145,55 +146,25 @@ def psnr_per_scales(vae, x: torch.Tensor) -> list[float]:
     return [psnr(vae.fhat_to_img(fh), x) for fh in fhats]
 
 
-def category(prompt: str) -> str:
-    from vgen.world.grammar import parse
+def evaluate(var, vae, seeds: list[int], cfg: float, top_k: int, fid: bool = False,
+             patch_nums=None) -> tuple[dict, dict, np.ndarray]:
+    """(summary, vgen eval report body, images) of every class x ``seeds`` through vgen's one VAR
+    evaluator (vgen.eval.harness.evaluate_var, what `vgen eval` runs): GenEval-Shapes strict accuracy
+    per category and overall (also category-balanced), and with ``fid`` FID-shapes / KID-shapes
+    against as many real renders of the same class prompts."""
+    from vgen.eval.harness import evaluate_var
 
-    return parse(prompt).category
-
-
-@torch.no_grad()
-def class_samples(var, vae, classes: list[int], seeds: list[int], cfg: float, top_k: int, top_p: float,
-                  batch: int = 128) -> np.ndarray:
-    """uint8 (len(classes) * len(seeds), H, W, 3) samples, class-major: class c, then seed s."""
-    from vgen.engine.scalewise import sample
-
-    pairs = [(c, s) for c in classes for s in seeds]
-    out = []
-    for lo in range(0, len(pairs), batch):
-        part = pairs[lo:lo + batch]
-        r = sample(var, vae, [c for c, _ in part], [s for _, s in part], cfg=cfg, top_k=top_k, top_p=top_p)
-        out.append((r.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
-    return np.concatenate(out)
-
-
-def class_accuracy(images: np.ndarray, classes: list[int], n_seeds: int) -> dict:
-    """Strict accuracy and score of class-major samples against each class's prompt: per class,
-    per category (mean over its classes), over all classes, and category-balanced."""
-    from vgen.world.verifier import verify
-
-    prompts = [CLASS_PROMPTS[c] for c in classes for _ in range(n_seeds)]
-    v = verify(images, prompts)
-    strict = np.array([x.strict for x in v], float).reshape(len(classes), n_seeds)
-    score = np.array([x.score for x in v], float).reshape(len(classes), n_seeds)
-    per_class = {int(c): float(strict[i].mean()) for i, c in enumerate(classes)}
-    cats: dict[str, list[float]] = {}
-    for i, c in enumerate(classes):
-        cats.setdefault(category(CLASS_PROMPTS[c]), []).append(float(strict[i].mean()))
-    per_cat = {k: float(np.mean(x)) for k, x in cats.items()}
-    return {"strict": float(strict.mean()), "score": float(score.mean()),
-            "strict_category_balanced": float(np.mean(list(per_cat.values()))), "per_category": per_cat,
-            "per_class": per_class, "n_classes": len(classes), "n_seeds": n_seeds}
-
-
-def fid_shapes(images: np.ndarray, classes: list[int], n_seeds: int, seed: int) -> dict:
-    """FID-shapes / KID-shapes of the samples against real renders of the same class prompts
-    (the same number of images, other scenes), in the world's FID-shapes embedding."""
-    from vgen.eval.fid import fid_kid, load_features
-
-    ds = ShapesClassDataset(len(CLASS_PROMPTS) * n_seeds, RESOLUTION, seed)
-    real = np.stack([(ds[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for i in range(len(ds))
-                     if ds[i]["label"] in set(classes)])
-    return fid_kid(real, images, load_features())
+    classes = list(range(len(CLASS_PROMPTS)))
+    settings = {"cfg": cfg, "top_k": top_k, "top_p": 0.0, **({"patch_nums": list(patch_nums)} if patch_nums else {})}
+    scores, images, _ = evaluate_var(var, vae, CLASS_PROMPTS, classes, seeds, settings,
+                                     ("geneval", "fid") if fid else ("geneval",), RESOLUTION, batch=128)
+    g = scores["geneval_shapes"]
+    per_cat = {c: v["strict"]["mean"] for c, v in g["per_category"].items()}
+    summary = {"strict": g["overall"]["strict"]["mean"], "strict_ci95": g["overall"]["strict"]["ci95"],
+               "score": g["overall"]["score"]["mean"],
+               "strict_category_balanced": float(np.mean(list(per_cat.values()))), "per_category": per_cat,
+               "n_classes": len(classes), "n_seeds": len(seeds), "fid": scores.get("fid_shapes")}
+    return summary, {**settings, "classes": classes, "n_classes": len(classes), "seeds": seeds, **scores}, images
 
 
 def main() -> None:
@@ -214,14 +185,14 @@ def main() -> None:
     ap.add_argument("--resume", metavar="BUILD_DIR",
                     help="continue an interrupted build from its work folder (assets/.var-tiny-shapes.build.*): "
                          "reuse its tokenizer and resume the transformer from its last checkpoint")
+    ap.add_argument("--evaluate-only", metavar="FOLDER", help="re-score a built base with the current evaluator "
+                    "and rewrite its card and eval/ reports (no training)")
     ap.add_argument("--earlier-minutes", type=float, help="with --resume: wall minutes of the interrupted part, "
                     "for the model card")
     args = ap.parse_args()
     from vgen.cli import main as vgen_main
-    from vgen.images import make_grid
-    from vgen.io import save_png
-    from vgen.models.var.folder import load_var_model, save_var_model
-    from vgen.world.verifier import verify
+    from vgen.models.load import load
+    from vgen.models.var.folder import save_var_model
 
     t_start = time.time()
     lines: list[str] = []
@@ -231,13 +202,17 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
+    if args.evaluate_only:
+        evaluate_only(Path(args.evaluate_only), log)
+        log(f"re-evaluated {args.evaluate_only}")
+        return
     out = Path(args.out or ("assets/flexvar-tiny-shapes" if args.flex else "assets/var-tiny-shapes"))
     if args.resume:  # the var recipe resumes its run by default (resume: auto), so stage 2 needs nothing more
         work = Path(args.resume)
         tok_dir = work / "tokenizer"
         if not (tok_dir / "config.json").is_file():
             raise SystemExit(f"--resume: no finished tokenizer in {str(work)!r}")
-        vae, _, _ = load_var_model(tok_dir)
+        vae = load(tok_dir).vqvae
         log(f"resuming the build in {work}: tokenizer reused, transformer resumed from its last checkpoint")
     else:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent if out.parent.exists() else None))
@@ -260,31 +235,20 @@ def main() -> None:
         raise SystemExit(f"stage 2 (var recipe) failed with exit code {code}")
     var_minutes = (time.time() - t_var) / 60
     log(f"transformer trained in {var_minutes:.1f} min")
-    vae, var, _ = load_var_model(work / "var" / "model")
+    trained = load(work / "var" / "model")
+    vae, var = trained.vqvae, trained.var
     metrics = [json.loads(x) for x in (work / "var" / "metrics.jsonl").read_text().splitlines()]
     last_eval = [m for m in metrics if "val_loss" in m][-1]
 
-    classes = list(range(len(CLASS_PROMPTS)))
     val_seeds = [1_000_000 + i for i in range(args.val_seeds)]  # sampling seeds: val and test never overlap
     sweep = {}
     for top_k in [int(k) for k in args.top_ks.split(",")]:
         for cfg in [float(c) for c in args.cfg_scales.split(",")]:
-            acc = class_accuracy(class_samples(var, vae, classes, val_seeds, cfg, top_k, 0.0), classes,
-                                 len(val_seeds))
+            acc, _, _ = evaluate(var, vae, val_seeds, cfg, top_k)
             sweep[f"cfg={cfg},top_k={top_k}"] = {"cfg": cfg, "top_k": top_k, "strict": acc["strict"]}
             log(f"val: cfg {cfg} top-k {top_k}: strict {acc['strict']:.1%}")
     best = max(sweep.values(), key=lambda r: r["strict"])
     test_seeds = [2_000_000 + i for i in range(args.test_seeds)]
-    t = time.perf_counter()
-    test_images = class_samples(var, vae, classes, test_seeds, best["cfg"], best["top_k"], 0.0)
-    gen_s = time.perf_counter() - t
-    res = class_accuracy(test_images, classes, len(test_seeds))
-    res["fid"] = fid_shapes(test_images, classes, len(test_seeds), args.seed + 2)
-    res["images_per_s"] = len(test_images) / gen_s
-    log(f"test ({len(test_seeds)} seeds per class): strict {res['strict']:.1%} (category-balanced "
-        f"{res['strict_category_balanced']:.1%}); per category {json.dumps(res['per_category'])}; "
-        f"FID-shapes {res['fid']['fid_shapes']:.2f}")
-
     info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
             "vqvae": {k: list(v) if isinstance(v, tuple) else v for k, v in tokenizer_arch(args.flex).items()},
             "flex": args.flex,
@@ -293,17 +257,11 @@ def main() -> None:
             "resumed": bool(args.resume), "earlier_minutes": args.earlier_minutes,
             "held_out_tf": {k: last_eval[k] for k in ("step", "val_loss", "val_acc")},
             "sampling_sweep": sweep, "sampling": {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": 0.0},
-            "test": res, "minutes": (time.time() - t_start) / 60, "threads": torch.get_num_threads(),
+            "test_seeds": test_seeds, "minutes": (time.time() - t_start) / 60, "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "params": {"vqvae": sum(p.numel() for p in vae.parameters()),
                        "var": sum(p.numel() for p in var.parameters())}}
-    shown = [c for c in classes[::3]][:24]
-    grid = class_samples(var, vae, shown, [test_seeds[0]], best["cfg"], best["top_k"], 0.0)
-    final = save_var_model(work / "final", vae, var, CLASS_PROMPTS, RESOLUTION, info["sampling"],
-                           card=model_card(info), extra={"build": info})
-    save_png(final / "samples.png", make_grid(list(grid), [f"{c}: {CLASS_PROMPTS[c]}" for c in shown], cols=6,
-                                              marks=[v.strict for v in verify(grid, [CLASS_PROMPTS[c]
-                                                                                     for c in shown])]))
+    final = test_and_card(work / "final", vae, var, info, log)
     (final / "build_log.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(work / "var" / "metrics.jsonl", final / "train_metrics.jsonl")
     if out.exists():
@@ -311,6 +269,67 @@ def main() -> None:
     os.replace(final, out)
     shutil.rmtree(work, ignore_errors=True)
     log(f"saved {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB)")
+
+
+UNSEEN_SCALES = (1, 2, 3, 4, 5, 6, 7, 8)  # a FlexVAR base never trains on all eight sizes (flex_scale_list)
+
+
+def test_and_card(folder: Path, vae, var, info: dict, log) -> Path:
+    """Score the test seeds with vgen's VAR evaluator (and, for FlexVAR, once more at a scale list it
+    never trained on), then write the model folder: weights, card, sample sheet and the evaluation
+    reports under ``eval/`` (``vgen export`` of the folder states them). ``info`` gets ``test`` (and
+    ``test_unseen_scales``)."""
+    from vgen import __version__
+    from vgen.eval.harness import var_images, write_report
+    from vgen.images import sample_sheet
+    from vgen.models.var.folder import save_var_model
+
+    seeds, best = info["test_seeds"], info["sampling"]
+    runs = [("test", None)] + ([("test-unseen-scales", UNSEEN_SCALES)] if info.get("flex") else [])
+    reports = {}
+    for name, pns in runs:
+        t = time.perf_counter()
+        res, report, images = evaluate(var, vae, seeds, best["cfg"], best["top_k"], fid=True, patch_nums=pns)
+        res["images_per_s"] = len(images) / (time.perf_counter() - t)
+        res["patch_nums"] = list(pns or PATCH_NUMS)
+        info["test" if pns is None else "test_unseen_scales"] = res
+        reports[name] = (report, images)
+        log(f"{name} ({len(seeds)} seeds per class, scales {res['patch_nums']}): strict {res['strict']:.1%} "
+            f"(category-balanced {res['strict_category_balanced']:.1%}); per category "
+            f"{json.dumps(res['per_category'])}; FID-shapes {res['fid']['fid_shapes']:.2f}")
+    folder = save_var_model(folder, vae, var, CLASS_PROMPTS, RESOLUTION, info["sampling"], card=model_card(info),
+                            extra={"build": info})
+    shown = list(range(len(CLASS_PROMPTS)))[::3][:24]
+    grid = var_images(var, vae, shown, [seeds[0]], best)
+    sample_sheet(folder / "samples.png", grid, [f"{c}: {CLASS_PROMPTS[c]}" for c in shown],
+                 [CLASS_PROMPTS[c] for c in shown], cols=6)
+    for name, (report, images) in reports.items():  # as `vgen eval` writes them
+        write_report(folder / "eval" / name, {"vgen_version": __version__, "model": folder.name, "kind": "var",
+                                              "source": "model", "step": None, "flex": bool(info.get("flex")),
+                                              "resolution": RESOLUTION, "patch_nums": list(var.patch_nums),
+                                              **report},
+                     images, [CLASS_PROMPTS[c] for c in report["classes"] for _ in seeds], len(seeds))
+    return folder
+
+
+def evaluate_only(folder: Path, log) -> None:
+    """Re-score an existing base with the current evaluator and rewrite its card and reports in place
+    (built aside, then swapped in); the build record in config.json is kept, its test figures replaced."""
+    from vgen.models.load import load
+
+    m = load(folder)
+    info = dict(m.var_config.get("build") or {})
+    if not info:
+        raise SystemExit(f"{folder}: config.json has no build record; nothing to re-evaluate against")
+    info.setdefault("test_seeds", [2_000_000 + i for i in range(info.get("test", {}).get("n_seeds", 10))])
+    info.setdefault("flex", not m.vqvae.residual)
+    aside = folder.parent / f".{folder.name}.reeval"
+    test_and_card(aside, m.vqvae, m.var, info, log)
+    for keep in ("build_log.txt", "train_metrics.jsonl"):
+        if (folder / keep).is_file():
+            shutil.copy(folder / keep, aside / keep)
+    shutil.rmtree(folder)
+    os.replace(aside, folder)
 
 
 def resumed_note(info: dict) -> str:
@@ -326,6 +345,15 @@ def model_card(info: dict) -> str:
     t = info["test"]
     cats = "\n".join(f"| {k} | {v:.1%} |" for k, v in t["per_category"].items())
     psnr_row = " / ".join(f"{v:.1f}" for v in info["tokenizer_psnr_by_scales"].values())
+    where = "assets/flexvar-tiny-shapes" if info.get("flex") else "assets/var-tiny-shapes"
+    u = info.get("test_unseen_scales")
+    unseen = "" if not u else (
+        f"\n\nAt a scale list it never trained on, all eight sizes {u['patch_nums']} (204 tokens; training drew the "
+        f"first two sizes, the last and 1-3 sizes between, so never all eight): strict accuracy **{u['strict']:.1%}** "
+        f"(category-balanced {u['strict_category_balanced']:.1%}), FID-shapes {u['fid']['fid_shapes']:.2f}, same "
+        f"seeds and sampling settings.")
+    trained = ("FlexVAR with AdaLN blocks, trained on a random scale list per step" if info.get("flex")
+               else "VAR with AdaLN blocks")
     return f"""---
 license: apache-2.0
 library_name: vgen
@@ -343,7 +371,7 @@ torch {info['torch']}){resumed_note(info)}. Classes: the {len(CLASS_PROMPTS)} pr
   {info['params']['vqvae'] / 1e6:.2f}M parameters, 8x downsampling
   (8x8 latent, 16-d codes), one 512-code codebook, scales {list(PATCH_NUMS)} (130 tokens).
   Reconstruction PSNR on 256 held-out images after 1..6 scales: {psnr_row} dB.
-- Transformer: VAR with AdaLN blocks, {info['params']['var'] / 1e6:.2f}M parameters, trained with the `var`
+- Transformer: {trained}, {info['params']['var'] / 1e6:.2f}M parameters, trained with the `var`
   recipe (`{info['var_config']}`) in {info['var_minutes']:.0f} minutes; held-out teacher-forcing loss
   {info['held_out_tf']['val_loss']:.3f}, token accuracy {info['held_out_tf']['val_acc']:.1%}.
 - Sampling defaults (picked on validation seeds): CFG {info['sampling']['cfg']}, top-k {info['sampling']['top_k']}.
@@ -353,7 +381,8 @@ torch {info['torch']}){resumed_note(info)}. Classes: the {len(CLASS_PROMPTS)} pr
 {t['n_seeds']} test seeds per class, each sample scored by the world's verifier against its class prompt:
 GenEval-Shapes strict accuracy **{t['strict']:.1%}** over all classes (category-balanced
 {t['strict_category_balanced']:.1%}; score {t['score']:.3f}); FID-shapes {t['fid']['fid_shapes']:.2f}
-and KID-shapes {t['fid']['kid_shapes_mean']:.4f} against as many real renders of the same prompts.
+and KID-shapes {t['fid']['kid_shapes_mean']:.4f} against as many real renders of the same prompts
+(`eval/test/report.md`, written by vgen's evaluator, as `vgen eval` writes it).{unseen}
 
 | category | strict accuracy |
 |---|---|
@@ -362,13 +391,13 @@ and KID-shapes {t['fid']['kid_shapes_mean']:.4f} against as many real renders of
 ## Use
 
 ```
-vgen sample --model assets/var-tiny-shapes --classes 0 5 12 --seeds 0-3 --out samples
+vgen sample --model {where} --classes 0 5 12 --seeds 0-3 --out samples
 ```
 ```python
-from vgen.models.var.folder import load_var_model
+from vgen.models.load import load
 from vgen.engine.scalewise import sample
-vqvae, var, config = load_var_model("assets/var-tiny-shapes")
-images = sample(var, vqvae, class_ids=[0, 5], seeds=[0, 1], cfg=config["sampling"]["cfg"]).images
+m = load("{where}")
+images = sample(m.var, m.vqvae, class_ids=[0, 5], seeds=[0, 1], **m.sampling).images
 ```
 """
 

@@ -49,16 +49,9 @@ def sample_sheet(path, images: np.ndarray, labels: list[str], prompts: list[str]
     the shapes verifier's strict verdict when every prompt is one of the shapes grammar. Returns the
     verdicts (empty when unmarked): the one sample-sheet helper of recipes and reports."""
     from vgen.io import save_png
-    from vgen.world.grammar import parse
+    from vgen.world.grammar import is_grammar_prompt
     from vgen.world.verifier import verify
 
-    verdicts = []
-    if prompts is not None:
-        try:
-            for p in prompts:
-                parse(p)
-            verdicts = verify(images, prompts)
-        except ValueError:
-            verdicts = []
+    verdicts = verify(images, prompts) if prompts is not None and all(map(is_grammar_prompt, prompts)) else []
     save_png(path, make_grid(list(images), labels, cols=cols, marks=[v.strict for v in verdicts] or None))
     return verdicts

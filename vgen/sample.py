@@ -133,13 +133,13 @@ def write_samples(out: str | Path, images, records: list[dict], labels: list[str
     ``images``: (N, 3, H, W) in [0, 1]; ``records``: one dict per sample with its prompt and seed,
     completed here with the file name and, for prompts of the shapes grammar, the verifier's
     score and strict verdict; ``meta``: the top level of samples.json, with the run's seconds."""
-    from vgen.world.grammar import parse
+    from vgen.world.grammar import is_grammar_prompt
     from vgen.world.verifier import verify
 
     images = to_uint8(images)
     out_dir = Path(out)
     verdicts: list = [None] * len(records)
-    grammar = [i for i, r in enumerate(records) if _parses(parse, r["prompt"])]
+    grammar = [i for i, r in enumerate(records) if is_grammar_prompt(r["prompt"])]
     if grammar:
         for i, v in zip(grammar, verify(images[grammar], [records[i]["prompt"] for i in grammar])):
             verdicts[i] = v
@@ -157,10 +157,3 @@ def write_samples(out: str | Path, images, records: list[dict], labels: list[str
         print(f"verifier: {np.mean([verdicts[i].strict for i in grammar]):.1%} strictly correct "
               f"({len(grammar)} grammar prompts)")
 
-
-def _parses(parse, prompt: str) -> bool:
-    try:
-        parse(prompt)
-        return True
-    except ValueError:
-        return False

@@ -144,9 +144,9 @@ def _check(opts: EvalOptions) -> None:
     check_metrics(opts.metrics)  # every request checked before the (long) generation
     if opts.n < 1 or not opts.seeds:
         raise UserError("--n must be >= 1 and --seeds must name at least one seed")
-    for flag, path in (("--inception-weights", opts.inception_weights), ("--ref-stats", opts.ref_stats)):
+    for what, path in (("Inception weights", opts.inception_weights), ("reference statistics", opts.ref_stats)):
         if path and not Path(path).is_file():
-            raise UserError(f"{flag}: file not found: {path!r}")
+            raise UserError(f"{what} file not found: {path!r}")
     if opts.ref_stats and not opts.inception_weights:
         raise UserError("--ref-stats needs --inception-weights (the network its statistics were computed with)")
     if opts.ref_stats:
@@ -222,14 +222,14 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
     whose prompt the shapes grammar reads), FID-shapes / KID against as many real renders of the same
     prompts. ``settings``: the sampler's keyword arguments (cfg, top_k, top_p, patch_nums, depth_plan).
     Returns (scores, images, prompts), images class-major."""
-    from vgen.world.grammar import parse
+    from vgen.world.grammar import is_grammar_prompt
 
     out: dict = {"seconds": {}}
     t = time.perf_counter()
     images = var_images(var, vqvae, classes, seeds, settings, batch, progress)
     out["seconds"]["generate"] = time.perf_counter() - t
     prompts = [class_prompts[c] for c in classes for _ in seeds]
-    grammar = all(_parses(parse, class_prompts[c]) for c in classes)
+    grammar = all(is_grammar_prompt(class_prompts[c]) for c in classes)
     if "geneval" in metrics:
         if grammar:
             t = time.perf_counter()
@@ -245,14 +245,6 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
         out["fid_shapes"] = fid_kid(real, images, load_features())
         out["seconds"]["fid"] = time.perf_counter() - t
     return out, images, prompts
-
-
-def _parses(parse, prompt: str) -> bool:
-    try:
-        parse(prompt)
-        return True
-    except ValueError:
-        return False
 
 
 def evaluate_var_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray, list[str], int]:
@@ -345,15 +337,12 @@ def markdown(r: dict) -> str:
 def write_report(out: Path, report: dict, images: np.ndarray, prompts: list[str], n_seeds: int,
                  grid_prompts: int = 12) -> None:
     """report.json, report.md and samples.png (the first seed of the first slots), each written atomically."""
-    from vgen.images import make_grid
-    from vgen.io import atomic_write_json, atomic_write_text, save_png
-    from vgen.world.grammar import parse
-    from vgen.world.verifier import verify
+    from vgen.images import sample_sheet
+    from vgen.io import atomic_write_json, atomic_write_text
 
     idx = list(range(0, len(images), n_seeds))[:grid_prompts]
     shown = [prompts[i] for i in idx]
-    marks = [v.strict for v in verify(images[idx], shown)] if all(_parses(parse, p) for p in shown) else None
-    save_png(out / "samples.png", make_grid([images[i] for i in idx], [prompts[i] for i in idx], cols=6, marks=marks))
+    sample_sheet(out / "samples.png", images[idx], shown, shown, cols=6)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
 

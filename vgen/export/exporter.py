@@ -80,16 +80,9 @@ def export(src: str | Path, out: str | Path, fmt: str = "diffusers", merge_lora:
     if fmt == "vgen" and source["kind"] == "model":
         raise UserError(f"{str(src)!r} is a model folder, not a vgen run: export it with --format diffusers")
     _check_out(out, force, [src, source["base"]])
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    except OSError as e:
-        raise UserError(f"cannot write beside {str(out)!r}: {e.strerror or e}") from None
+    tmp = _temp_beside(out)
     try:
         _build(source, tmp, fmt, merge_lora, out.name, sample_steps, sample_size)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the folder the usual mode
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,6 +128,7 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     from vgen.models.load import load
     from vgen.models.var.folder import write_var_files
     from vgen.train.checkpoint import latest_eval
+    from vgen.world.grammar import is_grammar_prompt
 
     if fmt not in ("var", "diffusers"):  # diffusers: the CLI's default, read as "the model's own format"
         raise UserError(f"--format {fmt} does not apply to a VAR model: it exports as a VAR model folder "
@@ -154,11 +148,7 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
         digest = str(m.meta.get("config_hash"))
     else:
         digest = hashlib.sha256((Path(m.base) / "config.json").read_bytes()).hexdigest()[:16]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    except OSError as e:
-        raise UserError(f"cannot write beside {str(out)!r}: {e.strerror or e}") from None
+    tmp = _temp_beside(out)
     try:
         std = ("format", "version", "vqvae", "var", "patch_nums", "class_prompts", "resolution", "sampling")
         extra = {k: v for k, v in m.var_config.items() if k not in std}
@@ -188,7 +178,7 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
         files = [("config.json", "architecture, class names, scale list, sampling defaults"),
                  ("vqvae.safetensors", "the multi-scale VQ-VAE tokenizer"),
                  ("var.safetensors", "the transformer")]
-        world = all(_grammar(c) for c in m.classes)
+        world = all(map(is_grammar_prompt, m.classes))
         summary = {"name": out.name, "description": desc, "format": "var", "lora": False, "merged": False,
                    "base_card": {}, "base_model": None, "datasets": [WORLD_DATASET] if world else None,
                    "recipe": recipe, "kind": "var", "config": m.config if m.source == "run" else None,
@@ -203,24 +193,11 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
                    "extra_tags": ["var", "visual-autoregressive"] + (["flexvar"] if m.var.flex else []),
                    "load_snippet": snippet}
         build_card(summary).save(tmp / "README.md")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": out, "card": out / "README.md", "format": "var", "kind": "var", "merged": False}
-
-
-def _grammar(prompt: str) -> bool:
-    from vgen.world.grammar import parse
-
-    try:
-        parse(prompt)
-        return True
-    except ValueError:
-        return False
 
 
 def read_source(src: Path) -> dict:
@@ -267,8 +244,20 @@ def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
             raise UserError(f"refusing to replace {str(out)!r}: it holds the source {str(s)!r}")
 
 
+def _temp_beside(out: Path) -> Path:
+    """A hidden temporary folder beside ``out`` (same filesystem, so the final rename is atomic)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as e:
+        raise UserError(f"cannot write beside {str(out)!r}: {e.strerror or e}") from None
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted after."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the folder the usual mode
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"

@@ -113,7 +113,7 @@ def load(spec, *, device: str = "cpu", dtype: str = "float32", checkpoint: str |
         return _load_official(pair, device, weights)
     path = Path(spec)
     if not path.exists():
-        raise UserError(f"model not found: {str(path)!r}")
+        raise UserError(f"model folder not found: {str(path)!r} does not exist (neither a model folder nor a vgen run)")
     if not path.is_dir():
         raise UserError(f"{str(path)!r} is a file; a model is a folder (or official checkpoints 'VAE.pth,VAR.pth')")
     if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() and checkpoint is None:
@@ -124,8 +124,8 @@ def load(spec, *, device: str = "cpu", dtype: str = "float32", checkpoint: str |
         return _load_var_folder(path, device, weights, tokenizer_only)
     if (path / "config.yaml").is_file():
         return _load_run(path, checkpoint, device, dtype, weights, tokenizer_only)
-    raise UserError(f"{str(path)!r} is neither a model folder (model_index.json, or config.json of a VAR model) "
-                    "nor a vgen run (config.yaml)")
+    raise UserError(f"{str(path)!r} is neither a model folder (no model_index.json, nor a VAR model's config.json) "
+                    "nor a vgen run (no config.yaml)")
 
 
 def _pipeline_sampling(folder: Path) -> dict:

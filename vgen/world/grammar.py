@@ -275,3 +275,12 @@ def sample_prompts(split: str, n: int, seed: int = 0, categories: tuple[str, ...
     rng = random.Random(f"{seed}-{split}")
     pools = {c: split_prompts(split, c) for c in categories}
     return [rng.choice(pools[categories[i % len(categories)]]) for i in range(n)]
+
+
+def is_grammar_prompt(prompt: str) -> bool:
+    """Whether ``prompt`` is a prompt of this grammar (so the verifier can judge images of it)."""
+    try:
+        parse(prompt)
+        return True
+    except ValueError:
+        return False
