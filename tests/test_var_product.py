@@ -2,6 +2,7 @@
 and runs, image-folder training with exact resume, and the shared loop rules."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -253,3 +254,20 @@ def test_resume_from_a_checkpoint_path(tmp_path, var_tokenizer_dir, var_run, cap
     msg = user_error(capsys, "train", *_args(tmp_path, var_tokenizer_dir, "c", *common, "lr=0.5",
                                              f"resume={tmp_path / 'a'}"))
     assert "another config" in msg
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path, var_tokenizer_dir, capsys):
+    """What a kill during an append (or a full disk) leaves: a half line at the end of metrics.jsonl.
+    The resumed run drops it with a note and ends with the metrics of an uninterrupted run."""
+    common = ["eval_every=0", "sample_every=0", "checkpoint_every=2", "save_model=false"]
+    assert _train(tmp_path, var_tokenizer_dir, "ref", "iterations=4", *common) == 0
+    assert _train(tmp_path, var_tokenizer_dir, "k", "iterations=4", *common) == 0
+    run = tmp_path / "k"  # as if killed after step 2's checkpoint, in the middle of step 3's line
+    shutil.rmtree(run / "checkpoints" / "step-000004")
+    (run / "checkpoints" / "latest").write_text("step-000002\n")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    capsys.readouterr()
+    assert _train(tmp_path, var_tokenizer_dir, "k", "iterations=4", *common) == 0
+    assert "dropped 1 unreadable line" in capsys.readouterr().out
+    assert _metrics(tmp_path / "k", VOLATILE) == _metrics(tmp_path / "ref", VOLATILE)
