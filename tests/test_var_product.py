@@ -271,3 +271,41 @@ def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path, var_tokenizer_dir, c
     assert _train(tmp_path, var_tokenizer_dir, "k", "iterations=4", *common) == 0
     assert "dropped 1 unreadable line" in capsys.readouterr().out
     assert _metrics(tmp_path / "k", VOLATILE) == _metrics(tmp_path / "ref", VOLATILE)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda c: c.update(class_prompts=list(range(70))), "'class_prompts' must be a list of non-empty strings"),
+    (lambda c: c.update(sampling=[1, 2]), "'sampling' must be a mapping"),
+    (lambda c: c.update(sampling={"cfg": -1}), "sampling cfg=-1"),
+    (lambda c: c.update(sampling={"top_k": 1.5}), "sampling top_k=1.5"),
+    (lambda c: c.update(sampling={"temperature": 1}), "unknown key 'temperature'"),
+    (lambda c: c.update(resolution=-64), "'resolution' must be a positive number"),
+    (lambda c: c.update(patch_nums=[2, 1]), "'patch_nums' must be increasing"),
+    ("truncate", "cannot read checkpoint"),
+    ("empty", "cannot read checkpoint"),
+])
+def test_a_damaged_var_folder_is_one_line(var_model_dir, tmp_path, capsys, damage, needle):
+    folder = tmp_path / "m"
+    shutil.copytree(var_model_dir, folder)
+    if damage == "truncate":
+        (folder / "var.safetensors").write_bytes((folder / "var.safetensors").read_bytes()[:1000])
+    elif damage == "empty":
+        (folder / "var.safetensors").write_bytes(b"")
+    else:
+        c = json.loads((folder / "config.json").read_text())
+        damage(c)
+        (folder / "config.json").write_text(json.dumps(c))
+    for argv in (["sample", "--model", str(folder), "--classes", "0", "--out", str(tmp_path / "o")],
+                 ["eval", "--model", str(folder), "--classes", "0", "--out", str(tmp_path / "e")],
+                 ["export", str(folder), str(tmp_path / "x")]):
+        assert needle in user_error(capsys, *argv)
+        assert not (tmp_path / "o").exists() and not (tmp_path / "e").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flag", [["--cfg", "nan"], ["--cfg", "inf"], ["--cfg", "-1"], ["--top-p", "1.5"],
+                                  ["--top-k", "-2"]])
+def test_bad_var_sampling_flags_are_one_line(var_model_dir, tmp_path, capsys, flag):
+    for cmd in ("sample", "eval"):
+        msg = user_error(capsys, cmd, "--model", str(var_model_dir), "--classes", "0", "--out", str(tmp_path / "o"),
+                         *flag)
+        assert (flag[0] in msg or flag[0].lstrip("-").replace("-", "_") in msg) and not (tmp_path / "o").exists()

@@ -64,11 +64,14 @@ _VAR_FLAGS = ("classes", "cfg", "top_k", "top_p")
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from vgen.models.load import load
+    from vgen.models.var.folder import is_var_folder
     from vgen.sample import sample, sample_var
 
     try:
         var = load(args.model, weights=False).kind == "var"
     except UserError:
+        if is_var_folder(args.model):
+            raise  # a damaged VAR folder: its own error
         var = False  # not a model at all: the flag checks below, then the pipeline path, say what is wrong
     own, other = (_VAR_FLAGS, _PIPELINE_FLAGS) if var else (_PIPELINE_FLAGS, _VAR_FLAGS)
     if wrong := [k for k in other if getattr(args, k) is not None]:

@@ -66,9 +66,16 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
            guidance: float | None = None,
            shift: float | None = None, height: int = 64, width: int = 64, chunk_size: int | None = None,
            device: str = "cpu", dtype: str = "float32") -> int:
+    import math
+
     from vgen.engine import rollout
     from vgen.models.load import load
 
+    if guidance is not None and not math.isfinite(guidance) or shift is not None and not (math.isfinite(shift)
+                                                                                          and shift > 0):
+        raise UserError("--guidance must be a finite number and --shift a finite number > 0")
+    if height < 16 or width < 16 or height % 16 or width % 16:
+        raise UserError(f"--height and --width must be positive multiples of 16, got {height} x {width}")
     prompts, seed_list = read_prompts(prompts), parse_seeds(seeds)
     rec = load(model, weights=False).sampling
     steps = steps if steps is not None else rec.get("steps", 20)
@@ -121,7 +128,12 @@ def load_var(model, device: str = "cpu"):
 
 def var_settings(sampling: dict, cfg: float | None = None, top_k: int | None = None,
                  top_p: float | None = None) -> dict:
-    """CFG / top-k / top-p: those given, else the model's ``sampling``, else CFG 1.5 and no filtering."""
+    """CFG / top-k / top-p: those given, else the model's ``sampling``, else CFG 1.5 and no filtering;
+    a NaN, infinite or negative CFG, a negative top-k or a top-p outside [0, 1] is a one-line error."""
+    from vgen.models.var.folder import check_sampling
+
+    given = {"cfg": cfg, "top_k": top_k, "top_p": top_p}
+    check_sampling({k: v for k, v in given.items() if v is not None}, "the")
     return {"cfg": float(cfg if cfg is not None else sampling.get("cfg", 1.5)),
             "top_k": int(top_k if top_k is not None else sampling.get("top_k", 0)),
             "top_p": float(top_p if top_p is not None else sampling.get("top_p", 0.0))}

@@ -93,11 +93,12 @@ def export(src: str | Path, out: str | Path, fmt: str = "diffusers", merge_lora:
 
 def _is_var(src: Path) -> bool:
     from vgen.models.load import load
+    from vgen.models.var.folder import is_var_folder
 
     try:
         return load(src, weights=False).kind == "var"
     except UserError:
-        return False  # read_source says what is wrong with it
+        return is_var_folder(src)  # a damaged VAR folder says what is wrong in export_var; others in read_source
 
 
 def read_report(path) -> dict:

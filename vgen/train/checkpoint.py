@@ -165,6 +165,8 @@ def apply_weights(ckpt: Path, model: torch.nn.Module) -> str:
         if kind == "lora":
             from peft import LoraConfig, set_peft_model_state_dict
 
+            if not (ckpt / "adapter_config.json").is_file():  # else peft would look for it on the hub
+                raise UserError(f"checkpoint {str(ckpt)!r} has no adapter_config.json")
             if not _is_lora(model):
                 model.add_adapter(LoraConfig.from_pretrained(str(ckpt)))
             result = set_peft_model_state_dict(model, load_file(str(ckpt / ADAPTER_WEIGHTS)))
@@ -184,8 +186,12 @@ def apply_weights(ckpt: Path, model: torch.nn.Module) -> str:
             model.load_state_dict(load_file(str(ckpt / "var.safetensors")), strict=True)
         else:
             raise UserError(f"checkpoint {str(ckpt)!r} has an unknown kind {kind!r}")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot load checkpoint {str(ckpt)!r}: {str(e).splitlines()[0]}") from None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated / zero-byte / foreign weights: safetensors, peft and torch
+        # raise their own types (SafetensorError, KeyError, ...); each is the same user error here
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load checkpoint {str(ckpt)!r}: {why}") from None
     return kind
 
 

@@ -125,7 +125,36 @@ def read_config(path) -> dict:
             raise UserError(f"{str(path)!r}: config.json needs {key!r} as a {kind.__name__}")
     if config.get("var") is not None and not isinstance(config["var"], dict):
         raise UserError(f"{str(path)!r}: config.json's 'var' must be a mapping or null")
+    where = f"{str(path)!r}: config.json's"
+    if not all(isinstance(p, str) and p for p in config["class_prompts"]):
+        raise UserError(f"{where} 'class_prompts' must be a list of non-empty strings")
+    pns = config["patch_nums"]
+    if not pns or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pns) \
+            or pns != sorted(set(pns)):
+        raise UserError(f"{where} 'patch_nums' must be increasing positive integers, got {pns!r}")
+    if isinstance(config["resolution"], bool) or config["resolution"] < 1:
+        raise UserError(f"{where} 'resolution' must be a positive number of pixels, got {config['resolution']!r}")
+    check_sampling(config.get("sampling"), where)
     return config
+
+
+def check_sampling(sampling, where: str) -> None:
+    """A folder's sampling defaults: {"cfg": finite >= 0, "top_k": int >= 0, "top_p": in [0, 1]} (all optional)."""
+    import math
+
+    if sampling is None:
+        return
+    if not isinstance(sampling, dict):
+        raise UserError(f"{where} 'sampling' must be a mapping (cfg, top_k, top_p), got {sampling!r}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    checks = {"cfg": lambda v: number(v) and v >= 0, "top_p": lambda v: number(v) and 0 <= v <= 1,
+              "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+    for key, v in sampling.items():
+        if key not in checks:
+            raise UserError(f"{where} 'sampling' has an unknown key {key!r} (cfg, top_k, top_p)")
+        if not checks[key](v):
+            raise UserError(f"{where} sampling {key}={v!r}: cfg must be finite and >= 0, top_k must be >= 0 "
+                            "(an integer), top_p must lie in [0, 1]")
 
 
 def _build(kind, arch: dict, folder: Path):
