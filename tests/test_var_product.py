@@ -3,6 +3,7 @@ and runs, image-folder training with exact resume, and the shared loop rules."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +310,17 @@ def test_bad_var_sampling_flags_are_one_line(var_model_dir, tmp_path, capsys, fl
         msg = user_error(capsys, cmd, "--model", str(var_model_dir), "--classes", "0", "--out", str(tmp_path / "o"),
                          *flag)
         assert (flag[0] in msg or flag[0].lstrip("-").replace("-", "_") in msg) and not (tmp_path / "o").exists()
+
+
+def test_bad_output_paths_are_found_before_any_work(var_model_dir, tmp_path, capsys):
+    """--out (and export's OUT) that is a file, lies under a file, sits in /proc or has a name longer
+    than the file system allows: one line, before the model loads."""
+    (tmp_path / "file").write_text("x")
+    long = tmp_path / ("x" * 300)
+    for out, needle in ((tmp_path / "file", "exists and is not a folder"), (tmp_path / "file" / "sub", "is a file"),
+                        (Path("/proc/vgen-out"), "cannot write"), (long, "too long")):
+        for argv in (["sample", "--model", str(var_model_dir), "--classes", "0", "--out", str(out)],
+                     ["eval", "--model", str(var_model_dir), "--classes", "0", "--out", str(out)]):
+            assert needle in user_error(capsys, *argv)
+    for out in (tmp_path / "file", long):
+        user_error(capsys, "export", str(var_model_dir), str(out))

@@ -16,7 +16,7 @@ import numpy as np
 
 from vgen.errors import UserError
 from vgen.images import make_grid, to_uint8
-from vgen.io import atomic_write_json, save_png
+from vgen.io import atomic_write_json, prepare_out_dir, save_png
 
 
 def parse_seeds(items: list[str], what: str = "seed") -> list[int]:
@@ -78,6 +78,7 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
         raise UserError(f"--height and --width must be positive multiples of 16, got {height} x {width}")
     prompts, seed_list = read_prompts(prompts), parse_seeds(seeds)
     rec = load(model, weights=False).sampling
+    prepare_out_dir(out)
     steps = steps if steps is not None else rec.get("steps", 20)
     guidance = guidance if guidance is not None else rec.get("guidance", 4.5)
     pairs = [(p, s) for p in prompts for s in seed_list]
@@ -102,6 +103,8 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
 
     prompts = load(model, weights=False).classes  # classes and seeds are checked before the weights load
     class_ids, seed_list = parse_classes(classes, len(prompts)), parse_seeds(seeds)
+    settings = var_settings({}, cfg, top_k, top_p)  # the flags checked before the weights load
+    prepare_out_dir(out)
     m = load_var(model, device)
     settings = var_settings(m.sampling, cfg, top_k, top_p)
     pairs = [(c, s) for c in class_ids for s in seed_list]

@@ -350,17 +350,21 @@ def write_report(out: Path, report: dict, images: np.ndarray, prompts: list[str]
 def run_eval(model: str, out: str | None, opts: EvalOptions, force: bool = False) -> Path:
     """`vgen eval`: evaluate, then write the report into ``out`` (default: RUN/eval/step-N for a
     run, runs/eval-<model>-<time> for a model folder); a non-empty ``out`` needs ``force``."""
+    from vgen.io import prepare_out_dir
+    from vgen.models.load import load
+
     _check(opts)
-    if out is not None and Path(out).is_dir() and any(Path(out).iterdir()) and not force:
-        raise UserError(f"output folder {out!r} is not empty; pass --force to write into it")
-    report, images, prompts, n_seeds = evaluate_model(model, opts)
-    if out is None:
-        if report["source"] == "run":
+    if out is not None:
+        prepare_out_dir(out, empty_or_force=force)
+    else:
+        m = load(model, weights=False, checkpoint=opts.checkpoint)
+        if m.source == "run":
             run = Path(model) if not Path(model).parent.name == "checkpoints" else Path(model).parent.parent
-            out = run / "eval" / f"step-{report['step']:06d}"
+            out = run / "eval" / f"step-{m.step:06d}"
         else:
-            name = Path(model).name if report["source"] == "model" else "var-official"
+            name = Path(model).name if m.source == "model" else "var-official"
             out = Path("runs") / f"eval-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(out)
+    out = prepare_out_dir(out)  # a bad --out is found before the generation, not after
+    report, images, prompts, n_seeds = evaluate_model(model, opts)
     write_report(out, report, images, prompts, n_seeds)
     return out

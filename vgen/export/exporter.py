@@ -136,10 +136,11 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
                         "(--format var)")
     if merge_lora:
         raise UserError("--merge-lora: a VAR checkpoint holds whole weights, there is no adapter to merge")
+    load(src, weights=False)  # a damaged folder or run is refused before anything is checked or written
+    _check_out(out, force, [src])
     m = load(src)
     if m.var is None:
         raise UserError(f"{str(src)!r} holds a tokenizer only: there is no VAR transformer to export")
-    _check_out(out, force, [src])
     run = src.parent.parent if src.parent.name == "checkpoints" else src
     given = report is not None
     if not given:
@@ -232,6 +233,13 @@ def read_source(src: Path) -> dict:
 
 def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
     """Refuse to replace anything but a folder, a non-empty one without ``force``, or one that holds the source."""
+    try:
+        _check_out_path(out, force, sources)
+    except OSError as e:  # a name longer than the file system allows, a path under a file, ...
+        raise UserError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+
+
+def _check_out_path(out: Path, force: bool, sources: list[Path]) -> None:
     if not (out.exists() or out.is_symlink()):
         return
     if out.is_symlink() or not out.is_dir():
