@@ -84,3 +84,48 @@ def test_bench_var_shows_a_variant_plan_lowering_the_peak(tmp_path, capsys):
     assert r["kv_formula_matches"] and "caches freed: blocks [1, 2] at scale 2" in capsys.readouterr().out
     rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "switch_scale=1", f"run.out_dir={tmp_path}"])
     assert rc == 2 and "go together" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- vgen bench world: speed is reported, verdicts decide
+
+
+def _world(tmp_path, name, *extra):
+    return main(["bench", "world", "n=24", "throughput_batch=24", "grid=0", f"run.out_dir={tmp_path}",
+                 f"run.name={name}", *extra])
+
+
+def test_bench_world_slow_machine_is_reported_but_exits_0(tmp_path, capsys, monkeypatch):
+    import vgen.bench.world as world
+
+    monkeypatch.setattr(world, "throughput", lambda *a, **k: 1469.0)  # a busy machine
+    rc = _world(tmp_path, "slow", "min_throughput=2000")
+    out = capsys.readouterr().out
+    assert rc == 0
+    r = json.loads((tmp_path / "slow" / "report.json").read_text())
+    assert r["passed"] is True and r["failures"] == [] and r["throughput_below_target"] is True
+    assert r["throughput_images_per_s"] == 1469.0 and r["min_throughput"] == 2000
+    assert r["notes"] and r["notes"][0].startswith("throughput 1469 images/s < 2000")
+    assert "Verifier throughput: 1469 images/s" in out and "throughput 1469 images/s < 2000" in out
+    assert "Result: verdict targets met; note: throughput 1469" in out and "FAILED" not in out
+    assert "throughput 1469 images/s < 2000" in (tmp_path / "slow" / "report.md").read_text()
+
+
+def test_bench_world_wrong_verdict_still_exits_1(tmp_path, capsys, monkeypatch):
+    import vgen.bench.world as world
+
+    real = world.verify
+
+    def wrong_first(images, prompts):  # the verifier rejects the first image of every batch
+        verdicts = real(images, prompts)
+        verdicts[0].checks = [(name, False) for name, _ in verdicts[0].checks]
+        return verdicts
+
+    monkeypatch.setattr(world, "verify", wrong_first)
+    monkeypatch.setattr(world, "throughput", lambda *a, **k: 1e6)  # fast: only the verdict can fail
+    rc = _world(tmp_path, "wrong")
+    out = capsys.readouterr().out
+    assert rc == 1
+    r = json.loads((tmp_path / "wrong" / "report.json").read_text())
+    assert r["passed"] is False and r["throughput_below_target"] is False and r["notes"] == []
+    assert r["failures"] and all("acceptance" in f for f in r["failures"])
+    assert "Result: FAILED: clean" in out

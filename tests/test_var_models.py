@@ -172,6 +172,42 @@ def test_mismatched_checkpoints_are_refused(tmp_path):
         load_official(tmp_path / "missing.pth")
 
 
+def _renamed(tmp_path, var_sd, renames: dict, name="var_d2.pth"):
+    """The tiny file with keys renamed (new name) or dropped (None), in the original order."""
+    sd = {renames.get(k, k): v for k, v in var_sd.items() if renames.get(k, k) is not None}
+    torch.save(sd, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_renamed_key_is_named_before_the_architecture_it_implies(tmp_path):
+    """Renaming scale_mul_1H11 would read as attn_l2_norm False; the message names the keys instead, in one line."""
+    _, _, _, var_sd = tiny_official_files(tmp_path, depth=2)
+    p = _renamed(tmp_path, var_sd, {"blocks.0.attn.scale_mul_1H11": "blocks.0.attn.renamed"})
+    with pytest.raises(UserError) as e:
+        load_official(None, p, **TINY_KW)
+    assert str(e.value) == ("var_d2.pth: missing key 'blocks.0.attn.scale_mul_1H11'; "
+                            "unexpected key 'blocks.0.attn.renamed'")
+    assert "attn_l2_norm" not in str(e.value) and len(str(e.value).splitlines()) == 1
+    # several keys: the first of each (model / file order) and how many more; a defining key (head.weight)
+    # renamed is named too, not reported as "not a VAR-layout checkpoint"
+    p = _renamed(tmp_path, var_sd, {"head.weight": "head.w", "blocks.1.attn.scale_mul_1H11": "blocks.1.attn.s",
+                                    "blocks.1.ffn.fc1.bias": None, "pos_start": "pos_begin"})
+    with pytest.raises(UserError) as e:
+        load_official(None, p, depth=2, **TINY_KW)
+    assert str(e.value) == ("var_d2.pth: missing key 'pos_start' (and 3 more); "
+                            "unexpected key 'pos_begin' (and 2 more)")
+    # only a dropped key: only the missing part
+    p = _renamed(tmp_path, var_sd, {"blocks.1.ffn.fc2.weight": None})
+    with pytest.raises(UserError, match=r"^var_d2.pth: missing key 'blocks.1.ffn.fc2.weight'$"):
+        load_official(None, p, **TINY_KW)
+    # a consistent checkpoint of another architecture is still named by its architecture
+    p = _renamed(tmp_path, var_sd, {k: None for k in var_sd if k.endswith("scale_mul_1H11")})
+    with pytest.raises(UserError, match="checkpoint has attn_l2_norm False, config expects True"):
+        load_official(None, p, **TINY_KW)
+    with pytest.raises(UserError, match="not a VAR-layout checkpoint"):
+        load_official(None, tmp_path / "vae.pth", **TINY_KW)
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("pickled code ran",))

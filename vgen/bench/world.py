@@ -8,6 +8,11 @@ For ``n`` fresh images of a prompt split (categories balanced):
   "A left of B" / "B right of A" would rightly be accepted, so it is never the foil);
 * both again after Gaussian blur, after JPEG, and after blur then JPEG;
 * throughput: images/s of one ``verify`` call on a batch, best of three, this process only.
+
+The exit status is 1 only when a verdict rate misses its target (``min_accept``, ``min_reject``,
+``min_degraded``): the verifier judged wrongly. Throughput depends on the machine and its load,
+so it is a figure, not a verdict: below ``min_throughput`` it is flagged in the printout and in
+report.json (``throughput_below_target``, ``notes``) and the command still exits 0.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class WorldBenchConfig:
     min_accept: float = param(0.995, ge=0.0, le=1.0, help="target: acceptance per category, clean images")
     min_reject: float = param(0.99, ge=0.0, le=1.0, help="target: rejection per category, clean images")
     min_degraded: float = param(0.97, ge=0.0, le=1.0, help="target: both rates per category, degraded images")
-    min_throughput: float = param(2000.0, ge=0.0, help="target: verifier images/s")
+    min_throughput: float = param(2000.0, ge=0.0,
+                                  help="reference verifier images/s: below it is reported, never a failure")
 
 
 def _foils(prompts: list[str], seed: int) -> list[str]:
@@ -106,13 +112,15 @@ def run(cfg: WorldBenchConfig, run_dir: Path) -> int:
                 failures.append(f"{name} {cat} acceptance {r['accept']:.2%} < {lo_acc:.2%}")
             if r["reject"] < lo_rej:
                 failures.append(f"{name} {cat} rejection {r['reject']:.2%} < {lo_rej:.2%}")
-    if ips < cfg.min_throughput:
-        failures.append(f"throughput {ips:.0f} images/s < {cfg.min_throughput:.0f}")
+    slow = ips < cfg.min_throughput  # a figure of this machine, not a wrong verdict: reported, exit 0
+    notes = [f"throughput {ips:.0f} images/s < {cfg.min_throughput:.0f} (reported only: speed depends on the "
+             "machine and its load)"] if slow else []
 
     report = {"recipe": RECIPE, "split": cfg.split, "n": cfg.n, "resolution": cfg.resolution,
               "blur_sigma": cfg.blur_sigma, "jpeg_quality": cfg.jpeg_quality, "rates": rates,
               "throughput_images_per_s": ips, "throughput_batch": cfg.throughput_batch,
-              "render_images_per_s": cfg.n / render_s, "failures": failures, "passed": not failures}
+              "render_images_per_s": cfg.n / render_s, "min_throughput": cfg.min_throughput,
+              "throughput_below_target": slow, "failures": failures, "notes": notes, "passed": not failures}
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", _markdown(report))
     if cfg.grid:
@@ -136,6 +144,13 @@ def _markdown(r: dict) -> str:
             lines.append(f"| {cat} | {r['rates']['clean'][cat]['n']} | {cells} |")
     lines += ["", f"Verifier throughput: {r['throughput_images_per_s']:.0f} images/s "
               f"(batch {r['throughput_batch']}, one process); rendering: {r['render_images_per_s']:.0f} images/s.",
-              "", "Result: " + ("all targets met." if r["passed"] else "FAILED: " + "; ".join(r["failures"]))]
+              "", "Result: " + _result(r)]
     return "\n".join(lines) + "\n"
 
+
+def _result(r: dict) -> str:
+    notes = r.get("notes") or []
+    if r["passed"] and not notes:
+        return "all targets met."
+    head = "verdict targets met" if r["passed"] else "FAILED: " + "; ".join(r["failures"])
+    return head + "".join(f"; note: {n}" for n in notes) + "."

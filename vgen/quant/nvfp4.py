@@ -18,7 +18,18 @@ Edge cases, by design:
   * blocks whose scale would fall below 2^-6 ("subnormal" blocks, tiny next to the tensor's
     amax) use 2^-6 too, so their values round coarsely or to zero: the format's real limit;
   * -0.0 and negatives that round to zero keep their sign: code 0x8 (-0);
+  * tiny tensors: where (1 / g) / s overflows FP32 (g * s <~ 2^-128; every block once
+    amax <= 2688 * 2^-128 ~= 7.8993e-36, blocks with s = 2^-6 from amax < ~5.1e-34), torchao
+    multiplies by inf: non-zero elements become +-6 and zeros NaN (code 0xB). There vgen runs
+    the same arithmetic on x * 2^96 and g * 2^96 (exact powers of two, g * 2^96 normal), i.e.
+    torchao's rounding with an unbounded exponent: correct, finite codes, zeros stay +-0.
+    Scale bytes and g are computed as before and still equal torchao's. g itself is FP32, so
+    below amax ~ 3.2e-35 it is subnormal and carries fewer bits (amax 1e-40: ~5 bits, the
+    block scales absorb most of it); once amax / 2688 rounds to 0 (amax < ~1.9e-42) the tensor
+    is stored as g = 0, i.e. as the all-zero tensor (signed zero codes);
+  * no NaN or inf is ever produced from finite input (nor from an explicit finite global scale);
   * NaN or +-inf anywhere: ValueError (one non-finite value would poison g for the tensor);
+    a ``global_scale`` that is not one finite number >= 0: ValueError;
   * K not a multiple of 16: ValueError; pad with ``pad_to_block`` first (zeros are exact).
 """
 
@@ -33,6 +44,7 @@ E2M1_MAX, E4M3_MAX = 6.0, 448.0
 E4M3_MIN_NORMAL = 2.0**-6
 E2M1_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 _MIDPOINTS = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+_RESCALE = 96  # 2^96: lifts any FP32 global scale (>= 2^-149) to a normal number whose reciprocal / 2^-6 is finite
 
 
 @dataclass
@@ -85,15 +97,29 @@ def quantize(x: torch.Tensor, global_scale: torch.Tensor | None = None) -> NVFP4
     if bad:
         raise ValueError(f"cannot quantize to NVFP4: the tensor has {bad} NaN or infinite values")
     blocks = xf.reshape(*x.shape[:-1], -1, BLOCK)
-    g = (xf.abs().amax() / (E4M3_MAX * E2M1_MAX)) if global_scale is None else global_scale.float()
+    if global_scale is None:
+        g = xf.abs().amax() / (E4M3_MAX * E2M1_MAX)
+    else:
+        g = torch.as_tensor(global_scale).float().to(xf.device)
+        if g.numel() != 1 or not (torch.isfinite(g) & (g >= 0)).all():
+            raise ValueError(f"the NVFP4 global scale must be one finite number >= 0, got {global_scale}")
+        g = g.reshape(())
     block_amax = blocks.abs().amax(-1)
-    if g == 0:  # all-zero tensor: exact zeros, no 0 / 0
+    if g == 0:  # all-zero tensor, or amax so small that amax / 2688 is 0 in FP32: exact zeros, no 0 / 0
         scales = torch.full_like(block_amax, E4M3_MIN_NORMAL).to(torch.float8_e4m3fn)
         codes = e2m1_encode(blocks * 0)
     else:
         scales = ((block_amax / E2M1_MAX) / g).clamp(E4M3_MIN_NORMAL, E4M3_MAX).to(torch.float8_e4m3fn)
-        recip = (1.0 / g) / scales.float()
-        codes = e2m1_encode((blocks * recip.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX))
+        recip = (1.0 / g) / scales.float()  # torchao's order: bit-identical codes wherever this is finite
+        over = torch.isinf(recip)  # (1 / g) / s overflows FP32 (g * s < 2^-128): tiny tensors, see the docstring
+        codes = e2m1_encode((blocks * recip.masked_fill(over, 0).unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX))
+        if over.any():
+            # the same arithmetic on x * 2^96 and g * 2^96: powers of two are exact, g * 2^96 is a normal
+            # number, so this is torchao's rounding with an unbounded exponent, and finite
+            k = 2.0**_RESCALE
+            recip_k = (1.0 / (g * k)) / scales.float()
+            codes_k = e2m1_encode(((blocks * k) * recip_k.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX))
+            codes = torch.where(over.unsqueeze(-1), codes_k, codes)
     return NVFP4(pack(codes.reshape(x.shape)), scales, torch.as_tensor(g, dtype=torch.float32), x.shape)
 
 

@@ -9,8 +9,12 @@ releases ship the tokenizer and each transformer as separate files. The architec
 from the tensor shapes (depth, width, heads, vocabulary, Cvae, classes, sequence length, VAE
 width, number of Phi convs) and compared with the expected config; any difference is refused
 with a one-line ``UserError`` naming it, e.g. "var_d16.pth: checkpoint has depth 16, config
-expects 20". ``depth=None`` accepts the checkpoint's depth. Models are built on the meta
-device and the checkpoint tensors are assigned, so a d30 model is not first built at random.
+expects 20". ``depth=None`` accepts the checkpoint's depth. A file whose key set is not that of
+any VAR (a renamed or dropped key) is named by its keys first, before the architecture read from
+them could mislead, e.g. "var_d16.pth: missing key 'blocks.0.attn.scale_mul_1H11'; unexpected key
+'blocks.0.attn.renamed'" (the first of each in model / file order, "(and N more)" for the rest).
+Models are built on the meta device and the checkpoint tensors are assigned, so a d30 model is
+not first built at random.
 
 Our module names equal the official ones, so the renaming table ``OFFICIAL_TO_VGEN`` is empty;
 it is the one place to add a rename (official prefix -> ours) should a name ever diverge.
@@ -65,32 +69,40 @@ def rename(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _need(sd: dict, name: str, path) -> torch.Tensor:
-    if name not in sd:
-        raise UserError(f"{Path(path).name}: not a VAR-layout checkpoint (no '{name}')")
-    return sd[name]
+def _need(sd: dict, names: tuple[str, ...], what: str, path) -> None:
+    """Refuse a file that holds none of a layout's defining tensors (a wrong file, not a renamed key)."""
+    if not any(n in sd for n in names):
+        raise UserError(f"{Path(path).name}: not a {what}-layout checkpoint (no '{names[0]}')")
+
+
+def _shape(sd: dict, name: str, dim: int):
+    return sd[name].shape[dim] if name in sd and sd[name].dim() > dim else None
+
+
+_VAR_KEYS = ("class_emb.weight", "pos_1LC", "head.weight", "word_embed.weight")
+_VAE_KEYS = ("quantize.embedding.weight", "encoder.conv_in.weight")
 
 
 def infer_var_config(sd: dict[str, torch.Tensor], path="checkpoint") -> dict:
-    """Architecture of a VAR state dict, from its tensor shapes."""
-    C = _need(sd, "class_emb.weight", path).shape[1]
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if "blocks.0.attn.scale_mul_1H11" in sd else None
-    pos = _need(sd, "pos_1LC", path)
-    return dict(depth=depth, embed_dim=C, num_heads=heads,
-                vocab_size=_need(sd, "head.weight", path).shape[0],
-                Cvae=_need(sd, "word_embed.weight", path).shape[1],
-                num_classes=sd["class_emb.weight"].shape[0] - 1,
-                tokens=pos.shape[1] if pos.dim() == 3 else None,
+    """Architecture of a VAR state dict, from its tensor shapes (None where the defining tensor is absent)."""
+    _need(sd, _VAR_KEYS, "VAR", path)
+    classes = _shape(sd, "class_emb.weight", 0)
+    pos = sd.get("pos_1LC")
+    return dict(depth=len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
+                embed_dim=_shape(sd, "class_emb.weight", 1), num_heads=_shape(sd, "blocks.0.attn.scale_mul_1H11", 1),
+                vocab_size=_shape(sd, "head.weight", 0), Cvae=_shape(sd, "word_embed.weight", 1),
+                num_classes=None if classes is None else classes - 1,
+                tokens=pos.shape[1] if pos is not None and pos.dim() == 3 else None,
                 attn_l2_norm="blocks.0.attn.scale_mul_1H11" in sd,
                 shared_aln="shared_ada_lin.1.weight" in sd)
 
 
 def infer_vae_config(sd: dict[str, torch.Tensor], path="checkpoint") -> dict:
-    """Architecture of a VQ-VAE state dict, from its tensor shapes."""
-    emb = _need(sd, "quantize.embedding.weight", path)
-    return dict(vocab_size=emb.shape[0], z_channels=emb.shape[1],
-                ch=_need(sd, "encoder.conv_in.weight", path).shape[0],
+    """Architecture of a VQ-VAE state dict, from its tensor shapes (None where the defining tensor is absent)."""
+    _need(sd, _VAE_KEYS, "VQ-VAE", path)
+    return dict(vocab_size=_shape(sd, "quantize.embedding.weight", 0),
+                z_channels=_shape(sd, "quantize.embedding.weight", 1),
+                ch=_shape(sd, "encoder.conv_in.weight", 0),
                 levels=len({k.split(".")[2] for k in sd if k.startswith("encoder.down.")}),
                 share_quant_resi=len({k.split(".")[3] for k in sd if k.startswith("quantize.quant_resi.qresi_ls.")}))
 
@@ -108,14 +120,22 @@ def check_config(found: dict, expected: dict, path) -> None:
             raise UserError(f"{Path(path).name}: checkpoint has {_WORDS.get(k, k)} {have}, config expects {want}")
 
 
-def load_state(model: torch.nn.Module, sd: dict[str, torch.Tensor], path="checkpoint") -> torch.nn.Module:
-    """Strict load that names missing / unexpected keys in one line."""
+def key_difference(model: torch.nn.Module, sd: dict[str, torch.Tensor], path="checkpoint") -> str | None:
+    """One line naming the first missing and the first unexpected key (model / file order), or None."""
     own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise UserError(f"{Path(path).name}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                        f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    for k, v in own.items():
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    parts = [f"{word} key '{keys[0]}'" + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
+             for word, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    return f"{Path(path).name}: " + "; ".join(parts) if parts else None
+
+
+def load_state(model: torch.nn.Module, sd: dict[str, torch.Tensor], path="checkpoint") -> torch.nn.Module:
+    """Strict load that names missing / unexpected keys, then a wrong shape, in one line."""
+    message = key_difference(model, sd, path)
+    if message:
+        raise UserError(message)
+    for k, v in model.state_dict().items():
         if tuple(v.shape) != tuple(sd[k].shape):
             raise UserError(f"{Path(path).name}: '{k}' has shape {tuple(sd[k].shape)}, model expects {tuple(v.shape)}")
     model.load_state_dict(sd, strict=True, assign=True)
@@ -151,12 +171,24 @@ def load_official(vae_path=None, var_path=None, *, depth: int | None = None, voc
         found = infer_var_config(sd, var_path)
         depth = depth or found["depth"]
         kw = dict(embed_dim=64 * depth, num_heads=depth) | (var_kwargs or {})
-        check_config(found, dict(depth=depth, vocab_size=vocab_size, Cvae=z_channels, num_classes=num_classes,
-                                 embed_dim=kw["embed_dim"], num_heads=kw["num_heads"],
-                                 tokens=sum(p * p for p in patch_nums), attn_l2_norm=attn_l2_norm,
-                                 shared_aln=shared_aln), var_path)
+        expected = dict(depth=depth, vocab_size=vocab_size, Cvae=z_channels, num_classes=num_classes,
+                        embed_dim=kw["embed_dim"], num_heads=kw["num_heads"], tokens=sum(p * p for p in patch_nums),
+                        attn_l2_norm=attn_l2_norm, shared_aln=shared_aln)
+        arch = dict(vocab_size=vocab_size, Cvae=z_channels, num_classes=num_classes, patch_nums=patch_nums, **kw)
         with torch.device("meta"):
-            var = VAR(vocab_size=vocab_size, Cvae=z_channels, num_classes=num_classes, depth=depth,
-                      attn_l2_norm=attn_l2_norm, shared_aln=shared_aln, patch_nums=patch_nums, **kw)
+            var = VAR(depth=depth, attn_l2_norm=attn_l2_norm, shared_aln=shared_aln, **arch)
+        message = key_difference(var, sd, var_path)
+        if message:
+            # The keys decide depth, attn_l2_norm and shared_aln. If they are exactly those of a VAR with the
+            # checkpoint's own values, the file is another architecture: name that. Otherwise keys were
+            # renamed or dropped, and the inferred architecture would mislead: name the keys.
+            if found["depth"]:
+                with torch.device("meta"):
+                    other = VAR(depth=found["depth"], attn_l2_norm=found["attn_l2_norm"],
+                                shared_aln=found["shared_aln"], **arch)
+                if key_difference(other, sd) is None:
+                    check_config(found, expected, var_path)
+            raise UserError(message)
+        check_config(found, expected, var_path)
         var = load_state(var, sd, var_path).to(device).eval()
     return vae, var
