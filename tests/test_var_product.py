@@ -324,3 +324,33 @@ def test_bad_output_paths_are_found_before_any_work(var_model_dir, tmp_path, cap
             assert needle in user_error(capsys, *argv)
     for out in (tmp_path / "file", long):
         user_error(capsys, "export", str(var_model_dir), str(out))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("vae_truncated", "cannot load the"), ("text_encoder_empty", "cannot load the"),
+    ("config_list", "not a JSON mapping"), ("config_invalid", "not a JSON mapping"),
+    ("index_list", "must be [library, class]"), ("tokenizer_empty", "is empty"),
+])
+def test_a_damaged_pipeline_folder_is_one_line(model_dir, tmp_path, capsys, damage, needle):
+    """Damaged components of a diffusers folder fail in the one loader, in one line, before sampling."""
+    folder = tmp_path / "p"
+    shutil.copytree(model_dir, folder)
+    if damage == "vae_truncated":
+        w = next((folder / "vae").glob("*.safetensors"))
+        w.write_bytes(w.read_bytes()[:500])
+    elif damage == "text_encoder_empty":
+        next((folder / "text_encoder").glob("*.safetensors")).write_bytes(b"")
+    elif damage == "config_list":
+        (folder / "transformer" / "config.json").write_text("[1, 2]")
+    elif damage == "config_invalid":
+        (folder / "vae" / "config.json").write_text("{bad")
+    elif damage == "index_list":
+        index = json.loads((folder / "model_index.json").read_text())
+        index["vae"] = ["diffusers"]
+        (folder / "model_index.json").write_text(json.dumps(index))
+    else:
+        for f in (folder / "tokenizer").iterdir():
+            f.unlink()
+    msg = user_error(capsys, "sample", "--model", str(folder), "--prompts", "a photo of a circle", "--steps", "2",
+                     "--out", str(tmp_path / "o"))
+    assert needle in msg and not (tmp_path / "o").exists()

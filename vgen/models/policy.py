@@ -55,10 +55,37 @@ def check_pipeline_folder(path: Path) -> dict:
         entries = json.loads(index.read_text())
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{index}: not valid JSON") from None
+    if not isinstance(entries, dict):
+        raise UserError(f"{index}: must be a mapping of components")
     for name, value in entries.items():
-        if isinstance(value, list) and len(value) == 2 and value[0] and not (path / name).is_dir():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, list) and not (len(value) == 2 and all(v is None or isinstance(v, str) for v in value)):
+            raise UserError(f"{index}: component {name!r} must be [library, class], got {value!r}")
+        if isinstance(value, list) and value[0] and not (path / name).is_dir():
             raise UserError(f"{str(path)!r} is missing its {name!r} component (no folder {name}/)")
+        if isinstance(value, list) and value[0]:
+            _check_component(path / name)
     return entries
+
+
+def _check_component(folder: Path) -> None:
+    """A component folder holds files, and its JSON configs are mappings: diffusers / transformers
+    would otherwise fail late and misleadingly (an empty tokenizer folder tokenizes garbage; a config
+    that is a list sends them looking for a model id on the hub)."""
+    import json
+
+    files = [f for f in folder.iterdir() if not f.name.startswith(".")]
+    if not files:
+        raise UserError(f"component folder {str(folder)!r} is empty")
+    for f in files:
+        if f.suffix == ".json" and f.is_file():
+            try:
+                ok = isinstance(json.loads(f.read_text()), dict)
+            except (ValueError, UnicodeDecodeError):
+                ok = False
+            if not ok:
+                raise UserError(f"{f}: not a JSON mapping (a damaged component config)")
 
 
 def policy_from_folder(path: str | Path, device: str = "cpu", dtype: str = "float32"):
@@ -70,16 +97,22 @@ def policy_from_folder(path: str | Path, device: str = "cpu", dtype: str = "floa
     if torch_dtype is None:
         raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
     if kind in ("StableDiffusion3Pipeline",):
-        from vgen.models.sd3 import SD3Policy
-
-        return SD3Policy.from_pretrained(path, dtype=torch_dtype, device=device)
-    if kind in ("FluxPipeline",):
-        from vgen.models.flux import FluxPolicy
-
-        return FluxPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
-    if kind in ("SanaPipeline",):
-        from vgen.models.sana import SanaPolicy
-
-        return SanaPolicy.from_pretrained(path, dtype=torch_dtype, device=device)
+        from vgen.models.sd3 import SD3Policy as Policy
+    elif kind in ("FluxPipeline",):
+        from vgen.models.flux import FluxPolicy as Policy
+    elif kind in ("SanaPipeline",):
+        from vgen.models.sana import SanaPolicy as Policy
+    else:
+        Policy = None
+    if Policy is not None:
+        try:
+            return Policy.from_pretrained(path, dtype=torch_dtype, device=device)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged component (truncated weights, a config.json that is a
+            # list or holds a bad value, an empty tokenizer folder) fails deep in diffusers / transformers /
+            # safetensors with their own exception types; for the user each is the same: this folder is damaged
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"cannot load the pipeline in {str(path)!r}: {type(e).__name__}: {why}") from None
     raise UserError(f"{str(path)!r} holds a {kind!r}; vgen supports StableDiffusion3Pipeline, FluxPipeline and "
                     "SanaPipeline folders")
