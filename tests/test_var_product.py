@@ -297,7 +297,7 @@ def test_a_damaged_var_folder_is_one_line(var_model_dir, tmp_path, capsys, damag
         damage(c)
         (folder / "config.json").write_text(json.dumps(c))
     for argv in (["sample", "--model", str(folder), "--classes", "0", "--out", str(tmp_path / "o")],
-                 ["eval", "--model", str(folder), "--classes", "0", "--out", str(tmp_path / "e")],
+                 ["eval", "--model", str(folder), "--classes", "0", "1", "--out", str(tmp_path / "e")],
                  ["export", str(folder), str(tmp_path / "x")]):
         assert needle in user_error(capsys, *argv)
         assert not (tmp_path / "o").exists() and not (tmp_path / "e").exists() and not (tmp_path / "x").exists()
@@ -353,4 +353,23 @@ def test_a_damaged_pipeline_folder_is_one_line(model_dir, tmp_path, capsys, dama
             f.unlink()
     msg = user_error(capsys, "sample", "--model", str(folder), "--prompts", "a photo of a circle", "--steps", "2",
                      "--out", str(tmp_path / "o"))
+    assert needle in msg and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sample", "--model", "VAR", "--classes", "0", "--device", "bogus"], "unknown device 'bogus'"),
+    (["sample", "--model", "VAR", "--classes", "0", "--device", "cuda:7"], "is not available"),
+    (["sample", "--model", "PIPE", "--prompts", "@BINARY"], "is not UTF-8 text"),
+    (["sample", "--model", "PIPE", "--prompts", "x", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["sample", "--model", "PIPE", "--prompts", "x", "--shift", "nan"], "--shift a finite number > 0"),
+    (["sample", "--model", "PIPE", "--prompts", "x", "--height", "0"], "positive multiples of 16"),
+    (["eval", "--model", "VAR", "--classes", "0", "--seeds", "0"], "FID needs at least two generated images"),
+    (["eval", "--model", "PIPE", "--n", "1", "--seeds", "0"], "FID needs at least two generated images"),
+    (["eval", "--model", "PIPE", "--resolution", "17"], "positive multiple of 16"),
+    (["eval", "--model", "PIPE", "--resolution", "-16"], "positive multiple of 16"),
+])
+def test_bad_command_line_values_are_one_line(model_dir, var_model_dir, tmp_path, capsys, argv, needle):
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 4)
+    subs = {"VAR": str(var_model_dir), "PIPE": str(model_dir), "@BINARY": f"@{tmp_path / 'bin.txt'}"}
+    msg = user_error(capsys, *[subs.get(a, a) for a in argv], "--out", str(tmp_path / "o"))
     assert needle in msg and not (tmp_path / "o").exists()

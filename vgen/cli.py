@@ -65,8 +65,9 @@ _VAR_FLAGS = ("classes", "cfg", "top_k", "top_p")
 def cmd_sample(args: argparse.Namespace) -> int:
     from vgen.models.load import load
     from vgen.models.var.folder import is_var_folder
-    from vgen.sample import sample, sample_var
+    from vgen.sample import check_device, sample, sample_var
 
+    check_device(args.device)
     try:
         var = load(args.model, weights=False).kind == "var"
     except UserError:
@@ -131,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vgen import config as C
     from vgen import recipes
 
+    if args.processes < 1:
+        raise UserError(f"--processes must be >= 1, got {args.processes}")
     data = C.read_yaml(args.config)
     if not isinstance(data, dict):
         raise C.ConfigError(f"{args.config}: the top level must be a mapping of keys")

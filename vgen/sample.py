@@ -51,6 +51,8 @@ def read_prompts(items: list[str]) -> list[str]:
                 out += [ln.strip() for ln in Path(item[1:]).read_text().splitlines() if ln.strip()]
             except OSError as e:
                 raise UserError(f"cannot read prompt file {item[1:]!r}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise UserError(f"prompt file {item[1:]!r} is not UTF-8 text") from None
         else:
             out.append(item)
     if not out:
@@ -172,3 +174,18 @@ def write_samples(out: str | Path, images, records: list[dict], labels: list[str
         print(f"verifier: {np.mean([verdicts[i].strict for i in grammar]):.1%} strictly correct "
               f"({len(grammar)} grammar prompts)")
 
+
+def check_device(device: str) -> str:
+    """A torch device this machine has: ``cpu``, ``cuda``, ``cuda:N``, ``mps``; anything else is one line."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s)")
+    if d.type not in ("cpu", "cuda", "mps") or d.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} is not available here")
+    return device

@@ -153,6 +153,8 @@ def _check(opts: EvalOptions) -> None:
         from vgen.eval.fid import load_ref_stats
 
         load_ref_stats(opts.ref_stats)  # a corrupt or malformed file is refused before any generation
+    if opts.resolution < 16 or opts.resolution % 16:
+        raise UserError(f"--resolution must be a positive multiple of 16, got {opts.resolution}")
     if (opts.switch_scale is None) != (opts.subnet_depth is None):
         raise UserError("--switch-scale and --subnet-depth go together (a VARiant depth plan), or neither")
 
@@ -169,6 +171,8 @@ def evaluate_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray, lis
                 if getattr(opts, k) is not None]
     if var_only:
         raise UserError(f"--{var_only[0].replace('_', '-')} applies to VAR models; {model!r} is a diffusers pipeline")
+    if "fid" in opts.metrics and opts.n * len(opts.seeds) < 2:
+        raise UserError("FID needs at least two generated images: raise --n or give more --seeds")
     rewards = load_rewards(list(opts.rewards))
     m = load(model, checkpoint=opts.checkpoint)
     steps = opts.steps or m.sampling.get("steps", 20)
@@ -258,8 +262,11 @@ def evaluate_var_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray,
         flag = pipeline_only[0] if pipeline_only else "rewards"
         raise UserError(f"--{flag} applies to diffusers pipelines; {model!r} is a VAR model (it takes --cfg, "
                         "--top-k, --top-p, --classes)")
+    var_settings({}, opts.cfg, opts.top_k, opts.top_p)  # bad sampling flags first
     m = load(model, weights=False, checkpoint=opts.checkpoint)
     classes = parse_classes(opts.classes or ["all"], len(m.classes))
+    if ("fid" in opts.metrics or opts.ref_stats) and len(classes) * len(opts.seeds) < 2:
+        raise UserError("FID needs at least two generated images: give more --classes or --seeds")
     m = load(model, checkpoint=opts.checkpoint)
     if m.var is None:
         raise UserError(f"{str(model)!r} holds a tokenizer only: there is no VAR transformer to evaluate")
