@@ -383,3 +383,18 @@ def test_ema():
     ema_update(iter(old), (p for p in new), 5000)
     with pytest.raises(ValueError):
         ema_update(old, new[:1], 1)
+
+
+def test_candidate_seeds_fit_int64_for_every_allowed_run_seed():
+    """Any run.seed below 2**32 gives int64 candidate seeds, distinct within an iteration, and small
+    seeds keep exactly the values of the original rule (run.seed * 1_000_003 + step) * 1_000_000 + i."""
+    from types import SimpleNamespace
+
+    from vgen.solrl.recipe import _seeds
+
+    for seed in (0, 1, 2**22, 2**23 - 1, 2**32 - 1):
+        cfg = SimpleNamespace(run=SimpleNamespace(seed=seed))
+        s = _seeds(cfg, 10**7, 4, 96)
+        assert s.dtype == np.int64 and len(np.unique(s)) == s.size and (s >= 0).all()
+        if seed < 2**23:
+            assert int(s[0, 0]) == (seed * 1_000_003 + 10**7) * 1_000_000 and int(s[3, 95]) == int(s[0, 0]) + 383

@@ -7,8 +7,22 @@ the CLI turns that into exit code 2 without a traceback. Supported field types: 
 float, str, ``Literal[...]``, ``X | None``, ``list[X]`` / ``tuple[X, ...]``, ``dict[str, X]``
 and nested config dataclasses.
 
+Rules every field gets, whatever its metadata says (see :func:`param` for the ones it adds):
+
+* numbers are finite (NaN and inf are refused, also as list items and mapping values) and
+  integers fit in 64 bits;
+* a seed (an int field named ``seed`` or ``*_seed``) lies in ``0 <= seed < 2**32``
+  (:data:`SEED_LIMIT`): torch's CPU generator, which draws the initial weights and every
+  sample's noise, keeps only the low 32 bits of its seed, so larger seeds would silently
+  repeat smaller ones (and values of 2**63 and up overflow torch / numpy outright);
+* a string is at most 4096 characters (``max_len`` changes that), holds no NUL byte and no
+  part between slashes longer than 255 bytes: every string field of a vgen config is a path
+  or a name, and the OS refuses such paths (ENAMETOOLONG) only deep inside the job.
+
 The YAML reader rejects duplicate keys (PyYAML silently keeps the last one, which hides
-typos) and accepts ``1e-4`` as a float for float fields (YAML 1.1 would read a string).
+typos), files over 1 MiB (a config is a few hundred bytes; PyYAML is pure Python and takes
+seconds per megabyte), and accepts ``1e-4`` as a float for float fields (YAML 1.1 would
+read a string).
 """
 
 from __future__ import annotations
@@ -27,15 +41,34 @@ import yaml
 from vgen.errors import UserError
 from vgen.io import atomic_write_text
 
+SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT): see the module docstring
+STR_MAX = 4096  # default longest string value (Linux PATH_MAX)
+NAME_MAX = 255  # longest part of a path between slashes, in UTF-8 bytes (Linux NAME_MAX)
+FILE_MAX = 1 << 20  # largest config file, bytes
+_MESSAGE_MAX = 2000  # a message quoting user text is cut to this many characters
+
 
 class ConfigError(UserError, ValueError):
-    """A user error in a config file or override; its message is one line."""
+    """A user error in a config file or override; its message is one line (and a short one)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        text = self.args[0]
+        if len(text) > _MESSAGE_MAX:  # a 10 MB key or YAML tag quoted by a message must not flood the terminal
+            text = text[: _MESSAGE_MAX // 2] + " ... " + text[-_MESSAGE_MAX // 2:]
+            self.args = (text,)
 
 
 def param(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a help text and optional numeric bounds (inclusive ge/le, exclusive gt/lt)."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt}
+          le: float | None = None, lt: float | None = None, min_len: int | None = None, max_len: int | None = None,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a help text and optional constraints.
+
+    ``ge`` / ``le`` (inclusive) and ``gt`` / ``lt`` (exclusive) bound a number, or every item of
+    a list and every value of a mapping; ``min_len`` / ``max_len`` bound the number of items of a
+    list or mapping, or the characters of a string (strings default to at most :data:`STR_MAX`).
+    """
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "min_len": min_len, "max_len": max_len}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -140,9 +173,64 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 _BOUNDS = (("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
            ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b))
+_INT64 = 2**63
 
 
-def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+def _is_seed(key: str) -> bool:
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf == "seed" or leaf.endswith("_seed")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _check_length(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    lo, hi = meta.get("min_len"), meta.get("max_len")
+    is_str = isinstance(value, str)
+    if is_str and hi is None:
+        hi = STR_MAX
+    if lo is None and hi is None:
+        return
+    n, what = len(value), "character" if is_str else "item"
+    if lo is not None and lo == hi and n != lo:
+        raise ConfigError(f"{key!r} must have exactly {_count(lo, what)}, got {n}: {_show(value)}")
+    if lo is not None and n < lo:
+        raise ConfigError(f"{key!r} must have at least {_count(lo, what)}, got {n}: {_show(value)}")
+    if hi is not None and n > hi:
+        raise ConfigError(f"{key!r} must have at most {_count(hi, what)}, got {n}: {_show(value)}")
+
+
+def _check_string(value: str, key: str) -> None:
+    if "\0" in value:
+        raise ConfigError(f"{key!r} = {_show(value)} holds a NUL byte (a path or a name cannot)")
+    for part in value.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise ConfigError(f"{key!r} = {_show(value)} has a part of {len(part)} characters between slashes: a "
+                              f"file or folder name is at most {NAME_MAX} bytes")
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str, item: bool = False) -> None:
+    """The generic rules of the module docstring plus ``meta``'s bounds, on a value and on every
+    item of a list or mapping (``item``: ``value`` is one such item; lengths are the field's)."""
+    if not item:
+        if isinstance(value, (list, tuple, dict, str)):
+            _check_length(value, meta, key)
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_range(v, meta, f"{key}[{i}]", item=True)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str):
+                _check_string(k, f"{key} key")
+            _check_range(v, meta, f"{key}.{k}", item=True)
+        return
+    if isinstance(value, str):
+        if item and len(value) > STR_MAX:
+            raise ConfigError(f"{key!r} must have at most {STR_MAX} characters, got {len(value)}: {_show(value)}")
+        _check_string(value, key)
+        return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key!r} must be a finite number, got {value}")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -150,6 +238,12 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
     if any(meta.get(name) is not None and not ok(value, meta[name]) for name, _, ok in _BOUNDS):
         limits = " and ".join(f"{word} {meta[name]}" for name, word, _ in _BOUNDS if meta.get(name) is not None)
         raise ConfigError(f"{key!r} = {_show(value)} is out of range: must be {limits}")
+    if isinstance(value, int) and _is_seed(key) and not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{key!r} = {_show(value)} is out of range: a seed must be >= 0 and < {SEED_LIMIT} "
+                          f"(2**32, what torch's generator keeps)")
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        raise ConfigError(f"{key!r} = {_show(value)} is out of range: an integer must fit in 64 bits "
+                          f"(-2**63 <= value < 2**63)")
 
 
 def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
@@ -173,7 +267,7 @@ def _unknown(key: str, cls: type, prefix: str, root: type | None = None) -> Conf
     if not hint and root is not None:
         hint = _suggest(key, valid_keys(root))
     where = f"in {prefix[:-1]!r}" if prefix else "at the top level"
-    return ConfigError(f"unknown key {key!r}{hint}; valid keys {where}: {', '.join(here)}")
+    return ConfigError(f"unknown key {_show(key)}{hint}; valid keys {where}: {', '.join(here)}")
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
@@ -260,7 +354,9 @@ def parse_yaml(text: str, source: str = "config") -> Any:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: invalid YAML{where}: {e.problem or e.context}") from None
+        why = str(e.problem or e.context)
+        why = why if len(why) <= 500 else why[:247] + "..." + why[-250:]  # PyYAML quotes whole tags and anchors
+        raise ConfigError(f"{source}: invalid YAML{where}: {why}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: invalid YAML: {e}") from None
     except RecursionError:
@@ -271,13 +367,17 @@ def read_yaml(path: str | Path) -> Any:
     """Read a YAML config file; missing, unreadable or malformed files raise ConfigError."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with open(p, "rb") as f:
+            raw = f.read(FILE_MAX + 1)  # bounded: a config path may name /dev/zero or a 10 GB file
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {str(p)!r}") from None
     except IsADirectoryError:
         raise ConfigError(f"config path is a directory, not a file: {str(p)!r}") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror or e}") from None
+    if len(raw) > FILE_MAX:
+        raise ConfigError(f"{p}: larger than {FILE_MAX >> 20} MiB; a config file is a few hundred bytes of YAML "
+                          "(is this the right file?)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -6,14 +6,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vgen.config import param
+from vgen.config import ConfigError, _show, param
 
 
 @dataclass
 class RunConfig:
-    name: str | None = param(None, help="run directory name; default: <recipe>-<date>-<time>")
-    out_dir: str = param("runs", help="parent folder of run directories")
-    seed: int = param(0, ge=0, help="seed of every random choice the job makes")
+    name: str | None = param(None, help="run directory name, a plain folder name inside out_dir (no '/', '\\' or "
+                             "'..'); default: <recipe>-<date>-<time>")
+    out_dir: str = param("runs", help="parent folder of run directories ('.' for the current one; never empty)")
+    seed: int = param(0, ge=0, help="seed of every random choice the job makes (0 <= seed < 2**32)")
+
+    def check(self) -> None:
+        """A run directory is always ``out_dir/name`` with ``name`` one folder: an empty ``out_dir``
+        (the current directory, unasked) and names that leave ``out_dir`` are refused."""
+        if not self.out_dir.strip():
+            raise ConfigError("'run.out_dir' is empty: give the parent folder of run directories "
+                              "(e.g. runs, or . for the current directory)")
+        name = self.name
+        if name is None:
+            return
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
+            raise ConfigError(f"'run.name' = {_show(name)} must be a plain folder name (not empty, no '/' or '\\', "
+                              "not '.' or '..'): the run is written to out_dir/name")
 
 
 def create_run_dir(run: RunConfig, recipe: str) -> Path:

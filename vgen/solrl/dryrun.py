@@ -64,6 +64,11 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
 
     from vgen.quant.policy import plan
 
+    if processes < 1:
+        raise UserError(f"--processes must be >= 1, got {processes}")
+    if cfg.explore_backend != "auto" and cfg.explore_backend not in BYTES_QUANTIZED:
+        raise UserError(f"unknown explore_backend {cfg.explore_backend!r}; choose auto or one of "
+                        f"{', '.join(BYTES_QUANTIZED)}")
     parts = components(cfg.model)
     tr = parts["transformer"]
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}

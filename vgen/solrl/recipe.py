@@ -60,7 +60,8 @@ class SolRLConfig:
     family: Family = param("sol_rl", help="sol_rl | diffusionnft (k-in-k) | naive_scaling | naive_quant")
     reward: dict[str, float] = param(default_factory=lambda: {"shapes": 1.0}, help="reward name -> weight")
     reward_paths: dict[str, str] = param(default_factory=dict, help="reward name -> local weights (model rewards)")
-    explore_backend: str = param("auto", help="explore precision: auto | bf16 | fp8 | nvfp4 | nvfp4-te | nvfp4-emu")
+    explore_backend: str = param("auto", help="explore precision: auto | fp32 | bf16 | fp8 | nvfp4 | nvfp4-te | "
+                                 "nvfp4-emu (vgen.quant.backends.BACKENDS)")
     candidates: int = param(32, ge=2, le=100_000, help="N: candidates explored per prompt")
     k: int = param(8, ge=2, le=100_000, help="samples per prompt regenerated and trained on")
     select: Literal["best_worst", "mean_deviation", "random", "extremes_random"] = param("best_worst")
@@ -103,6 +104,15 @@ class SolRLConfig:
     export: Literal["none", "diffusers", "peft", "vgen"] = param("none", help="export the final model to RUN/export")
     fsdp: bool = param(False, help="shard the denoiser, its gradients and optimizer state over processes with FSDP2 "
                        "(also on under accelerate launch with configs/accelerate/fsdp2.yaml)")
+
+    def check(self) -> None:
+        """Rules beyond one field's range, that need nothing but the config."""
+        from vgen.config import ConfigError, _show, _suggest
+        from vgen.quant.backends import BACKENDS
+
+        if self.explore_backend not in BACKENDS:
+            raise ConfigError(f"'explore_backend' = {_show(self.explore_backend)} is not allowed: choose one of "
+                              f"{', '.join(BACKENDS)}{_suggest(self.explore_backend, list(BACKENDS))}")
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -157,10 +167,17 @@ def _take_rows(dist, local, rows: list[int]):
     return _gather_rows(dist, local)[rows]
 
 
+SEED_SPAN = 2**63 - 2**40  # candidate seeds stay int64 even after adding up to 2**40 candidates
+
+
 def _seeds(cfg: SolRLConfig, step: int, n_prompts: int, n: int) -> np.ndarray:
-    """(prompts, n) candidate seeds: distinct across iterations and prompts."""
-    base = (cfg.run.seed * 1_000_003 + step) * 1_000_000
-    return base + np.arange(n_prompts * n).reshape(n_prompts, n)
+    """(prompts, n) candidate seeds: distinct across iterations and prompts.
+
+    (run.seed * 1_000_003 + step) * 1_000_000 + i, computed with Python integers and taken modulo
+    SEED_SPAN so that any seed of the config's range (< 2**32) fits int64; every run.seed below
+    about 2**23 (all runs made before this rule) keeps exactly its earlier seeds."""
+    base = ((cfg.run.seed * 1_000_003 + step) * 1_000_000) % SEED_SPAN
+    return base + np.arange(n_prompts * n, dtype=np.int64).reshape(n_prompts, n)
 
 
 def _generate(policy, prompts: list[str], seeds: np.ndarray, steps: int, guidance: float, resolution: int,

@@ -67,7 +67,7 @@ class VARTrainConfig:
     depth: int = param(6, ge=1, le=64, help="transformer blocks")
     width: int = param(256, ge=8, le=8192, help="transformer width")
     heads: int = param(4, ge=1, le=128, help="attention heads (must divide width)")
-    mlp_ratio: float = param(4.0, gt=0, le=16, help="FFN hidden width / width")
+    mlp_ratio: float = param(4.0, gt=0, le=16, help="FFN hidden width / width (round(width * mlp_ratio) >= 1)")
     cond_drop_rate: float = param(0.1, ge=0, le=1, help="share of labels dropped to the null class (CFG)")
     drop_path: float = param(0.0, ge=0, lt=1, help="stochastic depth rate of the last block")
     data_size: int = param(20_000, ge=1, help="ShapesClassDataset items (distinct scenes, classes round robin)")
@@ -78,13 +78,16 @@ class VARTrainConfig:
     micro_batch: int | None = param(None, ge=1, help="samples per forward/backward (gradient accumulation)")
     lr: float = param(1e-3, gt=0, le=1.0, help="peak AdamW learning rate")
     min_lr_ratio: float = param(0.05, ge=0, le=1, help="final lr / peak lr")
-    warmup: int = param(100, ge=0, help="linear warm-up steps")
+    warmup: int = param(100, ge=0, help="linear warm-up steps; more than iterations is accepted (a short run of a "
+                        "long recipe's settings): the lr then rises for the whole run, to lr * iterations / warmup")
     schedule: Literal["cosine", "linear", "constant"] = param("cosine", help="decay after warm-up")
-    betas: list[float] = param(default_factory=lambda: [0.9, 0.95], help="AdamW betas")
+    betas: list[float] = param(default_factory=lambda: [0.9, 0.95], ge=0, lt=1, min_len=2, max_len=2,
+                               help="AdamW betas: two numbers in [0, 1)")
     weight_decay: float = param(0.05, ge=0, help="AdamW weight decay (not on biases, norms, embeddings)")
     grad_clip: float = param(2.0, gt=0, help="gradient norm clip")
     label_smoothing: float = param(0.0, ge=0, lt=1, help="cross-entropy label smoothing")
-    scale_weights: list[float] | None = param(None, help="per-scale loss weights (default: every token alike)")
+    scale_weights: list[float] | None = param(None, ge=0, min_len=1, help="per-scale loss weights, one per scale of "
+                                              "the tokenizer, >= 0 with one > 0 (default: every token alike)")
     random_scales: bool | None = param(None, help="train each step on a random scale list (FlexVAR's rule, see "
                                        "flex_scale_list); default: on for a FlexVAR (non-residual) tokenizer")
     max_mid_scales: int = param(3, ge=1, le=64, help="random_scales: at most this many random middle sizes")
@@ -98,15 +101,31 @@ class VARTrainConfig:
                             "of every class; 0: no report)")
     eval_fid: bool = param(False, help="add FID-shapes / KID to the evaluation report")
     sample_every: int = param(500, ge=0, help="sample grid every this many steps (0: end only)")
-    sample_classes: list[int] = param(default_factory=lambda: list(SPREAD_CLASSES), help="classes of the grid")
+    sample_classes: list[int] = param(default_factory=lambda: list(SPREAD_CLASSES), ge=0,
+                                      help="classes of the grid")
     sample_seeds: int = param(2, ge=1, le=64, help="seeds per class in the grid")
     sample_cfg: float = param(1.5, ge=0, le=50, help="CFG of grids and of the saved model's defaults")
-    sample_top_k: int = param(0, ge=0, help="top-k of grids and of the saved model (0: off)")
+    sample_top_k: int = param(0, ge=0, help="top-k of grids and of the saved model (0: off); k at or above the "
+                              "tokenizer's vocabulary keeps every token, the same as off, and is accepted (the "
+                              "vocabulary is known only once the tokenizer loads)")
     sample_top_p: float = param(0.0, ge=0, le=1, help="top-p of grids and of the saved model (0: off)")
     checkpoint_every: int = param(500, ge=0, help="checkpoint every this many steps (0: only at the end)")
     save_model: bool = param(True, help="write the final tokenizer + transformer to RUN/model (a model folder)")
     resume: str = param("auto", help=RESUME_HELP)
     progress: bool = param(True, help="show a progress bar")
+
+    def check(self) -> None:
+        """Cross-field rules that need nothing but the config (the run checks the rest)."""
+        from vgen.config import ConfigError, _show
+
+        if self.init is None:  # with init, the architecture comes from the folder
+            if self.width % self.heads:
+                raise ConfigError(f"heads ({self.heads}) must divide width ({self.width})")
+            if round(self.width * self.mlp_ratio) < 1:
+                raise ConfigError(f"'mlp_ratio' = {self.mlp_ratio} gives a zero-width FFN at width {self.width} "
+                                  "(round(width * mlp_ratio) must be >= 1)")
+        if self.scale_weights is not None and not any(w > 0 for w in self.scale_weights):
+            raise ConfigError(f"'scale_weights' must have at least one weight > 0, got {_show(self.scale_weights)}")
 
 
 # ---------------------------------------------------------------- optimisation
