@@ -215,7 +215,8 @@ def main() -> None:
         vae = load(tok_dir).vqvae
         log(f"resuming the build in {work}: tokenizer reused, transformer resumed from its last checkpoint")
     else:
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent if out.parent.exists() else None))
+        out.parent.mkdir(parents=True, exist_ok=True)  # the work folder sits beside OUT: one rename at the end
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent))
         vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log, flex=args.flex)
         tok_dir = save_var_model(work / "tokenizer", vae, None, CLASS_PROMPTS, RESOLUTION)
     val = images(args.seed + 1, 0, 256)
@@ -362,10 +363,10 @@ tags: [var, visual-autoregressive, class-conditional, shapes-world, tiny]
 # {"flexvar" if info.get("flex") else "var"}-tiny-shapes
 
 A tiny class-conditional {"FlexVAR" if info.get("flex") else "VAR"} (next-scale prediction) model of the vgen
-shapes world, built on CPU by `python tools/build_var_tiny.py`
-  in {info["minutes"]:.0f} minutes ({info['threads']} threads,
-torch {info['torch']}){resumed_note(info)}. Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json`
-(`class_prompts`), covering GenEval's six categories. Images are 64x64.
+shapes world, built on CPU by `python tools/build_var_tiny.py{" --flex" if info.get("flex") else ""}` in
+{info["minutes"]:.0f} minutes ({info['threads']} threads, torch {info['torch']}){resumed_note(info)}.
+Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json` (`class_prompts`), covering GenEval's six
+categories. Images are 64x64.
 
 - Tokenizer: {"non-residual (FlexVAR)" if info.get("flex") else "residual"} multi-scale VQ-VAE,
   {info['params']['vqvae'] / 1e6:.2f}M parameters, 8x downsampling
