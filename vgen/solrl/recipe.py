@@ -104,6 +104,9 @@ class SolRLConfig:
     export: Literal["none", "diffusers", "peft", "vgen"] = param("none", help="export the final model to RUN/export")
     fsdp: bool = param(False, help="shard the denoiser, its gradients and optimizer state over processes with FSDP2 "
                        "(also on under accelerate launch with configs/accelerate/fsdp2.yaml)")
+    exact_grad_sum: bool | None = param(None, help="add micro-batch gradients up in float64 and round once (LoRA "
+                                        "only), so a sharded run equals one process bit for bit; default: on when "
+                                        "sharding (fsdp), off otherwise, which keeps earlier runs' arithmetic")
 
     def check(self) -> None:
         """Rules beyond one field's range, that need nothing but the config."""
@@ -165,6 +168,15 @@ def _take_rows(dist, local, rows: list[int]):
     if isinstance(local, torch.Tensor):  # through float32: exact for bf16 too
         return torch.from_numpy(_gather_rows(dist, local.float().numpy())[rows]).to(local.dtype)
     return _gather_rows(dist, local)[rows]
+
+
+def _exact(cfg: SolRLConfig) -> bool:
+    """Float64 gradient sums: as configured, else on exactly when sharding (a LoRA's gradients only:
+    each process then holds them whole in float64 during an update)."""
+    from vgen.train.fsdp import requested
+
+    on = requested(cfg.fsdp) if cfg.exact_grad_sum is None else cfg.exact_grad_sum
+    return bool(on and cfg.lora_rank)
 
 
 SEED_SPAN = 2**63 - 2**40  # candidate seeds stay int64 even after adding up to 2**40 candidates
@@ -296,7 +308,7 @@ def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
 
         explore = explore_policy(policy, cfg.explore_backend)
     if requested(cfg.fsdp) and dist.world > 1:
-        summary = shard(tr)
+        summary = shard(tr, exact=_exact(cfg))  # float64 gradient sums (see GradSum)
         if ref is not None:
             ref = [like(r, p) for r, p in zip(ref, tr.parameters())]
         if dist.main:
@@ -341,6 +353,7 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
     one halved the batch's mean reward, 0.29 -> 0.14; with it fixed it rose to 0.33)."""
     from vgen.engine.rollout import conditioning, guided_velocity
     from vgen.solrl.losses import diffusionnft_loss, forward_noise, kl_velocity
+    from vgen.train.fsdp import GradSum
 
     # DiffusionNFT trains the conditional velocity (CFG-free), or with nft_guided the guided one
     w = guidance if cfg.nft_guided else 1.0
@@ -364,26 +377,28 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
                                                flat_x0.shape[1:], epoch)
             cond, uncond = conditioning(policy, flat_p, w)
             passes = levels.shape[1]
-            for j in range(passes):
-                for sl, scale in batches:
-                    s = levels[sl, j]
-                    x = forward_noise(flat_x0[sl], s, noises[j, sl])
-                    t, c = s * 1000, {kk: v[sl] for kk, v in cond.items()}
-                    u = None if uncond is None else {kk: v[sl] for kk, v in uncond.items()}
-                    with torch.no_grad(), _swapped(params, ema):
-                        v_old = velocity(x, t, c, u)
-                    v = velocity(x, t, c, u)
-                    loss = diffusionnft_loss(v, v_old, x, flat_x0[sl], s, flat_a[sl], cfg.adv_max,
-                                             cfg.nft_beta).loss
-                    weight = scale * len(s) / (n_global * passes)
-                    sums[0] += loss.item() * weight
-                    if cfg.kl_beta:
-                        with torch.no_grad(), _reference(policy.transformer, ref, params):
-                            v_ref = velocity(x, t, c, u)
-                        kl = kl_velocity(v, v_ref).mean()
-                        loss = loss + cfg.kl_beta * kl
-                        sums[1] += kl.item() * weight
-                    (loss * weight).backward()
+            # one gradient sum, the same in any split over processes (float64: see exact_grad_sum)
+            with GradSum(policy.transformer, params, passes * len(batches), _exact(cfg)) as backward:
+                for j in range(passes):
+                    for sl, scale in batches:
+                        s = levels[sl, j]
+                        x = forward_noise(flat_x0[sl], s, noises[j, sl])
+                        t, c = s * 1000, {kk: v[sl] for kk, v in cond.items()}
+                        u = None if uncond is None else {kk: v[sl] for kk, v in uncond.items()}
+                        with torch.no_grad(), _swapped(params, ema):
+                            v_old = velocity(x, t, c, u)
+                        v = velocity(x, t, c, u)
+                        loss = diffusionnft_loss(v, v_old, x, flat_x0[sl], s, flat_a[sl], cfg.adv_max,
+                                                 cfg.nft_beta).loss
+                        weight = scale * len(s) / (n_global * passes)
+                        sums[0] += loss.item() * weight
+                        if cfg.kl_beta:
+                            with torch.no_grad(), _reference(policy.transformer, ref, params):
+                                v_ref = velocity(x, t, c, u)
+                            kl = kl_velocity(v, v_ref).mean()
+                            loss = loss + cfg.kl_beta * kl
+                            sums[1] += kl.item() * weight
+                        backward(loss * weight)
         outs.append(_step(cfg, dist, params, opt, sums, n_global))
     out = dict(outs[-1])
     for key in ("loss", "kl", "grad_norm"):
@@ -446,6 +461,7 @@ def _update_grpo(cfg: SolRLConfig, dist, policy, params, ref, opt, prompts, seed
     from vgen.engine.rollout import conditioning, guided_velocity, schedule
     from vgen.engine.seeds import step_seed
     from vgen.solrl.losses import flow_grpo_loss
+    from vgen.train.fsdp import GradSum
 
     idx, n_global = _kept(dist, keep, params, opt)
     if n_global == 0:
@@ -464,30 +480,33 @@ def _update_grpo(cfg: SolRLConfig, dist, policy, params, ref, opt, prompts, seed
             step_seed(int(sd), 2_000_000 + step)))[:n_train] for sd in seeds.ravel()[rows]])
         cond = conditioning(policy, [prompts[i // k] for i in rows], guidance)
         at = torch.arange(len(rows))
-        for j in range(n_train):
-            for part, scale in batches:
-                sl = at[part]
-                ks = order[sl, j]
-                x, x_next = traj[sl, ks], traj[sl, ks + 1]
-                s, s_next = sigmas[ks], sigmas[ks + 1]
-                c = tuple(None if d is None else {kk: v[sl] for kk, v in d.items()} for d in cond)
-                std = sde_std(s, s_next, cfg.sde_noise_level, s_cap)
-                mean = sde_mean(x, guided_velocity(policy, x.to(policy.dtype), timesteps[ks], *c, guidance), s,
-                                s_next, cfg.sde_noise_level, s_cap)
-                out = flow_grpo_loss(gaussian_log_prob(x_next, mean, std), lp_old[sl, ks], flat_a[sl], cfg.grpo_clip)
-                weight = scale * len(sl) / (n_global * n_train)
-                loss = out.loss
-                sums[0] += loss.item() * weight
-                sums[2] += out.clip_frac.item() * weight
-                sums[3] += out.approx_kl.item() * weight
-                if cfg.kl_beta:
-                    with torch.no_grad(), _reference(policy.transformer, ref, params):
-                        mean_ref = sde_mean(x, guided_velocity(policy, x.to(policy.dtype), timesteps[ks], *c,
-                                                               guidance), s, s_next, cfg.sde_noise_level, s_cap)
-                    kl = (((mean - mean_ref) ** 2).flatten(1).mean(1) / (2 * std**2)).mean()
-                    loss = loss + cfg.kl_beta * kl
-                    sums[1] += kl.item() * weight
-                (loss * weight).backward()
+        # one gradient sum, the same in any split over processes (float64: see exact_grad_sum)
+        with GradSum(policy.transformer, params, n_train * len(batches), _exact(cfg)) as backward:
+            for j in range(n_train):
+                for part, scale in batches:
+                    sl = at[part]
+                    ks = order[sl, j]
+                    x, x_next = traj[sl, ks], traj[sl, ks + 1]
+                    s, s_next = sigmas[ks], sigmas[ks + 1]
+                    c = tuple(None if d is None else {kk: v[sl] for kk, v in d.items()} for d in cond)
+                    std = sde_std(s, s_next, cfg.sde_noise_level, s_cap)
+                    mean = sde_mean(x, guided_velocity(policy, x.to(policy.dtype), timesteps[ks], *c, guidance), s,
+                                    s_next, cfg.sde_noise_level, s_cap)
+                    out = flow_grpo_loss(gaussian_log_prob(x_next, mean, std), lp_old[sl, ks], flat_a[sl],
+                                         cfg.grpo_clip)
+                    weight = scale * len(sl) / (n_global * n_train)
+                    loss = out.loss
+                    sums[0] += loss.item() * weight
+                    sums[2] += out.clip_frac.item() * weight
+                    sums[3] += out.approx_kl.item() * weight
+                    if cfg.kl_beta:
+                        with torch.no_grad(), _reference(policy.transformer, ref, params):
+                            mean_ref = sde_mean(x, guided_velocity(policy, x.to(policy.dtype), timesteps[ks], *c,
+                                                                   guidance), s, s_next, cfg.sde_noise_level, s_cap)
+                        kl = (((mean - mean_ref) ** 2).flatten(1).mean(1) / (2 * std**2)).mean()
+                        loss = loss + cfg.kl_beta * kl
+                        sums[1] += kl.item() * weight
+                    backward(loss * weight)
     return _step(cfg, dist, params, opt, sums, n_global)
 
 

@@ -36,23 +36,28 @@ def requested(flag: bool) -> bool:
     return flag
 
 
-def shard(model: torch.nn.Module) -> str:
+def shard(model: torch.nn.Module, exact: bool = True) -> str:
     """``fully_shard`` each transformer block, then the root (embedders, norms, output head);
     gradients are summed over processes, not averaged: the trainer already weights each sample
-    by the global sample count. Returns a line saying the units and this process's weight memory."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    by the global sample count. ``exact``: gradients are reduced in float64, for :class:`GradSum`
+    (each process adds its micro-batches up unsharded in float64, one reduce-scatter at the last).
+    Returns a line saying the units and this process's weight memory."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     def mib(tensors) -> float:
         return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
     whole = mib(model.parameters())
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("0", "false")
+    kw = {"reshard_after_forward": reshard}
+    if exact:  # computing stays in the weights' dtype; only the gradient sum is float64
+        kw["mp_policy"] = MixedPrecisionPolicy(reduce_dtype=torch.float64)
     units = 0
     for name in BLOCK_LISTS:
         for block in getattr(model, name, None) or []:
-            fully_shard(block, reshard_after_forward=reshard)
+            fully_shard(block, **kw)
             units += 1
-    fully_shard(model, reshard_after_forward=reshard)
+    fully_shard(model, **kw)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
@@ -79,6 +84,83 @@ def like(t: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(t.to(param.dtype), param.device_mesh, param.placements)
+
+
+class GradSum:
+    """The backward passes of ``n`` micro-batches, their gradients added up so that the sum does
+    not depend on how the samples are split over processes (``with GradSum(...) as backward:
+    ... backward(loss)``).
+
+    fp32 sums in another order round differently: a sharded step (FSDP adds each micro-batch's
+    gradients over processes, then into the shard) and a one-process step (sample after sample)
+    differed by ~1e-6 in the gradients, ~1e-5 in the weights after Adam, enough for the explore
+    copy's NVFP4 re-quantization to give other explore rewards an iteration later. With ``exact``
+    the micro-batch gradients are added up in float64 and rounded to the weights' dtype once:
+    unsharded, hooks move each gradient into a float64 sum; sharded (``shard(..., exact=True)``),
+    FSDP keeps each process's sum unsharded in float64 until the last micro-batch, which
+    reduce-scatters it in float64. That holds a float64 copy of the trained weights' gradients
+    whole in every process during the update: small for LoRA; a full fine-tune (``exact=False``)
+    keeps fp32 sums, one reduce-scatter per micro-batch, equal to one process up to their order.
+    Every process must make the same ``n`` calls (they are collectives when sharded)."""
+
+    def __init__(self, model: torch.nn.Module, params: list[torch.Tensor], n: int, exact: bool = True):
+        self.model, self.params, self.n, self.exact = model, params, n, exact
+        self.sharded = bool(params) and is_sharded(params[0])
+        self.calls, self.sums, self.hooks = 0, {}, []
+
+    def _move(self, p: torch.Tensor) -> None:
+        if p in self.sums:
+            self.sums[p].add_(p.grad)
+        else:
+            self.sums[p] = p.grad.to(torch.float64)
+        p.grad = None
+
+    def __enter__(self):
+        if self.exact and not self.sharded:
+            self.hooks = [p.register_post_accumulate_grad_hook(self._move) for p in self.params]
+        return self.backward
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.sharded and self.exact:
+            self.model.set_requires_gradient_sync(self.calls == self.n - 1)  # reduce at the last one only
+        self.calls += 1
+        loss.backward()
+
+    def __exit__(self, kind, value, tb) -> None:
+        for h in self.hooks:
+            h.remove()
+        if self.sharded:
+            self.model.set_requires_gradient_sync(True)
+        for p, total in self.sums.items():  # rounded once
+            p.grad = total.to(p.dtype)
+        if kind is None and self.sharded and self.calls != self.n:
+            raise RuntimeError(f"{self.calls} backward passes of the {self.n} announced: gradients not reduced")
+
+
+@torch.no_grad()
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` whose norm, for sharded gradients, is bitwise the one an
+    unsharded run gets (a collective when sharded: every process must call it).
+
+    torch's own call on sharded gradients sums per-shard norms over processes, which rounds
+    differently from the norm of the whole tensor: the clip factor then differs in its last bit,
+    every weight by an ulp after the step, and the explore copy's NVFP4 re-quantization turns
+    that into other explore rewards and other selected samples (a sharded run drifted from the
+    one-process run from iteration 2 on). Here each sharded gradient's norm is taken over its
+    full tensor (gathered one at a time), in the order and with the kernels torch uses for
+    unsharded ones, and the shards are scaled by the same factor. Unsharded, torch's own call."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(is_sharded(g) for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    groups: dict[tuple, list[torch.Tensor]] = {}  # torch's grouping by (device, dtype), one group in practice
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    norms = [torch._foreach_norm([full(g)], 2.0)[0] for group in groups.values() for g in group]
+    total = torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]), 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        (g.to_local() if is_sharded(g) else g).mul_(coef.to(g.device))
+    return total
 
 
 def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:

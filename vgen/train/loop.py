@@ -49,13 +49,13 @@ def grad_step(dist, params: list[torch.Tensor], opt: torch.optim.Optimizer, sums
     over processes, clip, step. FSDP-sharded parameters were summed by FSDP itself. A non-finite
     gradient norm drops the whole update (``skipped_update``) and never reaches the weights. A
     parameter with no gradient takes part as zeros, so every process sums the same tensors."""
-    from vgen.train.fsdp import full, is_sharded
+    from vgen.train.fsdp import clip_grad_norm_, full, is_sharded
 
     for p in params:
         if p.grad is None and not is_sharded(p):
             p.grad = torch.zeros_like(p)
     dist.sum_([p.grad for p in params if not is_sharded(p)] + [sums])
-    norm = full(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    norm = full(clip_grad_norm_(params, grad_clip))  # sharded: the norm an unsharded run gets, to the bit
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         return {"grad_norm": float(norm), "skipped_update": 1}
