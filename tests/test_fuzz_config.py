@@ -216,3 +216,30 @@ def test_bad_yaml_file_is_one_line_error_and_writes_nothing(tmp_path, monkeypatc
 
 def test_there_are_enough_cases():
     assert len(CASES) + len(FILES) >= 100
+
+
+def _bench_cases() -> list:
+    """The same generated cases for every benchmark's config (`vgen bench NAME key=value`)."""
+    import importlib
+
+    from vgen import recipes
+
+    cases = []
+    for name, (module, cls_name) in recipes.BENCH.items():
+        cls = getattr(importlib.import_module(module), cls_name)
+        cases += [pytest.param(*p.values, id="bench-" + p.id) for p in _generated(name, cls)]
+    return cases
+
+
+BENCH_CASES = _bench_cases()
+
+
+@pytest.mark.parametrize("bench, overrides, flags, expect", BENCH_CASES)
+def test_bad_bench_override_is_one_line_error_and_writes_nothing(tmp_path, monkeypatch, capsys, bench, overrides,
+                                                                 flags, expect):
+    line = _check(tmp_path, monkeypatch, capsys, ["bench", bench, f"run.out_dir={tmp_path / 'runs'}", *overrides])
+    assert expect in line, (expect, line)
+
+
+def test_there_are_enough_bench_cases():
+    assert len(BENCH_CASES) >= 100
