@@ -69,6 +69,10 @@ def test_bench_var_reports_speeds_and_the_kv_cache_peak(var_model_dir, tmp_path,
     assert full["rows"] == 32 and r["kv_formula_matches"] and r["variant"] is None
     assert full["kv_peak_bytes"] == 2 * 2 * 32 * 21 * 32 * 4 == full["kv_peak_bytes_per_image"] * 3
     assert "closed form" in (tmp_path / "v" / "report.md").read_text()
+    # batch 1 and batch 16 side by side: both pay for 16 padded rows, so batch 1 costs far more per image
+    per = r["seconds_per_image"]
+    assert set(per) == {"1", "16"} and per["1"] > 3 * per["16"] > 0
+    assert "batch 1 costs" in (tmp_path / "v" / "report.md").read_text()
 
 
 def test_bench_var_shows_a_variant_plan_lowering_the_peak(tmp_path, capsys):

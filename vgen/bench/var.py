@@ -10,6 +10,9 @@ CFG / top-k / top-p (CFG overridable), images decoded:
   image. The cache holds the model rows (the batch padded to MIN_ROWS, doubled by CFG), so
   the per-image figure counts those rows too. Checked against the closed form: after the last
   scale every block holds k and v for every token, 2 * rows * L * C elements per block;
+* per-image seconds at the batches of ``per_image_batches`` (1 and 16 by default), timed side by
+  side in this process: the padding of every model call to MIN_ROWS samples (for batch-independent
+  rounding on CPU) makes a batch of 1 cost about as much as a batch of MIN_ROWS;
 * with ``switch_scale`` and ``subnet_depth`` set, the same figures under VARiant's depth plan
   (``switch_plan``): scales from the switch on run the equidistant subnet only, and the caches
   of the dropped blocks are freed at the switch, which lowers the peak.
@@ -42,6 +45,10 @@ class VARBenchConfig:
     repeats: int = param(3, ge=1, le=20, help="timed repeats; the best is kept")
     switch_scale: int | None = param(None, ge=0, help="VARiant plan: first scale run by the subnet (default: off)")
     subnet_depth: int | None = param(None, ge=1, help="VARiant plan: blocks of the subnet (default: off)")
+    per_image_batches: list[int] = param(default_factory=lambda: [1, 16], min_len=0, max_len=8, ge=1, le=4096,
+                                         help="also time these batch sizes (cached) and report seconds per image "
+                                         "side by side: every call is padded to MIN_ROWS samples, so a batch of "
+                                         "1 pays for 16")
 
 
 def kv_bytes_formula(var, rows: int) -> int:
@@ -85,7 +92,15 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     classes, seeds = [i % var.num_classes for i in range(cfg.batch)], list(range(cfg.batch))
     full = measure(var, vqvae, classes, seeds, settings, cfg.repeats)
     full["kv_formula_bytes"] = kv_bytes_formula(var, full["rows"])
-    report = {"recipe": RECIPE, "model": cfg.model, "batch": cfg.batch, **settings, "threads": torch.get_num_threads(),
+    from vgen.engine.scalewise import sample
+
+    per_image = {}
+    for b in cfg.per_image_batches:
+        cls, sds = [i % var.num_classes for i in range(b)], list(range(b))
+        timed = best_time(lambda c=cls, d=sds: sample(var, vqvae, c, d, **settings), cfg.repeats)
+        per_image[str(b)] = timed / b
+    report = {"recipe": RECIPE, "model": cfg.model, "seconds_per_image": per_image, "batch": cfg.batch, **settings,
+              "threads": torch.get_num_threads(),
               "depth": var.depth, "width": var.C, "tokens": var.L, "patch_nums": list(var.patch_nums),
               "full": full, "kv_formula_matches": full["kv_peak_bytes"] == full["kv_formula_bytes"], "variant": None}
     if plan is not None:
@@ -110,6 +125,13 @@ def _markdown(r: dict) -> str:
         ips = m["images_per_s"]
         lines.append(f"| {name} | {ips['cached']:.1f} | {ips['uncached']:.1f} | {m['cache_speedup']:.2f}x | "
                      f"{m['kv_peak_bytes_per_image'] / 1024:.1f} |")
+    per = r.get("seconds_per_image") or {}
+    if per:
+        lines += ["", "| batch | seconds per image (cached) |", "|---|---|"]
+        lines += [f"| {b} | {t:.4f} |" for b, t in per.items()]
+        if "1" in per and str(MIN_ROWS) in per:
+            lines += ["", f"- batch 1 costs {per['1'] / per[str(MIN_ROWS)]:.1f}x per image what batch {MIN_ROWS} "
+                      f"does: every call is padded to {MIN_ROWS} samples"]
     f = r["full"]
     lines += ["", f"- KV peak: the most bytes all blocks' cached k and v hold at once, over the {r['batch']} real "
               f"images; the cache holds {f['rows']} model rows (batch padded to {MIN_ROWS}, doubled when CFG is on)",
