@@ -319,3 +319,29 @@ def test_a_failure_mid_export_leaves_nothing_behind(tmp_path, evaluated_run, mon
     with pytest.raises(RuntimeError, match="disk full"):
         export(evaluated_run, tmp_path / "out", force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "old.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random", "no_config"])
+def test_a_damaged_lora_checkpoint_is_one_line_in_eval_and_export(lora_run, tmp_path, capsys, damage):
+    """The latest checkpoint's adapter truncated, zero bytes, random bytes, or its adapter_config.json
+    gone (peft would then look on the hub): `vgen eval` and every `vgen export` format stop in one
+    line and write nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    weights = ckpt / "adapter_model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:300])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "random":
+        weights.write_bytes(bytes(range(256)) * 16)
+    else:
+        (ckpt / "adapter_config.json").unlink()
+    exports = [["export", str(run), str(tmp_path / f"x-{f}"), "--format", f] for f in ("diffusers", "peft", "vgen")]
+    for argv in (["eval", "--model", str(run), "--n", "2", "--metrics", "geneval", "--out", str(tmp_path / "e")],
+                 *exports):
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "checkpoint" in err, err
+    assert not [p for p in tmp_path.iterdir() if p.name != "run"]
