@@ -159,14 +159,14 @@ def _check(opts: EvalOptions) -> None:
         raise UserError("--switch-scale and --subnet-depth go together (a VARiant depth plan), or neither")
 
 
-def evaluate_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray, list[str], int]:
+def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict, np.ndarray, list[str], int]:
     """(report, images, prompts, seeds per slot) for anything vgen.models.load reads."""
     from vgen.models.load import load
 
     _check(opts)
-    described = load(model, weights=False, checkpoint=opts.checkpoint)
+    described = described or load(model, weights=False, checkpoint=opts.checkpoint)
     if described.kind == "var":
-        return evaluate_var_model(model, opts)
+        return evaluate_var_model(model, opts, described)
     var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "switch_scale", "ref_stats")
                 if getattr(opts, k) is not None]
     if var_only:
@@ -251,7 +251,7 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
     return out, images, prompts
 
 
-def evaluate_var_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray, list[str], int]:
+def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[dict, np.ndarray, list[str], int]:
     """`vgen eval` of a VAR model folder, VAR run or official checkpoint pair (see EvalOptions)."""
     from vgen.models.load import load
     from vgen.models.var import switch_plan
@@ -263,7 +263,7 @@ def evaluate_var_model(model: str, opts: EvalOptions) -> tuple[dict, np.ndarray,
         raise UserError(f"--{flag} applies to diffusers pipelines; {model!r} is a VAR model (it takes --cfg, "
                         "--top-k, --top-p, --classes)")
     var_settings({}, opts.cfg, opts.top_k, opts.top_p)  # bad sampling flags first
-    m = load(model, weights=False, checkpoint=opts.checkpoint)
+    m = described or load(model, weights=False, checkpoint=opts.checkpoint)
     classes = parse_classes(opts.classes or ["all"], len(m.classes))
     if ("fid" in opts.metrics or opts.ref_stats) and len(classes) * len(opts.seeds) < 2:
         raise UserError("FID needs at least two generated images: give more --classes or --seeds")
@@ -361,17 +361,17 @@ def run_eval(model: str, out: str | None, opts: EvalOptions, force: bool = False
     from vgen.models.load import load
 
     _check(opts)
-    if out is not None:
-        prepare_out_dir(out, empty_or_force=force)
-    else:
-        m = load(model, weights=False, checkpoint=opts.checkpoint)
+    m = load(model, weights=False, checkpoint=opts.checkpoint)  # what it is, read once
+    given = out is not None
+    if not given:
         if m.source == "run":
             run = Path(model) if not Path(model).parent.name == "checkpoints" else Path(model).parent.parent
             out = run / "eval" / f"step-{m.step:06d}"
         else:
             name = Path(model).name if m.source == "model" else "var-official"
             out = Path("runs") / f"eval-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = prepare_out_dir(out)  # a bad --out is found before the generation, not after
-    report, images, prompts, n_seeds = evaluate_model(model, opts)
+    # a bad --out is found before the generation, not after
+    out = prepare_out_dir(out, empty_or_force=force if given else None)
+    report, images, prompts, n_seeds = evaluate_model(model, opts, m)
     write_report(out, report, images, prompts, n_seeds)
     return out
