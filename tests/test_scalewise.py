@@ -47,14 +47,20 @@ def test_kv_cache_matches_full_recompute(pair):
     assert len({tuple(t.tolist()) for t in cached.tokens[-1]}) == 3  # distinct seeds, distinct samples
 
 
-def test_sample_is_the_same_alone_and_in_a_batch(pair):
-    var, vae = pair
-    batch = sample(var, vae, [4, 1, 7, 4], [3, 99, 5, 1234], **KW)
-    alone = sample(var, vae, [7], [5], **KW)
-    assert all(torch.equal(t[2:3], a) for t, a in zip(batch.tokens, alone.tokens))
-    assert torch.equal(batch.images[2:3], alone.images)
-    other = sample(var, vae, [7], [6], **KW)
-    assert not same_tokens(alone, other)
+@pytest.mark.parametrize("flex", [False, True])
+@pytest.mark.parametrize("cfg", [2.0, 0.0])
+def test_sample_is_the_same_alone_and_in_a_batch(flex, cfg):
+    """Bit-identical tokens, f_hat and image alone, in a batch of 4 and one of 20 (no model call is padded,
+    so the first scales' matmuls have 1-2 rows alone and 20-40 in the batch)."""
+    var, vae = models(flex=flex)
+    kw = dict(KW, cfg=cfg)
+    alone = sample(var, vae, [7], [5], **kw)
+    for classes, seeds, at in (([4, 1, 7, 4], [3, 99, 5, 1234], 2), (list(range(10)) * 2, list(range(20)), 7)):
+        seeds[at], classes[at] = 5, 7
+        batch = sample(var, vae, classes, seeds, **kw)
+        assert all(torch.equal(t[at:at + 1], a) for t, a in zip(batch.tokens, alone.tokens, strict=True))
+        assert torch.equal(batch.f_hat[at:at + 1], alone.f_hat) and torch.equal(batch.images[at:at + 1], alone.images)
+    assert not same_tokens(alone, sample(var, vae, [7], [6], **kw))
 
 
 def test_sampling_ignores_and_keeps_training_mode():

@@ -330,6 +330,7 @@ def test_bad_output_paths_are_found_before_any_work(var_model_dir, tmp_path, cap
     ("vae_truncated", "cannot load the"), ("text_encoder_empty", "cannot load the"),
     ("config_list", "not a JSON mapping"), ("config_invalid", "not a JSON mapping"),
     ("index_list", "must be [library, class]"), ("tokenizer_empty", "is empty"),
+    ("vae_missing", "has no weights file"), ("text_encoder_missing", "has no weights file"),
 ])
 def test_a_damaged_pipeline_folder_is_one_line(model_dir, tmp_path, capsys, damage, needle):
     """Damaged components of a diffusers folder fail in the one loader, in one line, before sampling."""
@@ -338,6 +339,8 @@ def test_a_damaged_pipeline_folder_is_one_line(model_dir, tmp_path, capsys, dama
     if damage == "vae_truncated":
         w = next((folder / "vae").glob("*.safetensors"))
         w.write_bytes(w.read_bytes()[:500])
+    elif damage.endswith("_missing"):
+        next((folder / damage.split("_missing")[0]).glob("*.safetensors")).unlink()
     elif damage == "text_encoder_empty":
         next((folder / "text_encoder").glob("*.safetensors")).write_bytes(b"")
     elif damage == "config_list":

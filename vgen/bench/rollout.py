@@ -42,7 +42,8 @@ class RolloutBenchConfig:
 
 def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     from vgen.engine import rollout
-    from vgen.engine.rollout import MIN_ROWS, encode_unique, pad_rows, schedule
+    from vgen.engine.invariance import batch_invariant
+    from vgen.engine.rollout import encode_unique, schedule
     from vgen.engine.seeds import initial_noise
     from vgen.models.load import load_policy
     from vgen.models.sd3 import SD3Policy
@@ -79,12 +80,12 @@ def run(cfg: RolloutBenchConfig, run_dir: Path) -> int:
     cond, idx = encode_unique(policy, prompts)
     rows = torch.tensor(idx)
     n = cfg.batch * (2 if cfg.guidance > 1 else 1)
-    c = {k: pad_rows(torch.cat([v[rows]] * (n // cfg.batch)), MIN_ROWS) for k, v in cond.items()}
-    x = pad_rows(torch.randn(n, *shape), MIN_ROWS)
+    c = {k: torch.cat([v[rows]] * (n // cfg.batch)) for k, v in cond.items()}
+    x = torch.randn(n, *shape)
     _, timesteps = schedule(policy, cfg.steps)
 
     def forwards():
-        with torch.no_grad():
+        with torch.no_grad(), batch_invariant(policy.transformer):
             for t in timesteps:
                 policy.velocity(x, t.expand(x.shape[0]), c)
 

@@ -17,6 +17,20 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def best_times(fns: dict, repeats: int) -> dict:
+    """``best_time`` of several calls, interleaved (one of each per round) so that a slow spell of
+    a noisy machine hits them alike: the fair way to take their ratios."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: min(v) for k, v in times.items()}
+
+
 def publish(run_dir: Path, report: dict, markdown: str) -> int:
     """Write report.json and report.md into the run directory (atomically) and print the markdown."""
     from vgen.io import atomic_write_json, atomic_write_text

@@ -7,12 +7,12 @@ CFG / top-k / top-p (CFG overridable), images decoded:
 * ``uncached``: ``use_cache=False``, the whole prefix recomputed each scale, and the
   cached / uncached speed ratio;
 * KV-cache peak: the most bytes all blocks' cached keys and values hold at once, per real
-  image. The cache holds the model rows (the batch padded to MIN_ROWS, doubled by CFG), so
-  the per-image figure counts those rows too. Checked against the closed form: after the last
+  image. The cache holds the model rows (the batch, doubled by CFG). Checked against the closed form: after the last
   scale every block holds k and v for every token, 2 * rows * L * C elements per block;
-* per-image seconds at the batches of ``per_image_batches`` (1 and 16 by default), timed side by
-  side in this process: the padding of every model call to MIN_ROWS samples (for batch-independent
-  rounding on CPU) makes a batch of 1 cost about as much as a batch of MIN_ROWS;
+* per-image seconds at the batches of ``per_image_batches`` (1 and 16 by default), interleaved in
+  this process with ``plain_sample``: the official procedure (2B rows with CFG, one
+  ``torch.multinomial`` draw per scale, one decode call) without vgen's per-seed,
+  batch-independent guarantees, on the same model - what those guarantees cost;
 * with ``switch_scale`` and ``subnet_depth`` set, the same figures under VARiant's depth plan
   (``switch_plan``): scales from the switch on run the equidistant subnet only, and the caches
   of the dropped blocks are freed at the switch, which lowers the peak.
@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from vgen.bench.timing import best_time, publish
+from vgen.bench.timing import best_time, best_times, publish
 from vgen.config import param
-from vgen.engine.rollout import MIN_ROWS
 from vgen.errors import UserError
 from vgen.run import RunConfig
 
@@ -46,14 +45,37 @@ class VARBenchConfig:
     switch_scale: int | None = param(None, ge=0, help="VARiant plan: first scale run by the subnet (default: off)")
     subnet_depth: int | None = param(None, ge=1, help="VARiant plan: blocks of the subnet (default: off)")
     per_image_batches: list[int] = param(default_factory=lambda: [1, 16], min_len=0, max_len=8, ge=1, le=4096,
-                                         help="also time these batch sizes (cached) and report seconds per image "
-                                         "side by side: every call is padded to MIN_ROWS samples, so a batch of "
-                                         "1 pays for 16")
+                                         help="also time these batch sizes (cached) and report seconds per image, "
+                                         "side by side with the plain official procedure")
 
 
 def kv_bytes_formula(var, rows: int) -> int:
     """Bytes of a full cache after the last scale: every block holds k and v, each (rows, L, C)."""
     return var.depth * 2 * rows * var.L * var.C * next(var.parameters()).element_size()
+
+
+@torch.no_grad()
+def plain_sample(var, vqvae, classes: list[int], cfg: float, top_k: int, top_p: float, generator) -> torch.Tensor:
+    """Images sampled as the official code does, the speed reference: the class rows and (with CFG) the
+    null rows in one batch, every token drawn by ``torch.multinomial`` from one shared generator (so a
+    sample depends on its batch), no padding or per-image convolutions, one decode call."""
+    from vgen.engine.scalewise import cfg_mix, filter_logits
+
+    pns, B = var.patch_nums, len(classes)
+    labels = torch.tensor(classes, device=var.class_emb.weight.device)
+    rows = torch.cat([labels, torch.full_like(labels, var.num_classes)]) if cfg else labels
+    cond_BD, cond = var.condition(rows)
+    caches, f_hat, nxt = [{} for _ in range(var.depth)], None, None
+    x = var.start_tokens(cond_BD, pns)
+    for si, pn in enumerate(pns):
+        if si:
+            x = var.embed_scale(nxt.repeat(2 if cfg else 1, 1, 1), si, pns)
+        logits = var.logits(var.step(x, cond, caches), cond_BD)
+        probs = filter_logits(cfg_mix(logits.float(), B, cfg, si, len(pns)), top_k, top_p).softmax(-1)
+        idx = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(B, pn * pn)
+        f_hat, nxt = vqvae.quantize.next_input(si, f_hat, vqvae.quantize.embed(idx, pn), pns)
+        nxt = None if nxt is None else nxt.flatten(2).transpose(1, 2)
+    return (vqvae.fhat_to_img(f_hat) + 1) / 2
 
 
 def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, repeats: int, plan=None) -> dict:
@@ -94,11 +116,12 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     full["kv_formula_bytes"] = kv_bytes_formula(var, full["rows"])
     from vgen.engine.scalewise import sample
 
-    per_image = {}
+    per_image, gen = {}, torch.Generator(device=next(var.parameters()).device).manual_seed(cfg.run.seed)
     for b in cfg.per_image_batches:
         cls, sds = [i % var.num_classes for i in range(b)], list(range(b))
-        timed = best_time(lambda c=cls, d=sds: sample(var, vqvae, c, d, **settings), cfg.repeats)
-        per_image[str(b)] = timed / b
+        timed = best_times({"vgen": lambda c=cls, d=sds: sample(var, vqvae, c, d, **settings),
+                            "plain": lambda c=cls: plain_sample(var, vqvae, c, generator=gen, **settings)}, cfg.repeats)
+        per_image[str(b)] = {k: t / b for k, t in timed.items()} | {"ratio": timed["vgen"] / timed["plain"]}
     report = {"recipe": RECIPE, "model": cfg.model, "seconds_per_image": per_image, "batch": cfg.batch, **settings,
               "threads": torch.get_num_threads(),
               "depth": var.depth, "width": var.C, "tokens": var.L, "patch_nums": list(var.patch_nums),
@@ -127,14 +150,14 @@ def _markdown(r: dict) -> str:
                      f"{m['kv_peak_bytes_per_image'] / 1024:.1f} |")
     per = r.get("seconds_per_image") or {}
     if per:
-        lines += ["", "| batch | seconds per image (cached) |", "|---|---|"]
-        lines += [f"| {b} | {t:.4f} |" for b, t in per.items()]
-        if "1" in per and str(MIN_ROWS) in per:
-            lines += ["", f"- batch 1 costs {per['1'] / per[str(MIN_ROWS)]:.1f}x per image what batch {MIN_ROWS} "
-                      f"does: every call is padded to {MIN_ROWS} samples"]
+        lines += ["", "| batch | vgen s / image | plain official procedure s / image | vgen / plain |",
+                  "|---|---|---|---|"]
+        lines += [f"| {b} | {t['vgen']:.4f} | {t['plain']:.4f} | {t['ratio']:.2f}x |" for b, t in per.items()]
+        lines += ["", "- plain: the official sampling procedure on the same model, without per-seed draws or "
+                  "batch-independent rounding (interleaved timing, best of the repeats)"]
     f = r["full"]
     lines += ["", f"- KV peak: the most bytes all blocks' cached k and v hold at once, over the {r['batch']} real "
-              f"images; the cache holds {f['rows']} model rows (batch padded to {MIN_ROWS}, doubled when CFG is on)",
+              f"images; the cache holds {f['rows']} model rows (the batch, doubled when CFG is on)",
               f"- closed form after the last scale, depth x 2 x rows x L x C x bytes: {f['kv_formula_bytes']:,} B, "
               f"measured {f['kv_peak_bytes']:,} B ({'equal' if r['kv_formula_matches'] else 'DIFFERENT'})"]
     if v:

@@ -2,12 +2,12 @@
 
 Guarantees:
 * a sample depends only on its (prompt, seed) and the settings, never on its batch or chunk:
-  noise comes from per-sample generators (seeds.py), and every model call is padded to at
-  least ``MIN_ROWS`` rows, because CPU BLAS picks another kernel (different rounding) for
-  matmuls with very few rows (the timestep / pooled-text embedders see one row per sample);
-  with >= 16 rows each row's result is the same whatever the batch. The VAE decodes in
-  micro-batches of exactly 16 (its convolutions vary with batch size). Bit-identity is tested
-  on CPU; on GPUs cuBLAS heuristics may still vary with batch size.
+  noise comes from per-sample generators (seeds.py), and on CPU the text encoders, the
+  denoiser and the VAE run under ``batch_invariant`` (engine/invariance.py): a matmul with few
+  rows (the timestep / pooled-text embedders see one row per sample) is padded to 16 rows and
+  convolutions run per image, so CPU BLAS rounds each sample the same way in any batch, while
+  whole model calls stay unpadded. Bit-identity is tested on CPU; on GPUs cuBLAS heuristics
+  may still vary with batch size.
 * each distinct prompt is encoded once; the unconditional ("" ) embedding once;
 * no autograd graph is built (``torch.no_grad``); stored tensors can still feed training.
 
@@ -22,9 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vgen.engine.flow import gaussian_log_prob, ode_step, sde_mean, sde_std, sde_step
+from vgen.engine.invariance import batch_invariant
 from vgen.engine.seeds import initial_noise, step_noise
-
-MIN_ROWS = 16
 
 
 @dataclass
@@ -39,29 +38,17 @@ class Rollout:
     log_probs: torch.Tensor | None = None   # (B, T) SDE step log-probs (None for ODE)
 
 
-def pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    return t if t.shape[0] >= n else torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])])
-
-
-def padded(fn, *tensors: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
-    """``fn(*tensors, cond)`` with every batch padded to MIN_ROWS rows; returns the real rows."""
-    b = tensors[0].shape[0]
-    out = fn(*(pad_rows(t, MIN_ROWS) for t in tensors), {k: pad_rows(v, MIN_ROWS) for k, v in cond.items()})
-    return out[:b]
-
-
-def decode_fixed(policy, latents: torch.Tensor) -> torch.Tensor:
-    """Decode in micro-batches of exactly MIN_ROWS (the last one padded): convolution kernels
-    are chosen by batch size, so a fixed size keeps every image independent of its batch."""
-    out = [padded(lambda z, _: policy.decode(z), latents[i:i + MIN_ROWS]) for i in range(0, len(latents), MIN_ROWS)]
-    return torch.cat(out)
+def decode_images(policy, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1], each independent of its batch on CPU (see the module docstring)."""
+    with batch_invariant(policy.vae):
+        return policy.decode(latents)
 
 
 def encode_unique(policy, prompts: list[str]) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Encode each distinct prompt once: (cond rows per distinct prompt, row index per sample)."""
     order = list(dict.fromkeys(prompts))
-    padded_prompts = order + [order[-1]] * max(0, MIN_ROWS - len(order))
-    cond = {k: v[: len(order)] for k, v in policy.encode(padded_prompts).items()}
+    with batch_invariant(*policy.text_encoders):
+        cond = policy.encode(order)
     where = {p: i for i, p in enumerate(order)}
     return cond, [where[p] for p in prompts]
 
@@ -87,10 +74,11 @@ def guided_velocity(policy, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond
     """Model velocity with classifier-free guidance when ``uncond`` is given."""
     tt = t.to(policy.device).expand(x.shape[0])
     cond = _in_dtype(cond, policy.dtype)
-    if uncond is None:
-        return padded(policy.velocity, x, tt, **cond)
-    both = {k: torch.cat([v, cond[k]]) for k, v in _in_dtype(uncond, policy.dtype).items()}
-    v = padded(policy.velocity, torch.cat([x, x]), torch.cat([tt, tt]), **both)
+    with batch_invariant(policy.transformer):
+        if uncond is None:
+            return policy.velocity(x, tt, cond)
+        both = {k: torch.cat([v, cond[k]]) for k, v in _in_dtype(uncond, policy.dtype).items()}
+        v = policy.velocity(torch.cat([x, x]), torch.cat([tt, tt]), both)
     v_u, v_c = v.chunk(2)
     return v_u + guidance * (v_c - v_u)
 
@@ -170,7 +158,7 @@ def rollout(policy, prompts: list[str], seeds: list[int], *, steps: int = 10, gu
             bar.update(len(sd))
         latents.append(x.cpu())
         if decode:
-            images.append(decode_fixed(policy, x).cpu())
+            images.append(decode_images(policy, x).cpu())
         if record:
             trajs.append(torch.stack(traj, 1))
         if sde:

@@ -13,9 +13,9 @@ position, and the VQ-VAE turns the new token map into the next scale's input.
   rules.
 * Seeds: the draws of sample b at scale k are uniforms from a CPU generator seeded with
   ``step_seed(seeds[b], k)``, turned into tokens by inverse-CDF sampling (float64), so a
-  sample's tokens depend on its own seed only, never on its batch. Every model call is padded
-  to at least ``MIN_ROWS`` samples and the VQ-VAE decodes in micro-batches of exactly that
-  size, because CPU BLAS rounds differently for very small matmuls (see engine/rollout.py).
+  sample's tokens depend on its own seed only, never on its batch. On CPU both models run under
+  ``batch_invariant`` (few-row matmuls padded, convolutions per image; engine/invariance.py), so
+  the rounding does not depend on the batch either, without padding whole model calls.
 * KV cache: each block keeps its keys / values across scales; ``use_cache=False`` recomputes
   the whole prefix each scale with the teacher-forcing forward (a reference for tests).
 * Depth plan (VARiant): ``depth_plan[k]`` lists the blocks scale k runs; the cache of a block
@@ -29,8 +29,8 @@ position, and the VQ-VAE turns the new token map into the next scale's input.
   through both the cached path (``VAR.step``) and the uncached one (the teacher-forcing forward);
   see ``sample``. A per-scale stream is one stream over all scales with a ``ref_bias`` whose rows
   give each scale its own part (``vgen.models.var.var.scale_ref_bias``), exactly as in training.
-* ``cache_stats`` (a dict, for `vgen bench var`): filled with ``rows`` (model rows: the batch
-  padded to MIN_ROWS, doubled by CFG), ``bytes`` (what the KV caches of all blocks hold after
+* ``cache_stats`` (a dict, for `vgen bench var`): filled with ``rows`` (model rows: the batch,
+  doubled by CFG), ``bytes (what the KV caches of all blocks hold after
   each scale; 0 with ``use_cache=False``) and ``peak_bytes``. Sampling itself is unchanged.
 """
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vgen.engine.rollout import MIN_ROWS, pad_rows
+from vgen.engine.invariance import batch_invariant
 from vgen.engine.seeds import step_seed
 from vgen.errors import UserError
 from vgen.models.var.var import check_labels
@@ -126,18 +126,15 @@ def check_depth_plan(depth_plan, num_scales: int, depth: int):
 
 @torch.no_grad()
 def decode(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1], decoded in micro-batches of exactly MIN_ROWS (batch-independent)."""
-    out = [vqvae.fhat_to_img(pad_rows(f_hat[i:i + MIN_ROWS], MIN_ROWS))[:len(f_hat[i:i + MIN_ROWS])]
-           for i in range(0, len(f_hat), MIN_ROWS)]
-    return (torch.cat(out) + 1) / 2
+    """Images in [0, 1] (batch-independent on CPU: see engine/invariance.py)."""
+    with batch_invariant(vqvae):
+        return (vqvae.fhat_to_img(f_hat) + 1) / 2
 
 
-def ref_rows(t: torch.Tensor, B: int, P: int, cfg: float) -> torch.Tensor:
-    """A per-sample tensor (B or 1 rows) laid out as the model rows: padded to P, doubled for CFG."""
-    n = 2 * P if cfg else P
+def ref_rows(t: torch.Tensor, B: int, cfg: float) -> torch.Tensor:
+    """A per-sample tensor (B or 1 rows) laid out as the model rows: doubled for CFG."""
     if t.shape[0] == 1:
-        return t.expand(n, *t.shape[1:])
-    t = pad_rows(t, P)
+        return t.expand(2 * B if cfg else B, *t.shape[1:])
     return torch.cat([t, t]) if cfg else t
 
 
@@ -191,9 +188,9 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     ``ref_kv`` (ScaleWeaver's reference attention): a list with one entry per block, None for a
     block without a stream, else (k, v), each (B, H, l_ref, head_dim) for the B samples (or 1 row,
     shared by all), in the model's dtype. Every query of every scale attends to them in the same
-    softmax as its own sequence's keys. The sampler lays them out as its model rows: padded to
-    P = max(B, MIN_ROWS) like the labels and, with CFG, repeated for the null-class rows, which
-    thus see the same reference as the conditional ones (the guidance contrasts the class only).
+    softmax as its own sequence's keys. The sampler lays them out as its model rows: with CFG,
+    repeated for the null-class rows, which thus see the same reference as the conditional ones
+    (the guidance contrasts the class only).
     ``ref_bias``: an additive bias over the reference keys, broadcastable to
     (rows, H, l_query, l_ref); a leading batch axis of B is laid out as ``ref_kv``. Its query
     axis, when not 1, spans the whole sampled sequence (L = sum pn^2 of the scales), as in the
@@ -214,7 +211,8 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     check_labels(labels, var.num_classes)
     ref_kv, ref_bias = check_ref(var, ref_kv, ref_bias, len(class_ids), sum(pn * pn for pn in pns), dev)
 
-    with evaluating(var, vqvae):  # no label dropout / stochastic depth while sampling
+    # no label dropout / stochastic depth while sampling; the same rounding in any batch (CPU)
+    with evaluating(var, vqvae), batch_invariant(var, vqvae):
         return _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache,
                        return_logprobs, return_logits, inputs_override, decode_images, cache_stats,
                        ref_kv, ref_bias)
@@ -235,16 +233,15 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
             return_logits, inputs_override, decode_images, cache_stats=None, ref_kv=None,
             ref_bias=None) -> ScaleSample:
     K, B = len(pns), len(class_ids)
-    # Model rows: B real samples padded to P, then (with CFG) the same P rows with the null class.
-    P = max(B, MIN_ROWS)
-    rows = pad_rows(labels, P)
+    # Model rows: the B samples, then (with CFG) the same B rows with the null class.
+    rows = labels
     if cfg:
         rows = torch.cat([rows, torch.full_like(rows, var.num_classes)])
     cond_BD, cond = var.condition(rows)
     if ref_kv is not None:  # the reference stream, laid out as the model rows (null rows: the same reference)
-        ref_kv = [None if kv is None else tuple(ref_rows(t, B, P, cfg) for t in kv) for kv in ref_kv]
+        ref_kv = [None if kv is None else tuple(ref_rows(t, B, cfg) for t in kv) for kv in ref_kv]
         if ref_bias is not None and ref_bias.dim() == 4 and ref_bias.shape[0] > 1:
-            ref_bias = ref_rows(ref_bias, B, P, cfg)
+            ref_bias = ref_rows(ref_bias, B, cfg)
     caches = [{} for _ in range(var.depth)]
     if cache_stats is not None:
         cache_stats.update(rows=len(rows), bytes=[], peak_bytes=0)
@@ -257,10 +254,10 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
             inp = nxt
             if inputs_override is not None and si in inputs_override:
                 inp = inputs_override[si].to(nxt)
-                if inp.shape != nxt[:B].shape:
+                if inp.shape != nxt.shape:
                     raise UserError(f"inputs_override[{si}] has shape {tuple(inp.shape)}, "
-                                    f"expected {tuple(nxt[:B].shape)}")
-            inp = pad_rows(inp, P).repeat(2 if cfg else 1, 1, 1)
+                                    f"expected {tuple(nxt.shape)}")
+            inp = inp.repeat(2 if cfg else 1, 1, 1)
             inputs.append(inp)
             x = var.embed_scale(inp, si, pns)
         if use_cache:
@@ -276,18 +273,16 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
         if cache_stats is not None:
             cache_stats["bytes"].append(cache_bytes(caches))
             cache_stats["peak_bytes"] = max(cache_stats["bytes"])
-        guided = filter_logits(cfg_mix(logits.float(), P, cfg, si, K)[:B], top_k, top_p)
+        guided = filter_logits(cfg_mix(logits.float(), B, cfg, si, K), top_k, top_p)
         idx = draw(guided, seeds, si)
         tokens.append(idx)
         if return_logprobs:
             logps.append(guided.log_softmax(-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1))
         if return_logits:
             raw.append(logits[:B].float())
-        # the VQ-VAE convs also see the padded P rows, so f_hat does not depend on the batch either
-        f_hat, nxt = vqvae.quantize.next_input(si, f_hat, vqvae.quantize.embed(pad_rows(idx, P), pn), pns)
+        f_hat, nxt = vqvae.quantize.next_input(si, f_hat, vqvae.quantize.embed(idx, pn), pns)
         if nxt is not None:
             nxt = nxt.flatten(2).transpose(1, 2)
-    f_hat = f_hat[:B]
     images = decode(vqvae, f_hat) if decode_images else None
     return ScaleSample(class_ids, seeds, tokens, f_hat, images, logps if return_logprobs else None,
                        raw if return_logits else None, freed)

@@ -22,8 +22,9 @@ from vgen.models.policy import FlowPolicy, check_pipeline_folder
 
 class FluxPolicy(FlowPolicy):
     def __init__(self, transformer, scheduler, vae=None, encode_fn: Callable | None = None,
-                 distilled_guidance: float = 3.5, vae_scale_factor: int = 8):
+                 distilled_guidance: float = 3.5, vae_scale_factor: int = 8, text_encoders: tuple = ()):
         self.transformer, self.scheduler, self.vae = transformer, scheduler, vae
+        self.text_encoders = tuple(e for e in text_encoders if e is not None)
         self.encode_fn, self.distilled_guidance, self.vae_scale_factor = encode_fn, distilled_guidance, vae_scale_factor
 
     @classmethod
@@ -40,7 +41,8 @@ class FluxPolicy(FlowPolicy):
             pe, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=prompts, device=pipe.device)
             return {"ctx": pe, "pooled": pooled}
 
-        return cls(pipe.transformer, pipe.scheduler, pipe.vae, encode, vae_scale_factor=pipe.vae_scale_factor, **kw)
+        return cls(pipe.transformer, pipe.scheduler, pipe.vae, encode, vae_scale_factor=pipe.vae_scale_factor,
+                   text_encoders=(pipe.text_encoder, pipe.text_encoder_2), **kw)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor * 2

@@ -4,6 +4,8 @@ A policy has ``transformer``, ``scheduler`` and ``vae`` attributes and implement
 ``latent_shape(h, w)``, ``encode(prompts) -> dict of per-prompt tensors`` and
 ``velocity(x, t, cond) -> v`` (x unpacked (B, C, h, w), t = 1000 sigma, shape (B,));
 optionally ``scheduler_kwargs(latent_shape, steps)`` when its pipeline sets its own sigmas.
+``text_encoders`` lists the modules ``encode`` runs, so the engine can make them batch-invariant
+(engine/invariance.py); a policy built from a bare ``encode_fn`` may leave it empty.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from vgen.errors import UserError
 
 class FlowPolicy:
     transformer = scheduler = vae = None
+    text_encoders: tuple = ()
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +81,10 @@ def _check_component(folder: Path) -> None:
     files = [f for f in folder.iterdir() if not f.name.startswith(".")]
     if not files:
         raise UserError(f"component folder {str(folder)!r} is empty")
+    # a model (it has config.json) needs weights; without them diffusers logs two fallback lines first
+    weights = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+    if (folder / "config.json").is_file() and not any(f.name.endswith(weights) for f in files):
+        raise UserError(f"component folder {str(folder)!r} has no weights file (*.safetensors or *.bin)")
     for f in files:
         if f.suffix == ".json" and f.is_file():
             try:

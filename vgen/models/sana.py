@@ -20,8 +20,9 @@ from vgen.models.policy import FlowPolicy, check_pipeline_folder
 
 class SanaPolicy(FlowPolicy):
     def __init__(self, transformer, scheduler, vae=None, encode_fn: Callable | None = None,
-                 vae_scale_factor: int = 32):
+                 vae_scale_factor: int = 32, text_encoders: tuple = ()):
         self.transformer, self.scheduler, self.vae = transformer, scheduler, vae
+        self.text_encoders = tuple(e for e in text_encoders if e is not None)
         self.encode_fn, self.vae_scale_factor = encode_fn, vae_scale_factor
 
     @classmethod
@@ -41,7 +42,8 @@ class SanaPolicy(FlowPolicy):
             pe, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=pipe.device)
             return {"ctx": pe, "mask": mask}
 
-        return cls(pipe.transformer, scheduler, pipe.vae, encode, vae_scale_factor=pipe.vae_scale_factor)
+        return cls(pipe.transformer, scheduler, pipe.vae, encode, vae_scale_factor=pipe.vae_scale_factor,
+                   text_encoders=(pipe.text_encoder,))
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor

@@ -70,6 +70,8 @@ class SD3Policy(FlowPolicy):
     def __init__(self, pipe, max_sequence_length: int = 256, fold_zero_tokens: bool = True):
         self.pipe = pipe
         self.transformer, self.vae, self.scheduler = pipe.transformer, pipe.vae, pipe.scheduler
+        encoders = (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
+        self.text_encoders = tuple(e for e in encoders if e is not None)
         self.max_sequence_length = max_sequence_length
         self.fold = fold_zero_tokens and is_null_t5(pipe.text_encoder_3)
         if self.fold:

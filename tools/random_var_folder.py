@@ -1,0 +1,37 @@
+"""Write a VAR model folder of official sizes with random weights, for speed benchmarks.
+
+The VQ-VAE has the official VAR-d16 shapes (4096 codes, 32 channels, 10 scales up to 16x16,
+256-pixel images), the transformer the official layout at the chosen depth (width 64 x depth)
+and 1000 classes, initialised as the official code does. Nothing is downloaded; the images are
+noise. Used for the official-size rows of `vgen bench var` in the README:
+
+    python tools/random_var_folder.py /tmp/var-d8 --depth 8
+    vgen bench var model=/tmp/var-d8 batch=1 repeats=2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from vgen.models.var.folder import build_var, build_vqvae, save_var_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    ap.add_argument("--depth", type=int, default=8, choices=range(1, 41), metavar="1..40")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    vae = build_vqvae({}).eval()
+    var = build_var({"depth": args.depth, "num_classes": 1000}).eval()
+    var.init_weights()
+    sampling = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}  # the official demo's settings
+    save_var_model(args.folder, vae, var, [f"class {i}" for i in range(1000)], 256, sampling=sampling)
+    print(f"wrote {args.folder}: depth {var.depth}, width {var.C}, {var.L} tokens, scales {list(var.patch_nums)}")
+
+
+if __name__ == "__main__":
+    main()
