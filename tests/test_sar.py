@@ -1,11 +1,22 @@
 """SAR: the loss re-derived by hand (both modes, both targets, argmax and sampled), its gradient, sigma = 0."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_var_models
+from safetensors.torch import load_file
+from test_cli import user_error
+from test_solrl import _metrics
+from test_var_train import kill_after_first_checkpoint
 
+from vgen.cli import main
 from vgen.sar import SARSettings, sar_loss, sar_ramp
+from vgen.vartrain.data import flex_scale_list
 from vgen.vartrain.losses import tf_loss_from_tokens
 
 PN = (1, 2, 3, 4)
@@ -119,3 +130,90 @@ def test_sigma_zero_is_the_teacher_forcing_step_bit_for_bit(flex, mode):
     tf = tf_loss_from_tokens(var, vae, tokens, labels, label_smoothing=0.1, patch_nums=PN)
     assert torch.equal(ours.loss, tf.loss)
     assert all(torch.equal(a, b) for a, b in zip(grads(var, ours.loss), grads(var, tf.loss)))
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "sar" / "tiny.yaml")
+QUICK = ["data_size=64", "val_size=8", "progress=false", "eval_every=0", "checkpoint_every=0", "save_model=false",
+         "cond_drop_rate=0.3"]
+VOLATILE = ("time_", "images_per_s")
+
+
+def _args(tmp_path, name, *extra):
+    return [TINY_YAML, *QUICK, f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_config_runs_and_logs_both_passes(tmp_path):
+    assert main(["train", TINY_YAML, "progress=false", "data_size=64", "val_size=8", f"run.out_dir={tmp_path}",
+                 "run.name=t", "mode=all", "tokens=sample", "token_top_k=20"]) == 0
+    m = _metrics(tmp_path / "t", ("images_per_s",))
+    for step, row in m.items():
+        pns = flex_scale_list(0, step, tuple(range(1, 9)), 3)
+        assert row["loss"] == pytest.approx(row["tf_loss"] + 0.01 * row["sf_loss"], rel=1e-5)
+        assert all(f"sf_ce_pn{p}" in row for p in pns[1:]) and f"sf_ce_pn{pns[0]}" not in row  # all: scales >= 1
+        assert all(row[f"time_{k}"] > 0 for k in ("tf", "tokens", "sf"))
+    assert "val_loss" in m[4] and (tmp_path / "t" / "model" / "var.safetensors").is_file()
+    assert (tmp_path / "t" / "checkpoints" / "step-000002" / "var.safetensors").is_file()
+
+
+def test_sigma_zero_trains_exactly_as_the_var_recipe(tmp_path):
+    """The same base, data, label drops, scale lists and schedule: SAR with sigma 0 is teacher forcing."""
+    common = ["init=assets/flexvar-tiny-shapes", "tokenizer=assets/flexvar-tiny-shapes", "iterations=3", "lr=1e-4",
+              "warmup=0", "eval_every=0", "batch=16", *QUICK[:3], "checkpoint_every=0", "save_model=true",
+              "cond_drop_rate=0.3", "sample_every=0", "eval_seeds=0", "label_smoothing=0.1"]
+    assert main(["train", TINY_YAML, *common, "sigma=0", f"run.out_dir={tmp_path}", "run.name=sar"]) == 0
+    assert main(["train", TINY_YAML.replace("sar/tiny", "var/tiny"), *common, f"run.out_dir={tmp_path}",
+                 "run.name=tf"]) == 0
+    a, b = _metrics(tmp_path / "sar", VOLATILE), _metrics(tmp_path / "tf", VOLATILE)
+    assert all(a[s]["loss"] == b[s]["loss"] and a[s]["grad_norm"] == b[s]["grad_norm"] for s in (1, 2, 3))
+    wa, wb = (load_file(str(tmp_path / n / "model" / "var.safetensors")) for n in ("sar", "tf"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    common = ["iterations=6", "checkpoint_every=2", "tokens=sample", "mode=all"]
+    assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
+    kill_after_first_checkpoint(_args(tmp_path, "k", *common), tmp_path / "k")
+    assert main(["train", *_args(tmp_path, "k", *common)]) == 0
+    assert "resum" in capsys.readouterr().out
+    assert _metrics(tmp_path / "k", VOLATILE) == _metrics(tmp_path / "ref", VOLATILE)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    common = ["iterations=2", "tokens=sample", "mode=all", "token_top_p=0.9"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "vgen.cli", "train", *_args(tmp_path, "two", *common)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert main(["train", *_args(tmp_path, "one", *common)]) == 0
+    a, b = _metrics(tmp_path / "two", VOLATILE), _metrics(tmp_path / "one", VOLATILE)
+    assert sorted(a) == sorted(b) == [1, 2]
+    for step in a:
+        assert a[step].keys() == b[step].keys()
+        for key, v in a[step].items():
+            assert v == pytest.approx(b[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["sigma=-0.1"], "'sigma'"),
+    (["mode=first"], "'mode'"),
+    (["target=gt"], "'target'"),
+    (["tokens=greedy"], "'tokens'"),
+    (["init=null"], "set init"),
+    (["init=assets/var-tiny-shapes", "random_scales=true"], "random_scales needs a FlexVAR"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
+    msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))
+    assert message in msg, msg
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()

@@ -12,10 +12,10 @@ import importlib
 TRAIN: dict[str, tuple[str, str]] = {
     "solrl": ("vgen.solrl.recipe", "SolRLConfig"),
     "var": ("vgen.vartrain.recipe", "VARTrainConfig"),
+    "sar": ("vgen.sar.recipe", "SARConfig"),
 }
 # What each not-yet-landed recipe name will be, so a user gets a plain answer.
 PLANNED = {
-    "sar": "SAR post-training",
     "variant": "VARiant supernet training",
     "scaleweaver": "ScaleWeaver control training",
 }

@@ -266,7 +266,51 @@ vgen sample --model THIS_FOLDER --classes 0 5 12 --seeds 0 1 --out samples
 # ---------------------------------------------------------------- the loop
 
 
+@dataclass
+class StepOut:
+    """What a recipe's objective gives for one micro-batch: the loss to backpropagate and the figures
+    to log, each a scalar or a per-scale (K,) vector (NaN entries are not logged). Figures are
+    averaged over the global batch; ``time_*`` ones are seconds, summed over micro-batches."""
+    loss: torch.Tensor
+    figures: dict[str, torch.Tensor]
+
+
+def tf_objective(cfg: VARTrainConfig):
+    """The ``var`` recipe's objective: teacher-forcing CE over all scales."""
+    def objective(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
+        r = tf_loss_from_tokens(var, vqvae, tokens, labels, cfg.label_smoothing, cfg.scale_weights, pns)
+        return StepOut(r.loss, {"loss": r.loss, "acc": mean_acc(var, r.acc_per_scale, pns),
+                                "ce_scale": r.ce_per_scale, "acc_scale": r.acc_per_scale})
+    return objective
+
+
+def mean_acc(var, acc_per_scale: torch.Tensor, pns) -> torch.Tensor:
+    """Token accuracy over all tokens from per-scale accuracies."""
+    n = torch.tensor(var.lengths(pns), dtype=torch.float32, device=acc_per_scale.device)
+    return acc_per_scale @ n / n.sum()
+
+
+def step_metrics(figures: dict[str, torch.Tensor], pns, random_scales: bool) -> dict[str, float]:
+    """Loggable metrics: scalars as they are, per-scale vectors as NAME{k} (NAME_pn{size} when the
+    scale list changes every step), NaN entries left out."""
+    out = {}
+    for key, v in figures.items():
+        if v.numel() == 1:
+            out[key] = float(v)
+            continue
+        for k, x in enumerate(v.tolist()):
+            if x == x:  # not NaN
+                out[f"{key.replace('_scale', '_pn')}{pns[k]}" if random_scales else f"{key}{k}"] = x
+    return out
+
+
 def run(cfg: VARTrainConfig, run_dir: Path) -> int:
+    return train(cfg, run_dir, RECIPE, tf_objective(cfg), model_card)
+
+
+def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card) -> int:
+    """The loop every VAR-family recipe runs (see the module docstring); ``objective`` makes the
+    micro-batch loss, ``card(cfg, var, history)`` the model card of checkpoints and the final folder."""
     from tqdm.auto import tqdm
 
     from vgen.config import to_dict
@@ -312,7 +356,7 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
 
     def write_model(folder: Path, stamp: dict) -> str:  # every checkpoint is a loadable VAR model folder
-        write_var_files(folder, vqvae, var, names, cfg.resolution, sampling, card=model_card(cfg, var, history),
+        write_var_files(folder, vqvae, var, names, cfg.resolution, sampling, card=card(cfg, var, history),
                         metadata=stamp)
         return "var"
 
@@ -328,7 +372,7 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     log = MetricLog(run_dir, start) if main else None
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     micro = cfg.micro_batch or cfg.batch
-    bar = tqdm(total=cfg.iterations, initial=start, desc="var", unit="step", disable=not (cfg.progress and main))
+    bar = tqdm(total=cfg.iterations, initial=start, desc=recipe, unit="step", disable=not (cfg.progress and main))
     t_run = time.perf_counter()
     for step in range(start + 1, cfg.iterations + 1):
         t = time.perf_counter()
@@ -336,29 +380,28 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
         set_lr(opt, lr)
         idx = dist.shard(batch_indices(cfg.run.seed, step, cfg.batch, len(train)))
         drops = dist.shard(label_drops(cfg.run.seed, step, cfg.batch, cfg.cond_drop_rate))
+        positions = dist.shard(list(range(cfg.batch)))  # places in the global batch (per-sample seeds)
         pns = flex_scale_list(cfg.run.seed, step, var.patch_nums, cfg.max_mid_scales) if random_scales \
             else var.patch_nums
-        lengths = torch.tensor(var.lengths(pns), dtype=torch.float32, device=device)
-        sums = torch.zeros(2 + 2 * len(pns), device=device)  # loss, acc, per-scale CE, per-scale acc (global means)
+        sums: dict[str, torch.Tensor] = {}  # figures summed over micro-batches, weighted to global means
         var.train()
         for lo in range(0, len(idx), micro):
             tokens, labels = train.get(idx[lo:lo + micro], device, pns, step)
             labels = labels.masked_fill(torch.tensor(drops[lo:lo + micro], device=device), var.num_classes)
             with torch.autocast(**amp):
-                r = tf_loss_from_tokens(var, vqvae, tokens, labels, cfg.label_smoothing, cfg.scale_weights, pns)
+                out = objective(var, vqvae, tokens, labels, pns, positions[lo:lo + micro], step)
             w = len(labels) / cfg.batch
-            (r.loss * w).backward()
-            acc = r.acc_per_scale @ lengths / lengths.sum()
-            sums += w * torch.cat([r.loss.detach().view(1), acc.view(1), r.ce_per_scale, r.acc_per_scale])
-        stepped = grad_step(dist, params, opt, sums, cfg.grad_clip)
+            (out.loss * w).backward()
+            for k, v in out.figures.items():
+                v = torch.as_tensor(v, dtype=torch.float32, device=device).detach().reshape(-1)
+                sums[k] = sums.get(k, 0) + (v / dist.world if k.startswith("time_") else w * v)
+        flat = torch.cat(list(sums.values()))
+        stepped = grad_step(dist, params, opt, flat, cfg.grad_clip)
         opt.zero_grad(set_to_none=True)
-        s, n = sums.tolist(), len(pns)
-        m = {"loss": s[0], "acc": s[1], "lr": lr, **stepped}
-        if random_scales:  # per-scale figures keyed by size: the list changes every step
-            m.update(num_scales=n, **{f"ce_pn{p}": s[2 + k] for k, p in enumerate(pns)},
-                     **{f"acc_pn{p}": s[2 + n + k] for k, p in enumerate(pns)})
-        else:
-            m.update({f"ce_scale{k}": s[2 + k] for k in range(n)}, **{f"acc_scale{k}": s[2 + n + k] for k in range(n)})
+        figures = dict(zip(sums, flat.split([len(v) for v in sums.values()])))
+        m = {**step_metrics(figures, pns, random_scales), "lr": lr, **stepped}
+        if random_scales:
+            m["num_scales"] = len(pns)
         m["time_step"] = time.perf_counter() - t
         m["images_per_s"] = cfg.batch / m["time_step"]
         if main:
@@ -394,7 +437,7 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     log.close()
     if cfg.save_model:
         out = save_var_model(run_dir / "model", vqvae, var.eval(), names, cfg.resolution, sampling,
-                             card=model_card(cfg, var, history))
+                             card=card(cfg, var, history))
         print(f"model folder: {out}", flush=True)
     if history["eval"]:
         e = history["eval"][-1]
