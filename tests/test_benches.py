@@ -147,3 +147,26 @@ def test_bench_world_wrong_verdict_still_exits_1(tmp_path, capsys, monkeypatch):
     assert r["passed"] is False and r["throughput_below_target"] is False and r["notes"] == []
     assert r["failures"] and all("acceptance" in f for f in r["failures"])
     assert "Result: FAILED: clean" in out
+
+
+def test_bench_sar_reports_the_exposure_gap_and_the_step_cost(var_model_dir, tmp_path):
+    """gt CE is teacher forcing's per-scale CE of the same held-out images; scale 0 has no context to
+    expose (gap 0); own-context figures and both SAR step costs are reported, with the PNG."""
+    from vgen.data import open_class_dataset
+    from vgen.models.var.folder import load_var_model
+    from vgen.vartrain.data import Data
+    from vgen.vartrain.losses import tf_loss_from_tokens
+
+    rc = main(["bench", "sar", f"model={var_model_dir}", "val_size=12", "batch=5", "time_batch=4", "repeats=1",
+               f"run.out_dir={tmp_path}", "run.name=s"])
+    assert rc == 0
+    r = json.loads((tmp_path / "s" / "report.json").read_text())
+    e = r["exposure"]
+    assert e["own_argmax"]["ce_gap"][0] == 0 and e["own_sample"]["ce_gap"][0] == 0
+    vae, var, _ = load_var_model(var_model_dir)
+    tokens, labels = Data(vae, open_class_dataset("shapes", 16, 12, 1), cache=False).get(list(range(12)), "cpu")
+    with torch.no_grad():
+        ref = tf_loss_from_tokens(var.eval(), vae, tokens, labels).ce_per_scale
+    assert torch.allclose(torch.tensor(e["gt"]["ce"], dtype=torch.float32), ref, atol=1e-5)
+    assert r["cost"]["sar_last_vs_tf"] > 0 and r["cost"]["sar_all_vs_tf"] > 0
+    assert (tmp_path / "s" / "gap.png").stat().st_size > 1000

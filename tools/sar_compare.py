@@ -91,7 +91,8 @@ def main() -> None:
         report[m] = {"base": base, "per_seed": per, "fid_sar_minus_tf": diff,
                      "sar_wins": sum(d < 0 for d in diff), "seeds": a.seeds}
         lines += [f"## {m}: base FID-shapes {base['fid']:.2f}, strict {base['strict']:.1%}", "",
-                  "| arm | FID-shapes per seed | mean +- std | strict per seed | mean +- std |", "|---|---|---|---|---|"]
+                  "| arm | FID-shapes per seed | mean +- std | strict per seed | mean +- std |",
+                  "|---|---|---|---|---|"]
         for arm, rows in per.items():
             f, st = np.array([r["fid"] for r in rows]), np.array([r["strict"] for r in rows])
             lines.append(f"| {arm} | {' / '.join(f'{x:.2f}' for x in f)} | {f.mean():.2f} +- {f.std(ddof=1):.2f} | "
