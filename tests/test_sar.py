@@ -217,3 +217,20 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
     msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))
     assert message in msg, msg
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_dry_run_counts_the_real_models_and_plans_the_imagenet_recipes(capsys):
+    from vgen.models.load import load
+
+    assert main(["train", TINY_YAML, "--dry-run", "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    m = load("assets/flexvar-tiny-shapes")
+    n_var, n_vae = (sum(p.numel() for p in x.parameters()) / 1e6 for x in (m.var, m.vqvae))
+    assert f"transformer {n_var:.1f}M" in out and f"VQ-VAE {n_vae:.1f}M" in out and "8 per process" in out
+    for name, kind in (("flexvar", "FlexVAR"), ("var", "VAR")):
+        assert main(["train", f"configs/sar/{name}_d16_imagenet.yaml", "--dry-run", "--processes", "8"]) == 0
+        out = capsys.readouterr().out
+        # the official VAR-d16 has 310M parameters; the paths are placeholders here, so the config's sizes are used
+        assert out.startswith(f"recipe sar: {kind} depth 16") and "transformer 310." in out
+        assert "not on this machine" in out
+    assert "does not apply" in user_error(capsys, "train", TINY_YAML, "--dry-run", "--fsdp")

@@ -432,3 +432,18 @@ def test_flexvar_positions_handle_new_scale_lists():
     assert logits.shape == (1, 157, 64) and torch.isfinite(logits).all()
     with pytest.raises(UserError, match="only a FlexVAR model"):
         tiny_var()(torch.tensor([1]), torch.randn(1, 156, 8), patch_nums=new)
+
+
+def test_official_files_can_be_saved_as_a_model_folder(tmp_path):
+    """A recipe started from official files (init / tokenizer 'VAE.pth,VAR.pth') saves its checkpoints as
+    model folders: the official VQ-VAE records its constructor arguments like the transformer."""
+    from vgen.models.var.folder import load_var_model, save_var_model
+    from vgen.vartrain.recipe import _official_arch
+
+    vae_p, var_p, _, _ = tiny_official_files(tmp_path)
+    vae, var = load_official(vae_p, var_p, **TINY_KW)
+    var.arch = _official_arch(var)
+    folder = save_var_model(tmp_path / "folder", vae, var, [f"class {i}" for i in range(10)], 8)
+    vae2, var2, _ = load_var_model(folder)
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), vae2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(var.state_dict().values(), var2.state_dict().values()))

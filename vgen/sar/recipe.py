@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from vgen.config import param
+from vgen.vartrain.dryrun import dry_run  # noqa: F401 - `vgen train --dry-run` calls it
 from vgen.vartrain.recipe import StepOut, VARTrainConfig, mean_acc, train
 
 RECIPE = "sar"

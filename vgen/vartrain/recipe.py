@@ -43,6 +43,7 @@ from vgen.errors import UserError
 from vgen.run import RunConfig
 from vgen.train.loop import RESUME_HELP, grad_step, lr_at
 from vgen.vartrain.data import Data, batch_indices, flex_scale_list, label_drops, open_data
+from vgen.vartrain.dryrun import dry_run  # noqa: F401 - `vgen train --dry-run` calls it
 from vgen.vartrain.losses import tf_loss_from_tokens, token_weights
 
 RECIPE = "var"

@@ -159,13 +159,15 @@ def load_official(vae_path=None, var_path=None, *, depth: int | None = None, voc
         check_config(infer_vae_config(sd, vae_path), dict(vocab_size=vocab_size, z_channels=z_channels, ch=ch,
                                                           levels=len(ch_mult), share_quant_resi=share_quant_resi),
                      vae_path)
+        vae_arch = dict(vocab_size=vocab_size, z_channels=z_channels, ch=ch, ch_mult=list(ch_mult),
+                        share_quant_resi=share_quant_resi, patch_nums=list(patch_nums), **(vae_kwargs or {}))
         with torch.device("meta"):
-            vae = VQVAE(vocab_size=vocab_size, z_channels=z_channels, ch=ch, ch_mult=ch_mult,
-                        share_quant_resi=share_quant_resi, patch_nums=patch_nums, **(vae_kwargs or {}))
+            vae = VQVAE(**vae_arch)
         hits = sd.get("quantize.ema_vocab_hit_SV")
         if hits is not None and hits.shape[0] != len(patch_nums):  # usage statistics of another scale list
             sd["quantize.ema_vocab_hit_SV"] = torch.zeros(len(patch_nums), vocab_size, dtype=hits.dtype)
         vae = load_state(vae, sd, vae_path).to(device).eval()
+        vae.arch = vae_arch  # so a recipe can save it in a model folder (build_vqvae rebuilds it)
     if var_path is not None:
         sd = read_state_dict(var_path, "var_wo_ddp")
         found = infer_var_config(sd, var_path)
