@@ -67,7 +67,7 @@ def test_usage_errors_are_one_line(capsys):
     assert "the following arguments are required: COMMAND" in user_error(capsys)
     assert "invalid choice: 'frobnicate'" in user_error(capsys, "frobnicate")
     assert user_error(capsys, "bench", "nope") == ("unknown benchmark 'nope'; available: world, rollout, explore, "
-                                                   "fidelity, quant, var")
+                                                   "fidelity, quant, var, sar")
     assert "unrecognized arguments: --nope" in user_error(capsys, "info", "--nope")
 
 
@@ -95,14 +95,15 @@ def test_export_is_wired_and_its_usage_errors_are_one_line(capsys, tmp_path):
 
 
 def test_train_planned_recipe_is_not_implemented_yet(capsys, tmp_path):
-    (tmp_path / "t.yaml").write_text("recipe: sar\n")
+    (tmp_path / "t.yaml").write_text("recipe: variant\n")
     message = user_error(capsys, "train", tmp_path / "t.yaml")
-    assert message == "training recipe 'sar' (SAR post-training) is not implemented yet"
+    assert message == "training recipe 'variant' (VARiant supernet training) is not implemented yet"
 
 
 def test_train_unknown_recipe_lists_what_is_available(capsys, tmp_path):
     (tmp_path / "t.yaml").write_text("recipe: nope\n")
-    assert user_error(capsys, "train", tmp_path / "t.yaml").endswith("unknown recipe 'nope'; available: solrl, var")
+    message = user_error(capsys, "train", tmp_path / "t.yaml")
+    assert message.endswith("unknown recipe 'nope'; available: sar, solrl, var")
 
 
 def test_train_config_problems(capsys, tmp_path):

@@ -22,9 +22,11 @@ One iteration, read top to bottom in :func:`run`:
 Every random choice comes from (run.seed, step) or from the torch generator, whose state is
 checkpointed, so ``resume: auto`` continues exactly as an uninterrupted run on CPU.
 
-The pieces are plain functions for the other VAR recipes (SAR, VARiant) to call:
-:func:`token_ce`, :func:`tf_loss_from_tokens`, :func:`tf_loss`, :func:`tokenize`,
-:func:`lr_at`, :func:`make_optimizer`, :func:`optimizer_step`, :func:`sample_grid`.
+The loop itself is :func:`train`, which takes the micro-batch objective: this recipe passes
+teacher forcing (:func:`tf_objective`), SAR its own (``vgen.sar.recipe``); an objective returns a
+:class:`StepOut` (the loss and the figures to log). The other pieces are plain functions:
+:func:`token_ce`, :func:`tf_loss_from_tokens`, :func:`tf_loss`, :func:`tokenize`, :func:`lr_at`,
+:func:`make_optimizer`, :func:`sample_grid`.
 """
 
 from __future__ import annotations
