@@ -1,8 +1,5 @@
 """SAR: the loss re-derived by hand (both modes, both targets, argmax and sampled), its gradient, sigma = 0."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,7 @@ from conftest import tiny_var_models
 from safetensors.torch import load_file
 from test_cli import user_error
 from test_solrl import _metrics
-from test_var_train import kill_after_first_checkpoint
+from test_var_train import _one_thread, assert_same_metrics, kill_after_first_checkpoint, two_processes  # noqa: F401
 
 from vgen.cli import main
 from vgen.sar import SARSettings, sar_loss, sar_ramp
@@ -145,14 +142,6 @@ def _args(tmp_path, name, *extra):
     return [TINY_YAML, *QUICK, f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_tiny_config_runs_and_logs_both_passes(tmp_path):
     assert main(["train", TINY_YAML, "progress=false", "data_size=64", "val_size=8", f"run.out_dir={tmp_path}",
                  "run.name=t", "mode=all", "tokens=sample", "token_top_k=20"]) == 0
@@ -191,18 +180,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     common = ["iterations=2", "tokens=sample", "mode=all", "token_top_p=0.9"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "vgen.cli", "train", *_args(tmp_path, "two", *common)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two_processes(_args(tmp_path, "two", *common))
     assert main(["train", *_args(tmp_path, "one", *common)]) == 0
-    a, b = _metrics(tmp_path / "two", VOLATILE), _metrics(tmp_path / "one", VOLATILE)
-    assert sorted(a) == sorted(b) == [1, 2]
-    for step in a:
-        assert a[step].keys() == b[step].keys()
-        for key, v in a[step].items():
-            assert v == pytest.approx(b[step][key], rel=1e-5, abs=1e-6), (step, key)
+    assert_same_metrics(tmp_path / "two", tmp_path / "one", [1, 2])
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -298,14 +298,23 @@ def test_two_gloo_processes_match_one_process(tmp_path, var_tokenizer_dir):
     are summed, so the metrics are one process's within float tolerance."""
     common = ["iterations=3", "eval_every=0", "sample_every=0", "checkpoint_every=0", "save_model=false",
               "cond_drop_rate=0.3"]
+    two_processes(_args(tmp_path, var_tokenizer_dir, "two", *common))
+    assert _train(tmp_path, var_tokenizer_dir, "one", *common) == 0
+    assert_same_metrics(tmp_path / "two", tmp_path / "one", [1, 2, 3])
+
+
+def two_processes(train_args: list[str]) -> None:
+    """`vgen train` under torchrun with 2 CPU processes on gloo, one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "vgen.cli", "train", *_args(tmp_path, var_tokenizer_dir, "two", *common)], env=env,
-                         capture_output=True, text=True, timeout=600)
+                          "-m", "vgen.cli", "train", *train_args], env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert _train(tmp_path, var_tokenizer_dir, "one", *common) == 0
-    a, b = _metrics(tmp_path / "two", VOLATILE), _metrics(tmp_path / "one", VOLATILE)
-    assert sorted(a) == sorted(b) == [1, 2, 3]
+
+
+def assert_same_metrics(run_a, run_b, steps: list[int]) -> None:
+    """Every logged metric of two runs equal within float tolerance (timings aside)."""
+    a, b = _metrics(run_a, VOLATILE), _metrics(run_b, VOLATILE)
+    assert sorted(a) == sorted(b) == steps
     for step in a:
         assert a[step].keys() == b[step].keys()
         for key, v in a[step].items():
