@@ -55,6 +55,7 @@ def exposure_gap(var, vqvae, data, settings: dict, batch: int, seed: int) -> dic
     """Per-scale CE / accuracy of the ground-truth tokens under gt and own contexts (see the docstring)."""
     from vgen.engine.scalewise import evaluating, teacher_forcing_inputs
     from vgen.sar.losses import SARSettings, predicted_tokens, sample_seeds
+    from vgen.vartrain.losses import token_ce
 
     pns, K = var.patch_nums, len(var.patch_nums)
     lengths = var.lengths()
@@ -76,10 +77,9 @@ def exposure_gap(var, vqvae, data, settings: dict, batch: int, seed: int) -> dic
                 else:
                     pred = predicted_tokens(var, tf, labels, inputs, pns, s, sample_seeds(seed, 0, idx))
                     logits = var(labels, teacher_forcing_inputs(vqvae, pred, pns), patch_nums=pns)
-                nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
-                good = (logits.argmax(-1) == target).double()
-                ce[kind] += torch.stack([x.double().mean(1).sum() for x in nll.split(lengths, 1)]).cpu()
-                hit[kind] += torch.stack([x.mean(1).sum() for x in good.split(lengths, 1)]).cpu()
+                r = token_ce(logits, target, lengths)  # per-scale means over this batch
+                ce[kind] += r.ce_per_scale.double().cpu() * len(idx)
+                hit[kind] += r.acc_per_scale.double().cpu() * len(idx)
     n = len(data)
     out = {k: {"ce": (ce[k] / n).tolist(), "acc": (hit[k] / n).tolist()} for k in kinds}
     for k in ("own_argmax", "own_sample"):
