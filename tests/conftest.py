@@ -70,8 +70,8 @@ def sd3_pipe():
 TINY_VAR_PN = (1, 2, 4)
 
 
-def tiny_var_models(seed: int = 0, flex: bool = False, patch_nums=TINY_VAR_PN):
-    """A random multi-scale VQ-VAE for 16x16 images (4x4 latent) and a 2-block VAR over the
+def tiny_var_models(seed: int = 0, flex: bool = False, patch_nums=TINY_VAR_PN, depth: int = 2):
+    """A random multi-scale VQ-VAE for 16x16 images (4x4 latent) and a ``depth``-block VAR over the
     world's 70 class prompts, both built by folder.build_* so they can be saved."""
     from vgen.models.var.folder import build_var, build_vqvae
     from vgen.world.datasets import CLASS_PROMPTS
@@ -80,7 +80,7 @@ def tiny_var_models(seed: int = 0, flex: bool = False, patch_nums=TINY_VAR_PN):
     vae = build_vqvae(dict(vocab_size=32, z_channels=8, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
                            patch_nums=list(patch_nums), residual=not flex, using_sa=False, using_mid_sa=False,
                            norm_groups=8)).eval()
-    var = build_var(dict(vocab_size=32, Cvae=8, num_classes=len(CLASS_PROMPTS), depth=2, embed_dim=32, num_heads=2,
+    var = build_var(dict(vocab_size=32, Cvae=8, num_classes=len(CLASS_PROMPTS), depth=depth, embed_dim=32, num_heads=2,
                          patch_nums=list(patch_nums), flex=flex)).eval()
     var.init_weights()
     return vae, var

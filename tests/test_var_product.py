@@ -98,17 +98,20 @@ def test_vgen_eval_on_a_var_folder_and_a_run(var_model_dir, var_run, tmp_path, c
     assert json.loads((tmp_path / "ev2" / "report.json").read_text())["step"] == 2
 
 
-def test_vgen_eval_depth_plan_and_scale_list(var_model_dir, tmp_path):
+def test_vgen_eval_full_depth_is_no_plan(var_model_dir, tmp_path):
+    """--depth D (the model's two blocks) is the full network: no depth plan (tests/test_variant.py has the rest)."""
     out = tmp_path / "plan"
     assert main(["eval", "--model", str(var_model_dir), "--classes", "0-3", "--seeds", "0", "--metrics", "geneval",
-                 "--switch-scale", "1", "--subnet-depth", "2", "--out", str(out)]) == 0
-    r = json.loads((out / "report.json").read_text())
-    assert r["depth_plan"][0] == list(range(load(var_model_dir).var.depth)) and len(r["depth_plan"][-1]) == 2
+                 "--switch-scale", "1", "--depth", "2", "--out", str(out)]) == 0
+    assert "depth_plan" not in json.loads((out / "report.json").read_text())
 
 
 @pytest.mark.parametrize("extra, needle", [
     (["--steps", "3"], "--steps applies to diffusers pipelines"),
-    (["--switch-scale", "1"], "--switch-scale and --subnet-depth go together"),
+    (["--switch-scale", "1"], "a switch scale needs a depth below"),
+    (["--depth", "1"], "depth 1 must be an integer in 2.."),
+    (["--depth", "99"], "depth 99 must be an integer in 2.."),
+    (["--depth", "2", "--switch-scale", "99"], "switch scale 99 must be an integer in 0.."),
     (["--patch-nums", "1,2,3,4"], "only a FlexVAR model"),
     (["--patch-nums", "2,1"], "increasing positive sizes"),
     (["--classes", "999"], "class 999 is out of range"),

@@ -1,7 +1,7 @@
 """Does SAR beat teacher forcing? SAR vs TF-only continued training from the same tiny base, several seeds.
 
     python tools/sar_compare.py [--models flexvar var] [--seeds 0 1 2] [--eval-seeds 100-109]
-                                [--parallel 2] [--out runs/sar-compare] [key=value ...]
+                                [--parallel 2] [--out runs/sar-compare] [--baseline DIR] [key=value ...]
 
 For each model (``configs/sar/<model>_tiny.yaml``) and seed it trains ``sar`` (the config as is) and
 ``tf`` (the same config with sigma=0: plain teacher forcing, the same data, label drops, scale lists,
@@ -57,12 +57,20 @@ def main() -> None:
     ap.add_argument("--eval-seeds", default="100-109")
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--out", default="runs/sar-compare")
+    ap.add_argument("--baseline", help="an earlier --out whose TF-only runs, evaluations and base scores are "
+                    "reused (linked), so an ablation of SAR settings trains only the SAR arm")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of both arms' config")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
     arms = {"sar": [], "tf": ["sigma=0"]}
+    if a.baseline:  # sigma=0 makes every SAR setting the same TF run, so one baseline serves them all
+        for m in a.models:
+            for name in [f"{m}-base-eval", *(f"{m}-tf-s{s}{x}" for s in a.seeds for x in ("", "-eval"))]:
+                src, dst = Path(a.baseline).resolve() / name, out / name
+                if src.exists() and not dst.exists():
+                    dst.symlink_to(src, target_is_directory=True)
     train, evals = [], []
     for m in a.models:
         base_eval = out / f"{m}-base-eval"
@@ -74,7 +82,7 @@ def main() -> None:
                 name = f"{m}-{arm}-s{s}"
                 if not (out / name / "model" / "var.safetensors").is_file():
                     train.append((["train", f"configs/sar/{m}_tiny.yaml", f"run.seed={s}", f"run.out_dir={out}",
-                                   f"run.name={name}", "progress=false", *extra, *a.overrides], out / f"{name}.log"))
+                                   f"run.name={name}", "progress=false", *a.overrides, *extra], out / f"{name}.log"))
                 if not (out / f"{name}-eval" / "report.json").is_file():
                     evals.append((["eval", "--model", str(out / name / "model"), "--seeds", a.eval_seeds,
                                    "--metrics", "geneval", "fid", "--out", str(out / f"{name}-eval"), "--force"],

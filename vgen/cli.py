@@ -59,7 +59,7 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
 
 # `vgen sample` flags of one model kind (default None: not given); the other kind refuses them.
 _PIPELINE_FLAGS = ("prompts", "steps", "guidance", "shift", "height", "width", "chunk_size", "dtype")
-_VAR_FLAGS = ("classes", "cfg", "top_k", "top_p")
+_VAR_FLAGS = ("classes", "cfg", "top_k", "top_p", "depth", "switch_scale")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -79,7 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         flag = "--" + wrong[0].replace("_", "-")
         if var:
             raise UserError(f"{flag} does not apply to {args.model!r}, a VAR model folder "
-                            "(it takes --classes, --cfg, --top-k, --top-p)")
+                            "(it takes --classes, --cfg, --top-k, --top-p, --depth, --switch-scale)")
         raise UserError(f"{flag} is for VAR model folders and {args.model!r} is not one (a pipeline takes --prompts)")
     items = args.classes if var else args.prompts
     if items is None:
@@ -120,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(seeds=parse_seeds(args.seeds), metrics=tuple(args.metrics), rewards=list(args.rewards),
                        n=args.n, steps=args.steps, guidance=args.guidance, resolution=args.resolution,
                        classes=args.classes, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, patch_nums=pns,
-                       switch_scale=args.switch_scale, subnet_depth=args.subnet_depth,
+                       switch_scale=args.switch_scale, depth=args.depth,
                        inception_weights=args.inception_weights, ref_stats=args.ref_stats,
                        fid_reference=args.fid_reference, checkpoint=args.checkpoint)
     out = run_eval(args.model, args.out, opts, args.force)
@@ -224,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--cfg", type=float, default=None, help="VAR: CFG scale, 0 = off (default: the folder's)")
     sm.add_argument("--top-k", type=int, default=None, help="VAR: top-k, 0 = off (default: the folder's)")
     sm.add_argument("--top-p", type=float, default=None, help="VAR: top-p, 0 = off (default: the folder's)")
+    sm.add_argument("--depth", type=int, default=None,
+                    help="VAR: VARiant run-time depth: scales from --switch-scale on run the equidistant subnet of "
+                    "this many blocks (2..D; default: the folder's, else the full network)")
+    sm.add_argument("--switch-scale", type=int, default=None,
+                    help="VAR: first scale the subnet runs (default: the folder's, else the last three scales)")
     sm.add_argument("--device", default="cpu")
     sm.set_defaults(func=cmd_sample)
 
@@ -241,9 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-p", type=float, default=None, help="VAR: top-p, 0 = off (default: the model's)")
     ev.add_argument("--patch-nums", default=None, metavar="1,2,...",
                     help="VAR: sample at this scale list (FlexVAR models; default: the model's)")
+    ev.add_argument("--depth", "--subnet-depth", dest="depth", type=int, default=None,
+                    help="VAR: VARiant run-time depth: scales from --switch-scale on run the equidistant subnet of "
+                    "this many blocks (2..D; default: the model's, else the full network)")
     ev.add_argument("--switch-scale", type=int, default=None,
-                    help="VAR: VARiant depth plan: scales from this one run the subnet of --subnet-depth blocks")
-    ev.add_argument("--subnet-depth", type=int, default=None, help="VAR: blocks of the equidistant subnet")
+                    help="VAR: first scale the subnet runs (default: the model's, else the last three scales)")
     ev.add_argument("--ref-stats", default=None, metavar="FILE.npz",
                     help="VAR: FID (and IS) against ADM-style reference statistics (Inception mu / sigma); "
                     "needs --inception-weights")

@@ -13,10 +13,10 @@ TRAIN: dict[str, tuple[str, str]] = {
     "solrl": ("vgen.solrl.recipe", "SolRLConfig"),
     "var": ("vgen.vartrain.recipe", "VARTrainConfig"),
     "sar": ("vgen.sar.recipe", "SARConfig"),
+    "variant": ("vgen.variant.recipe", "VariantConfig"),
 }
 # What each not-yet-landed recipe name will be, so a user gets a plain answer.
 PLANNED = {
-    "variant": "VARiant supernet training",
     "scaleweaver": "ScaleWeaver control training",
 }
 BENCH: dict[str, tuple[str, str]] = {

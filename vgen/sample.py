@@ -96,19 +96,26 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
 
 
 def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: float | None = None,
-               top_k: int | None = None, top_p: float | None = None, device: str = "cpu") -> int:
+               top_k: int | None = None, top_p: float | None = None, device: str = "cpu", depth: int | None = None,
+               switch_scale: int | None = None) -> int:
     """`vgen sample` for a VAR model (folder, run or official files): every (class, seed); CFG /
-    top-k / top-p default to the model's ``sampling`` settings, so a trained model samples as its
-    recipe evaluated it."""
+    top-k / top-p and VARiant's depth / switch scale default to the model's ``sampling`` settings,
+    so a trained model samples as its recipe evaluated it."""
     from vgen.engine.scalewise import sample as scalewise
     from vgen.models.load import load
 
-    prompts = load(model, weights=False).classes  # classes and seeds are checked before the weights load
+    described = load(model, weights=False)  # classes, seeds and flags are checked before the weights load
+    prompts = described.classes
     class_ids, seed_list = parse_classes(classes, len(prompts)), parse_seeds(seeds)
-    settings = var_settings({}, cfg, top_k, top_p)  # the flags checked before the weights load
+    settings = var_settings({}, cfg, top_k, top_p)
+    if described.var is not None:
+        var_depth_plan(described.var, len(described.var.patch_nums), described.sampling, depth, switch_scale)
     prepare_out_dir(out)
     m = load_var(model, device)
     settings = var_settings(m.sampling, cfg, top_k, top_p)
+    plan = var_depth_plan(m.var, len(m.var.patch_nums), m.sampling, depth, switch_scale)
+    if plan is not None:
+        settings["depth_plan"] = plan
     pairs = [(c, s) for c in class_ids for s in seed_list]
     t0 = time.perf_counter()
     r = scalewise(m.var, m.vqvae, [c for c, _ in pairs], [s for _, s in pairs], **settings)
@@ -142,6 +149,34 @@ def var_settings(sampling: dict, cfg: float | None = None, top_k: int | None = N
     return {"cfg": float(cfg if cfg is not None else sampling.get("cfg", 1.5)),
             "top_k": int(top_k if top_k is not None else sampling.get("top_k", 0)),
             "top_p": float(top_p if top_p is not None else sampling.get("top_p", 0.0))}
+
+
+def default_switch_scale(num_scales: int) -> int:
+    """VARiant's switch when neither the call nor the folder names one: the last three scales run the
+    subnet, as the paper's VAR-d30 plan (10 scales, the first 7 on the full network)."""
+    return max(1, num_scales - 3)
+
+
+def var_depth_plan(var, num_scales: int, sampling: dict, depth: int | None = None,
+                   switch_scale: int | None = None) -> list[list[int]] | None:
+    """VARiant's depth plan for a call (None: the full network on every scale).
+
+    ``depth`` / ``switch_scale``: those given, else the folder's ``sampling`` defaults, else the full
+    depth and :func:`default_switch_scale`. A depth outside 2..D or a switch scale outside the
+    model's scales is a one-line error; depth D is the full network (no plan)."""
+    from vgen.models.var import switch_plan
+
+    D = var.depth
+    d = depth if depth is not None else sampling.get("depth", D)
+    s = switch_scale if switch_scale is not None else sampling.get("switch_scale", default_switch_scale(num_scales))
+    if isinstance(d, bool) or not isinstance(d, int) or not (2 <= d <= D or d == D):
+        raise UserError(f"depth {d!r} must be an integer in 2..{D} (the model has {D} blocks)")
+    if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < num_scales:
+        raise UserError(f"switch scale {s!r} must be an integer in 0..{num_scales - 1} (the model samples "
+                        f"{num_scales} scales)")
+    if switch_scale is not None and depth is None and "depth" not in sampling:
+        raise UserError(f"a switch scale needs a depth below the model's {D} blocks (give --depth)")
+    return None if d == D else switch_plan(D, num_scales, s, d)
 
 
 def write_samples(out: str | Path, images, records: list[dict], labels: list[str], meta: dict) -> None:

@@ -130,8 +130,8 @@ class EvalOptions:
     top_k: int | None = None
     top_p: float | None = None
     patch_nums: list[int] | None = None        # VAR: another scale list (FlexVAR only)
-    switch_scale: int | None = None            # VAR: VARiant depth plan, with subnet_depth
-    subnet_depth: int | None = None
+    depth: int | None = None                   # VAR: VARiant run-time depth (subnet from switch_scale on)
+    switch_scale: int | None = None
     inception_weights: str | None = None
     ref_stats: str | None = None               # VAR: ADM-style reference .npz (Inception mu / sigma)
     fid_reference: int = 2000
@@ -155,8 +155,6 @@ def _check(opts: EvalOptions) -> None:
         load_ref_stats(opts.ref_stats)  # a corrupt or malformed file is refused before any generation
     if opts.resolution < 16 or opts.resolution % 16:
         raise UserError(f"--resolution must be a positive multiple of 16, got {opts.resolution}")
-    if (opts.switch_scale is None) != (opts.subnet_depth is None):
-        raise UserError("--switch-scale and --subnet-depth go together (a VARiant depth plan), or neither")
 
 
 def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict, np.ndarray, list[str], int]:
@@ -167,7 +165,7 @@ def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict,
     described = described or load(model, weights=False, checkpoint=opts.checkpoint)
     if described.kind == "var":
         return evaluate_var_model(model, opts, described)
-    var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "switch_scale", "ref_stats")
+    var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "depth", "switch_scale", "ref_stats")
                 if getattr(opts, k) is not None]
     if var_only:
         raise UserError(f"--{var_only[0].replace('_', '-')} applies to VAR models; {model!r} is a diffusers pipeline")
@@ -254,8 +252,7 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
 def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[dict, np.ndarray, list[str], int]:
     """`vgen eval` of a VAR model folder, VAR run or official checkpoint pair (see EvalOptions)."""
     from vgen.models.load import load
-    from vgen.models.var import switch_plan
-    from vgen.sample import parse_classes, var_settings
+    from vgen.sample import parse_classes, var_depth_plan, var_settings
 
     pipeline_only = [k for k in ("steps", "guidance") if getattr(opts, k) is not None]
     if pipeline_only or opts.rewards:
@@ -265,6 +262,8 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     var_settings({}, opts.cfg, opts.top_k, opts.top_p)  # bad sampling flags first
     m = described or load(model, weights=False, checkpoint=opts.checkpoint)
     classes = parse_classes(opts.classes or ["all"], len(m.classes))
+    if m.var is not None:  # the depth flags checked before the weights load
+        var_depth_plan(m.var, len(m.var.check_patch_nums(opts.patch_nums)), m.sampling, opts.depth, opts.switch_scale)
     if ("fid" in opts.metrics or opts.ref_stats) and len(classes) * len(opts.seeds) < 2:
         raise UserError("FID needs at least two generated images: give more --classes or --seeds")
     m = load(model, checkpoint=opts.checkpoint)
@@ -274,10 +273,9 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     pns = m.var.check_patch_nums(opts.patch_nums)
     if opts.patch_nums is not None:
         settings["patch_nums"] = list(pns)
-    if opts.switch_scale is not None:
-        if not 0 <= opts.switch_scale < len(pns):
-            raise UserError(f"--switch-scale must lie in 0..{len(pns) - 1}")
-        settings["depth_plan"] = switch_plan(m.var.depth, len(pns), opts.switch_scale, opts.subnet_depth)
+    plan = var_depth_plan(m.var, len(pns), m.sampling, opts.depth, opts.switch_scale)
+    if plan is not None:
+        settings["depth_plan"] = plan
     scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,
                                            opts.metrics, m.resolution, opts.batch, opts.progress)
     report = {"vgen_version": __version__, "model": str(model), "kind": "var", "source": m.source, "step": m.step,

@@ -1,6 +1,6 @@
-"""`vgen train CONFIG --dry-run` for the VAR family (``var``, ``sar``): the models built on the meta
-device (no weights read), parameter counts and an estimate of memory per GPU for N processes, so a
-cluster recipe can be checked on a laptop.
+"""`vgen train CONFIG --dry-run` for the VAR family (``var``, ``sar``, ``variant``): the models built
+on the meta device (no weights read), parameter counts and an estimate of memory per GPU for N
+processes, so a cluster recipe can be checked on a laptop.
 
 Sizes come from the files the config names when they are here (a model folder or run: its
 config.json; official files: their tensors' shapes); when ``init`` / ``tokenizer`` are not on this
@@ -16,7 +16,8 @@ The estimate (bytes, documented so it can be checked):
   b * L * C * D * 34 under bf16 autocast (68 in float32) for the blocks, plus b * L * V * 12 for the
   logits (bf16 logits, their float32 CE copy and its gradient); a rough figure to compare recipes,
   not a bound. SAR's student-forcing pass adds its own sequence: (1 + last scale's tokens) / L of
-  the teacher-forcing activations in ``last`` mode, the same again in ``all`` mode.
+  the teacher-forcing activations in ``last`` mode, the same again in ``all`` mode. VARiant's
+  figure is its full-network step (a subnet step keeps fewer blocks' activations).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
     if sar:
         act += act * (1.0 if cfg.mode == "all" else (1 + var.patch_nums[-1] ** 2) / L)
     weights = n_vae * 4 + n_var * 16
-    lines = [f"recipe {'sar' if sar else 'var'}: {'FlexVAR' if var.flex else 'VAR'} depth {D}, width {C}, "
+    recipe = "sar" if sar else "variant" if hasattr(cfg, "switch_scale") else "var"
+    lines = [f"recipe {recipe}: {'FlexVAR' if var.flex else 'VAR'} depth {D}, width {C}, "
              f"{var.num_heads} heads, {var.num_classes} classes, scales {list(var.patch_nums)} ({L} tokens), "
              f"vocabulary {V}",
              f"parameters: transformer {n_var / 1e6:.1f}M (trained), VQ-VAE {n_vae / 1e6:.1f}M (frozen)",

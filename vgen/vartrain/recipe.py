@@ -130,6 +130,11 @@ class VARTrainConfig:
         if self.scale_weights is not None and not any(w > 0 for w in self.scale_weights):
             raise ConfigError(f"'scale_weights' must have at least one weight > 0, got {_show(self.scale_weights)}")
 
+    @property
+    def lr_decay(self) -> str:
+        """The lr decay after warm-up (a recipe whose ``schedule`` means something else overrides this)."""
+        return self.schedule
+
 
 # ---------------------------------------------------------------- optimisation
 
@@ -164,8 +169,9 @@ def sample_grid(var, vqvae, classes: list[int], seeds: list[int], path: Path, pr
 
 
 @torch.no_grad()
-def held_out(var, vqvae, data: Data, device, batch: int = 64) -> dict[str, float]:
-    """Teacher-forcing CE and accuracy on the held-out items, labels kept (eval mode)."""
+def held_out(var, vqvae, data: Data, device, batch: int = 64, depth_plan=None) -> dict[str, float]:
+    """Teacher-forcing CE and accuracy on the held-out items, labels kept (eval mode), along
+    ``depth_plan`` (VARiant; None: the full network)."""
     from vgen.engine.scalewise import evaluating
 
     n, ce, acc = len(data), 0.0, 0.0
@@ -173,29 +179,34 @@ def held_out(var, vqvae, data: Data, device, batch: int = 64) -> dict[str, float
         for lo in range(0, n, batch):
             idx = list(range(lo, min(lo + batch, n)))
             tokens, labels = data.get(idx, device)
-            r = tf_loss_from_tokens(var, vqvae, tokens, labels)
+            r = tf_loss_from_tokens(var, vqvae, tokens, labels, depth_plan=depth_plan)
             ce += float(r.per_sample.sum())
             acc += float(r.acc_per_scale @ torch.tensor(var.lengths(), dtype=torch.float32, device=device)
                          / var.L) * len(idx)
     return {"val_loss": ce / n, "val_acc": acc / n}
 
 
-def eval_report(cfg, var, vqvae, class_names: list[str], run_dir: Path, step: int, held: dict) -> dict:
+def eval_report(cfg, var, vqvae, class_names: list[str], run_dir: Path, step: int, held: dict, depth_plan=None,
+                where: str = "") -> dict:
     """The evaluation of step ``step`` as `vgen eval` writes it (eval/step-N/report.json, report.md,
     samples.png): every class x ``eval_seeds`` seeds with the recipe's sampling settings, plus the
-    held-out teacher-forcing figures. Returns the figures to log."""
+    held-out teacher-forcing figures. A VARiant path (``depth_plan``) writes into the sub-folder
+    ``where`` of that folder, so the step's own report stays the full network's. Returns the
+    figures to log."""
     from vgen import __version__
     from vgen.eval.harness import evaluate_var, write_report
 
     classes, seeds = list(range(len(class_names))), [1_000_000 + i for i in range(cfg.eval_seeds)]
     settings = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
+    if depth_plan is not None:
+        settings["depth_plan"] = depth_plan
     metrics = ("geneval", "fid") if cfg.eval_fid else ("geneval",)
     scores, images, prompts = evaluate_var(var, vqvae, class_names, classes, seeds, settings, metrics)
     report = {"vgen_version": __version__, "model": str(run_dir), "kind": "var", "source": "run", "step": step,
               "classes": classes, "n_classes": len(classes), "seeds": seeds, **settings,
               "patch_nums": list(var.patch_nums), "flex": bool(var.flex), "resolution": cfg.resolution,
               "threads": torch.get_num_threads(), "held_out": held, **scores}
-    write_report(run_dir / "eval" / f"step-{step:06d}", report, images, prompts, len(seeds))
+    write_report(run_dir / "eval" / f"step-{step:06d}" / where, report, images, prompts, len(seeds))
     out = {}
     if "geneval_shapes" in scores:
         out["eval_strict"] = scores["geneval_shapes"]["overall"]["strict"]["mean"]
@@ -311,9 +322,15 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
     return train(cfg, run_dir, RECIPE, tf_objective(cfg), model_card)
 
 
-def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card) -> int:
+def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval_paths=None,
+          sampling_extra=None) -> int:
     """The loop every VAR-family recipe runs (see the module docstring); ``objective`` makes the
-    micro-batch loss, ``card(cfg, var, history)`` the model card of checkpoints and the final folder."""
+    micro-batch loss, ``card(cfg, var, history)`` the model card of checkpoints and the final folder.
+
+    ``eval_paths(var)`` (VARiant) gives ``{suffix: depth plan}``: each held-out evaluation also runs
+    along each plan, its figures logged with the suffix (``val_loss_d4``) and its report written to
+    ``eval/step-N/<suffix without the underscore>``; ``sampling_extra(var)`` joins the saved folders'
+    sampling defaults (e.g. the switch scale)."""
     from tqdm.auto import tqdm
 
     from vgen.config import to_dict
@@ -356,7 +373,9 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card) -> i
     params = [p for p in var.parameters() if p.requires_grad]
     opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas)
     token_weights(var.lengths(), cfg.scale_weights)  # refuse bad weights before any work
-    sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
+    sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p,
+                **(sampling_extra(var) if sampling_extra else {})}
+    paths = {"": None, **(eval_paths(var) if eval_paths else {})}
 
     def write_model(folder: Path, stamp: dict) -> str:  # every checkpoint is a loadable VAR model folder
         write_var_files(folder, vqvae, var, names, cfg.resolution, sampling, card=card(cfg, var, history),
@@ -379,7 +398,7 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card) -> i
     t_run = time.perf_counter()
     for step in range(start + 1, cfg.iterations + 1):
         t = time.perf_counter()
-        lr = lr_at(step, cfg.lr, cfg.iterations, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
+        lr = lr_at(step, cfg.lr, cfg.iterations, cfg.warmup, cfg.lr_decay, cfg.min_lr_ratio)
         set_lr(opt, lr)
         idx = dist.shard(batch_indices(cfg.run.seed, step, cfg.batch, len(train)))
         drops = dist.shard(label_drops(cfg.run.seed, step, cfg.batch, cfg.cond_drop_rate))
@@ -410,9 +429,13 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card) -> i
         if main:
             last = cfg.iterations
             if due(cfg.eval_every, step, last) and val is not None:
-                ev = held_out(var, vqvae, val, device)
-                if cfg.eval_seeds:
-                    ev.update(eval_report(cfg, var, vqvae, names, run_dir, step, dict(ev)))
+                ev = {}
+                for suffix, plan in paths.items():
+                    e = held_out(var, vqvae, val, device, depth_plan=plan)
+                    if cfg.eval_seeds:
+                        e.update(eval_report(cfg, var, vqvae, names, run_dir, step, dict(e), plan,
+                                             suffix.lstrip("_")))
+                    ev.update({k + suffix: v for k, v in e.items()})
                 m.update(ev)
                 history["eval"].append({"step": step, **ev})
             if due(cfg.sample_every, step, last):

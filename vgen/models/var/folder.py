@@ -139,22 +139,28 @@ def read_config(path) -> dict:
 
 
 def check_sampling(sampling, where: str) -> None:
-    """A folder's sampling defaults: {"cfg": finite >= 0, "top_k": int >= 0, "top_p": in [0, 1]} (all optional)."""
+    """A folder's sampling defaults, all optional: {"cfg": finite >= 0, "top_k": int >= 0, "top_p": in
+    [0, 1], "depth": int >= 1 and "switch_scale": int >= 0 (VARiant's run-time depth; their range
+    against the model is checked when a plan is made, vgen.sample.var_depth_plan)}."""
     import math
 
     if sampling is None:
         return
     if not isinstance(sampling, dict):
-        raise UserError(f"{where} 'sampling' must be a mapping (cfg, top_k, top_p), got {sampling!r}")
+        raise UserError(f"{where} 'sampling' must be a mapping (cfg, top_k, top_p, depth, switch_scale), "
+                        f"got {sampling!r}")
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    integer = lambda v, lo: isinstance(v, int) and not isinstance(v, bool) and v >= lo  # noqa: E731
     checks = {"cfg": lambda v: number(v) and v >= 0, "top_p": lambda v: number(v) and 0 <= v <= 1,
-              "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+              "top_k": lambda v: integer(v, 0), "depth": lambda v: integer(v, 1),
+              "switch_scale": lambda v: integer(v, 0)}
     for key, v in sampling.items():
         if key not in checks:
-            raise UserError(f"{where} 'sampling' has an unknown key {key!r} (cfg, top_k, top_p)")
+            raise UserError(f"{where} 'sampling' has an unknown key {key!r} (cfg, top_k, top_p, depth, switch_scale)")
         if not checks[key](v):
             raise UserError(f"{where} sampling {key}={v!r}: cfg must be finite and >= 0, top_k must be >= 0 "
-                            "(an integer), top_p must lie in [0, 1]")
+                            "(an integer), top_p must lie in [0, 1], depth must be an integer >= 1 and "
+                            "switch_scale an integer >= 0")
 
 
 def _build(kind, arch: dict, folder: Path):

@@ -1,0 +1,328 @@
+"""VARiant: run-time depth from one model, the path schedule, the subnet path's loss, the recipe."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_var_models
+from safetensors.torch import load_file
+from test_cli import user_error
+from test_solrl import _metrics
+from test_var_train import _one_thread, assert_same_metrics, kill_after_first_checkpoint, two_processes  # noqa: F401
+
+from vgen.cli import main
+from vgen.engine.scalewise import sample, teacher_forcing_inputs
+from vgen.errors import UserError
+from vgen.models.var import subnet_indices, switch_plan
+from vgen.variant import Schedule, path_at, plan_for, variant_loss
+
+PN = (1, 2, 3, 4)
+D = 5
+
+
+def lively(flex: bool = False):
+    """A 5-block random model whose logits depend on every block (the official init starts them near zero)."""
+    vae, var = tiny_var_models(seed=4, flex=flex, patch_nums=PN, depth=D)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in var.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    var.train()
+    var.cond_drop_rate = 0.0
+    tokens = [torch.randint(0, 32, (3, p * p), generator=g) for p in PN]
+    return vae, var, tokens, torch.tensor([0, 7, 70])
+
+
+@pytest.fixture(scope="module")
+def deep_folder(tmp_path_factory):
+    from vgen.models.var.folder import save_var_model
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    vae, var, _, _ = lively()
+    return save_var_model(tmp_path_factory.mktemp("variant") / "deep", vae, var.eval(), CLASS_PROMPTS, 16,
+                          {"cfg": 1.5, "top_k": 0, "top_p": 0.0})
+
+
+# ---------------------------------------------------------------- the path schedule
+
+
+def test_fixed_ratio_spreads_full_steps_and_takes_depths_in_turn():
+    s = Schedule((8, 4, 2), (1.0,), ((2.0, 8.0),))
+    paths = [path_at(s, step, 50) for step in range(1, 51)]
+    assert [i + 1 for i, p in enumerate(paths) if p is None] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    assert [p for p in paths if p is not None][:6] == [8, 4, 2, 8, 4, 2]
+    assert sorted({d: sum(p == d for p in paths) for d in (8, 4, 2)}.values()) == [13, 13, 14]
+
+
+def test_progressive_default_stages_by_brute_force():
+    """Each stage's full steps counted independently: a running share that emits a full step each time it
+    passes a whole number (exact fractions), and the subnet depths in turn across stage boundaries."""
+    from fractions import Fraction
+
+    ends, ratios = (0.5, 0.75, 1.0), ((2, 8), (1, 9), (0, 10))
+    s = Schedule((4, 2), ends, tuple((float(a), float(b)) for a, b in ratios))
+    for n in (20, 37, 200):
+        got = [path_at(s, step, n) for step in range(1, n + 1)]
+        want, cuts, k = [], [0] + [round(e * n) for e in ends], 0
+        for (a, b), lo, hi in zip(ratios, cuts, cuts[1:]):
+            acc, r = Fraction(0), Fraction(a, a + b)
+            for _ in range(lo, hi):
+                before, acc = acc, acc + r
+                if int(acc) > int(before):
+                    want.append(None)
+                else:
+                    want.append((4, 2)[k % 2])
+                    k += 1
+        assert got == want, n
+    assert [path_at(s, t, 20) is None for t in range(1, 21)].count(True) == 2  # steps 5 and 10 only
+
+
+@pytest.mark.parametrize("ends, ratios, message", [
+    ((0.5, 0.4, 1.0), ((1, 1),) * 3, "must increase"),
+    ((0.5,), ((1, 1),), "must increase from above 0 to 1"),
+    ((1.0,), ((0, 0),), "not both 0"),
+    ((0.5, 1.0), ((1, 1),), "one full:subnet ratio per stage"),
+])
+def test_bad_schedules_are_refused(ends, ratios, message):
+    with pytest.raises(UserError, match=message):
+        Schedule((2,), ends, ratios)
+
+
+def test_plan_switches_by_size():
+    assert plan_for(D, PN, 3, 2) == switch_plan(D, 4, 2, 2) == [list(range(D))] * 2 + [[0, 4]] * 2
+    assert plan_for(D, (1, 2, 5, 6, 8), 3, 3) == [list(range(D))] * 2 + [subnet_indices(D, 3)] * 3
+    assert plan_for(D, PN, 3, None) is None
+
+
+# ---------------------------------------------------------------- the subnet path's loss
+
+
+def sampler_logits(var, vae, tokens, labels, plan):
+    """Logits of ground-truth inputs computed as the sampler does: one scale at a time through the blocks
+    its plan names, with per-block KV caches."""
+    cond_BD, cond = var.condition(labels)
+    inputs = teacher_forcing_inputs(vae, tokens).split([p * p for p in PN[1:]], 1)
+    caches, out = [{} for _ in range(var.depth)], []
+    for k in range(len(PN)):
+        x = var.start_tokens(cond_BD) if k == 0 else var.embed_scale(inputs[k - 1], k)
+        out.append(var.logits(var.step(x, cond, caches, blocks=plan[k]), cond_BD))
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("flex", [False, True])
+@pytest.mark.parametrize("depth, switch", [(2, 2), (3, 1), (4, 3)])
+def test_subnet_path_loss_is_the_samplers_path(flex, depth, switch):
+    vae, var, tokens, labels = lively(flex)
+    plan = plan_for(D, PN, PN[switch], depth)
+    r = variant_loss(var, vae, tokens, labels, plan)
+    with torch.no_grad():
+        logits = sampler_logits(var, vae, tokens, labels, plan)
+        ref = F.cross_entropy(logits.flatten(0, 1), torch.cat(tokens, 1).flatten())
+    assert r.loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    full = variant_loss(var, vae, tokens, labels, None)
+    assert abs(full.loss.item() - r.loss.item()) > 1e-3  # the subnet is another network
+    # scales before the switch are the full network's, so their CE is the full path's
+    assert torch.allclose(r.tf.ce_per_scale[:switch], full.tf.ce_per_scale[:switch], atol=1e-5)
+
+
+def test_distillation_term_is_the_kl_from_the_full_network():
+    vae, var, tokens, labels = lively()
+    plan = plan_for(D, PN, 3, 2)
+    r = variant_loss(var, vae, tokens, labels, plan, distill=0.5)
+    with torch.no_grad():
+        inputs = teacher_forcing_inputs(vae, tokens)
+        student = var(labels, inputs, depth_plan=plan)[:, 5:]  # tokens of scales 2 and 3 (1 + 4 before)
+        teacher = var(labels, inputs)[:, 5:]
+        kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=teacher),
+                                               torch.distributions.Categorical(logits=student)).mean()
+    assert r.kl.item() == pytest.approx(kl.item(), rel=1e-5)
+    assert r.loss.item() == pytest.approx(r.tf.loss.item() + 0.5 * kl.item(), rel=1e-5)
+    assert torch.isnan(variant_loss(var, vae, tokens, labels, None, distill=0.5).kl)  # no KL on a full step
+
+
+# ---------------------------------------------------------------- run-time depth from one model
+
+
+def test_switching_depth_between_calls_touches_no_weights(deep_folder):
+    from vgen.models.load import load
+
+    m = load(deep_folder)
+    before = {k: (v.data_ptr(), v.clone()) for k, v in m.var.state_dict().items()}
+    kw = dict(cfg=1.5, top_k=5)
+    full = sample(m.var, m.vqvae, [3, 9], [0, 1], **kw)
+    for d in (2, 3, 4):
+        s = sample(m.var, m.vqvae, [3, 9], [0, 1], depth_plan=switch_plan(D, 4, 2, d), **kw)
+        assert not all(torch.equal(a, b) for a, b in zip(s.tokens, full.tokens))
+    again = sample(m.var, m.vqvae, [3, 9], [0, 1], **kw)
+    assert all(torch.equal(a, b) for a, b in zip(again.tokens, full.tokens))
+    for k, v in m.var.state_dict().items():
+        assert v.data_ptr() == before[k][0] and torch.equal(v, before[k][1]), k
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("switch", [0, 1, 2, 3])
+def test_cached_sampling_equals_recompute_for_every_plan(depth, switch):
+    vae, var, _, _ = lively()
+    var.eval()
+    plan = switch_plan(D, 4, switch, depth)
+    kw = dict(cfg=1.5, top_k=8, depth_plan=plan, return_logits=True)
+    cached = sample(var, vae, [1, 5], [3, 4], **kw)
+    recomputed = sample(var, vae, [1, 5], [3, 4], use_cache=False, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(cached.tokens, recomputed.tokens))
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(cached.logits, recomputed.logits))
+    dropped = sorted(set(range(D)) - set(subnet_indices(D, depth)))
+    assert sorted(cached.freed.get(switch, [])) == (dropped if switch else [])  # switch 0: never filled
+
+
+def test_vgen_sample_and_eval_take_depth_and_switch_scale(deep_folder, tmp_path):
+    from vgen.models.load import load
+
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(deep_folder), "--classes", "3", "--seeds", "0", "1", "--depth", "2",
+                 "--switch-scale", "1", "--out", str(out)]) == 0
+    meta = json.loads((out / "samples.json").read_text())
+    plan = switch_plan(D, 4, 1, 2)
+    assert meta["depth_plan"] == plan
+    m = load(deep_folder)
+    ref = sample(m.var, m.vqvae, [3, 3], [0, 1], cfg=1.5, depth_plan=plan)
+    from PIL import Image
+
+    from vgen.images import to_uint8
+
+    files = [out / r["file"] for r in meta["samples"]]
+    assert all((torch.from_numpy(to_uint8(ref.images)[i]).numpy() == Image.open(f)).all() for i, f in enumerate(files))
+    ev = tmp_path / "e"
+    assert main(["eval", "--model", str(deep_folder), "--classes", "0-3", "--seeds", "0", "--metrics", "geneval",
+                 "--depth", "3", "--switch-scale", "2", "--out", str(ev)]) == 0
+    r = json.loads((ev / "report.json").read_text())
+    assert r["depth_plan"] == switch_plan(D, 4, 2, 3)
+    assert "depth plan (blocks per scale)" in (ev / "report.md").read_text()
+
+
+def test_the_folders_depth_defaults_apply(deep_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "withdefaults"
+    shutil.copytree(deep_folder, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["sampling"].update(depth=3, switch_scale=2)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert main(["sample", "--model", str(folder), "--classes", "3", "--seeds", "0", "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "samples.json").read_text())["depth_plan"] == switch_plan(D, 4, 2, 3)
+    assert main(["sample", "--model", str(folder), "--classes", "3", "--seeds", "0", "--depth", str(D),
+                 "--out", str(tmp_path / "b")]) == 0
+    assert "depth_plan" not in json.loads((tmp_path / "b" / "samples.json").read_text())
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--depth", "1"], "depth 1 must be an integer in 2..5"),
+    (["--depth", "6"], "depth 6 must be an integer in 2..5"),
+    (["--depth", "2", "--switch-scale", "4"], "switch scale 4 must be an integer in 0..3"),
+    (["--depth", "2", "--switch-scale", "-1"], "switch scale -1 must be an integer in 0..3"),
+    (["--switch-scale", "1"], "a switch scale needs a depth below the model's 5 blocks"),
+])
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_bad_depth_flags_are_one_line_errors(deep_folder, tmp_path, capsys, extra, needle, command):
+    msg = user_error(capsys, command, "--model", str(deep_folder), "--classes", "0", "1", "--seeds", "0",
+                     "--out", str(tmp_path / "o"), *extra)
+    assert needle in msg, msg
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_depth_plan_of_the_wrong_length_is_refused():
+    vae, var, _, _ = lively()
+    with pytest.raises(UserError, match="depth plan has 3 scales, the model samples 4"):
+        sample(var.eval(), vae, [1], [0], depth_plan=switch_plan(D, 3, 1, 2))
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "variant" / "tiny.yaml")
+QUICK = ["data_size=64", "val_size=8", "progress=false", "eval_every=0", "checkpoint_every=0", "save_model=false",
+         "cond_drop_rate=0.3", "batch=8"]
+VOLATILE = ("time_", "images_per_s")
+
+
+def _args(tmp_path, name, *extra):
+    return [TINY_YAML, *QUICK, f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
+
+
+def test_tiny_config_trains_every_path_and_evaluates_every_depth(tmp_path):
+    assert main(["train", TINY_YAML, "progress=false", "data_size=64", "val_size=8", "batch=8", "iterations=8",
+                 "eval_every=8", "eval_seeds=1", f"run.out_dir={tmp_path}", "run.name=t"]) == 0
+    m = _metrics(tmp_path / "t", VOLATILE)
+    # progressive 2:8 / 1:9 / 0:10 over 8 steps: stages 1-4, 5-6, 7-8; no full step (the 5th of stage 1 is past it)
+    assert [m[s]["path_depth"] for s in range(1, 9)] == [4, 2, 4, 2, 4, 2, 4, 2]
+    last = m[8]
+    for sfx in ("", "_d4", "_d2"):
+        assert {f"val_loss{sfx}", f"val_acc{sfx}", f"eval_strict{sfx}"} <= last.keys()
+    assert last["val_loss_d2"] > last["val_loss"]
+    run = tmp_path / "t"
+    assert (run / "eval" / "step-000008" / "report.json").is_file()
+    for d in (4, 2):
+        r = json.loads((run / "eval" / "step-000008" / f"d{d}" / "report.json").read_text())
+        assert r["depth_plan"] == switch_plan(6, 6, 3, d)
+    cfg = json.loads((run / "model" / "config.json").read_text())
+    assert cfg["sampling"]["switch_scale"] == 3  # the last three of six scales, as the paper's 7 of 10
+    card = (run / "model" / "README.md").read_text()
+    assert "| 2 |" in card and "--depth 2" in card
+
+
+def test_full_only_schedule_trains_exactly_as_the_var_recipe(tmp_path):
+    """ratio 1:0 trains the full network every step: the var recipe's step, bit for bit."""
+    common = ["init=assets/var-tiny-shapes", "tokenizer=assets/var-tiny-shapes", "iterations=3", "lr=1e-4",
+              "warmup=0", *QUICK[:3], "batch=8", "save_model=true", "cond_drop_rate=0.3", "sample_every=0",
+              "eval_seeds=0", "eval_every=0", "label_smoothing=0.1"]
+    assert main(["train", TINY_YAML, *common, "schedule=fixed", "ratio=[1,0]", "lr_schedule=constant",
+                 f"run.out_dir={tmp_path}", "run.name=v"]) == 0
+    assert main(["train", TINY_YAML.replace("variant/tiny", "var/tiny"), *common, "schedule=constant",
+                 f"run.out_dir={tmp_path}", "run.name=tf"]) == 0
+    a, b = _metrics(tmp_path / "v", VOLATILE), _metrics(tmp_path / "tf", VOLATILE)
+    assert all(a[s]["loss"] == b[s]["loss"] and a[s]["grad_norm"] == b[s]["grad_norm"] for s in (1, 2, 3))
+    wa, wb = (load_file(str(tmp_path / n / "model" / "var.safetensors")) for n in ("v", "tf"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    common = ["iterations=6", "checkpoint_every=2", "distill=0.5", "schedule=fixed", "ratio=[1,2]"]
+    assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
+    kill_after_first_checkpoint(_args(tmp_path, "k", *common), tmp_path / "k")
+    assert main(["train", *_args(tmp_path, "k", *common)]) == 0
+    assert "resum" in capsys.readouterr().out
+    ref = _metrics(tmp_path / "ref", VOLATILE)
+    assert _metrics(tmp_path / "k", VOLATILE) == ref
+    assert [ref[s]["path_depth"] for s in range(1, 7)] == [4, 2, 6, 4, 2, 6] and "kl" in ref[1] and "kl" not in ref[3]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    common = ["iterations=2", "distill=0.5"]
+    two_processes(_args(tmp_path, "two", *common))
+    assert main(["train", *_args(tmp_path, "one", *common)]) == 0
+    assert_same_metrics(tmp_path / "two", tmp_path / "one", [1, 2])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["depths=[6]"], "depths [6] must each lie in 2..5"),
+    (["depths=[1]"], "'depths[0]' = 1 is out of range"),
+    (["depths=[2,2]"], "repeats a depth"),
+    (["switch_scale=6"], "switch_scale 6 must lie in 0..5"),
+    (["schedule=cyclic"], "'schedule'"),
+    (["stage_ends=[0.5,1.0]"], "one ratio per stage"),
+    (["stage_ratios=[[1,1,1],[1,1],[1,1]]"], "each of stage_ratios is a pair"),
+    (["schedule=fixed", "ratio=[0,0]"], "not both 0"),
+    (["stage_ends=[0.6,0.5,1.0]"], "must increase"),
+    (["init=null"], "set init"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
+    msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))
+    assert message in msg, msg
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_dry_run_names_the_recipe(capsys):
+    assert main(["train", TINY_YAML, "--dry-run", "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("recipe variant: VAR depth 6") and "8 per process" in out

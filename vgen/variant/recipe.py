@@ -1,0 +1,183 @@
+"""`vgen train` recipe ``variant``: VARiant's weight-shared supernet training of a pretrained VAR / FlexVAR.
+
+One network serves every depth: scales before ``switch_scale`` run all D blocks, later scales the
+equidistant subnet I_d of depth d (``subnet_indices``), the other blocks passing their tokens
+through. Each step trains one path, the full network or one subnet from ``depths``, chosen by the
+schedule from the step number (:mod:`vgen.variant.schedule`), with teacher forcing along that path
+(:func:`vgen.variant.losses.variant_loss`); every step costs one forward / backward, so schedules
+compare at equal steps and nearly equal compute.
+
+Schedules:
+
+* ``fixed``: one full:subnet ratio for the whole run (``ratio``, default 2:8);
+* ``progressive`` (default): three stages, ``stage_ends`` (cumulative shares of the steps, default
+  0.5, 0.75, 1) with ``stage_ratios`` (default 2:8, 1:9, 0:10). The paper moves "from joint
+  optimization (full:subnet 2:8) to subnetwork optimization"; its end points are kept, the middle
+  stage (half way, 1:9) and the boundaries are vgen's choice, since the stage lengths are not
+  given in what vgen could read. The subnet path always runs the full network on the scales
+  before the switch, so the full network's early scales keep training in the last stage.
+
+The loop is the VAR family's (``vgen.vartrain.recipe.train``). Each held-out evaluation also runs
+along every subnet path (``val_loss_d{d}``, ``eval_strict_d{d}``, reports in
+``eval/step-N/d{d}/``), and the saved folders record ``switch_scale`` in their sampling defaults,
+so ``vgen sample --model RUN/model --depth d`` switches where training did. ``init`` is required;
+``tokenizer`` defaults to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from vgen.config import param
+from vgen.vartrain.dryrun import dry_run  # noqa: F401 - `vgen train --dry-run` calls it
+from vgen.vartrain.recipe import StepOut, VARTrainConfig, mean_acc, train
+
+RECIPE = "variant"
+
+
+@dataclass
+class VariantConfig(VARTrainConfig):
+    tokenizer: str | None = param(None, help="VAR model folder or run whose frozen VQ-VAE tokenizes images "
+                                  "(default: init's)")
+    init: str | None = param(None, help="the pretrained VAR / FlexVAR to turn into a supernet: a model folder, a "
+                             "run or official 'VAE.pth,VAR.pth' files (required)")
+    depths: list[int] = param(default_factory=lambda: [2], min_len=1, max_len=64, ge=2,
+                              help="subnet depths trained (each 2..D-1), taken in turn by the subnet steps")
+    switch_scale: int | None = param(None, ge=0, help="first scale (index into the model's scale list) that a "
+                                     "subnet runs; default: the last three scales, as the paper's 7-of-10")
+    schedule: Literal["progressive", "fixed"] = param("progressive", help="full:subnet ratio: fixed for the run, "
+                                                      "or changing over three stages (stage_ends, stage_ratios)")
+    ratio: list[float] = param(default_factory=lambda: [2.0, 8.0], min_len=2, max_len=2, ge=0,
+                               help="schedule=fixed: full:subnet steps")
+    stage_ends: list[float] = param(default_factory=lambda: [0.5, 0.75, 1.0], min_len=1, max_len=16, gt=0, le=1,
+                                    help="schedule=progressive: cumulative share of the steps where each stage ends")
+    stage_ratios: list[list[float]] = param(default_factory=lambda: [[2.0, 8.0], [1.0, 9.0], [0.0, 10.0]],
+                                            min_len=1, max_len=16,
+                                            help="schedule=progressive: full:subnet steps of each stage")
+    distill: float = param(0.0, ge=0, le=100, help="vgen extra: weight of KL(full || subnet) on subnet steps "
+                           "(0: off, the paper's data loss only)")
+    lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
+    warmup: int = param(0, ge=0, help="linear warm-up steps (post-training continues a schedule's tail)")
+    eval_every: int = param(100, ge=0, help="held-out loss and evaluation reports of every path every this many "
+                            "steps (0: end only)")
+    lr_schedule: Literal["cosine", "linear", "constant"] = param("constant", help="lr decay after warm-up (the "
+                                                                 "var recipe's 'schedule'; here 'schedule' is the "
+                                                                 "path schedule)")
+
+    @property
+    def lr_decay(self) -> str:
+        return self.lr_schedule
+
+    def check(self) -> None:
+        from vgen.config import ConfigError
+
+        if self.init is None:
+            raise ConfigError("VARiant trains a pretrained model into a supernet: set init (a VAR / FlexVAR model "
+                              "folder, a run, or official files)")
+        if self.tokenizer is None:
+            self.tokenizer = self.init
+        if self.schedule == "progressive" and len(self.stage_ends) != len(self.stage_ratios):
+            raise ConfigError(f"stage_ends has {len(self.stage_ends)} entries and stage_ratios "
+                              f"{len(self.stage_ratios)}: one ratio per stage")
+        if any(len(r) != 2 for r in self.stage_ratios):
+            raise ConfigError("each of stage_ratios is a pair full:subnet, e.g. [2, 8]")
+        if len(set(self.depths)) != len(self.depths):
+            raise ConfigError(f"depths {self.depths} repeats a depth")
+        self.path_schedule()  # bad ratios / ends are one line here, before any work
+        super().check()
+
+    def path_schedule(self):
+        from vgen.config import ConfigError
+        from vgen.errors import UserError
+        from vgen.variant.schedule import Schedule
+
+        ends, ratios = ((1.0,), (tuple(self.ratio),)) if self.schedule == "fixed" else \
+            (tuple(self.stage_ends), tuple(tuple(r) for r in self.stage_ratios))
+        try:
+            return Schedule(tuple(self.depths), ends, ratios)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
+
+
+def switch_index(cfg: VariantConfig, var) -> int:
+    """The first scale (index into the model's list) the subnets run; checks the depths too."""
+    from vgen.errors import UserError
+    from vgen.sample import default_switch_scale
+
+    K = len(var.patch_nums)
+    s = default_switch_scale(K) if cfg.switch_scale is None else cfg.switch_scale
+    if not 0 <= s < K:
+        raise UserError(f"switch_scale {s} must lie in 0..{K - 1} (the model has {K} scales)")
+    if any(not 2 <= d < var.depth for d in cfg.depths):
+        raise UserError(f"depths {cfg.depths} must each lie in 2..{var.depth - 1} (the model has {var.depth} blocks)")
+    return s
+
+
+def switch_size(cfg: VariantConfig, var) -> int:
+    """Side of the first scale the subnet runs (by size, so random FlexVAR scale lists switch alike)."""
+    return var.patch_nums[switch_index(cfg, var)]
+
+
+def variant_objective(cfg: VariantConfig):
+    from vgen.variant.losses import variant_loss
+    from vgen.variant.schedule import path_at, plan_for
+
+    sched = cfg.path_schedule()
+    size: list[int] = []  # the switch size, known once the model is (see the first call)
+
+    def objective(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
+        if not size:
+            size.append(switch_size(cfg, var))
+        d = path_at(sched, step, cfg.iterations)
+        r = variant_loss(var, vqvae, tokens, labels, plan_for(var.depth, pns, size[0], d), pns, cfg.distill,
+                         cfg.label_smoothing, cfg.scale_weights)
+        figures = {"loss": r.loss, "acc": mean_acc(var, r.tf.acc_per_scale, pns), "path_depth": float(d or var.depth),
+                   "ce_scale": r.tf.ce_per_scale, "acc_scale": r.tf.acc_per_scale}
+        if cfg.distill and d is not None:
+            figures["kl"] = r.kl
+        return StepOut(r.loss, figures)
+    return objective
+
+
+def eval_paths(cfg: VariantConfig):
+    """Every trained subnet, evaluated along its plan at the model's own scale list."""
+    from vgen.variant.schedule import plan_for
+
+    def paths(var) -> dict:
+        size = switch_size(cfg, var)
+        return {f"_d{d}": plan_for(var.depth, var.patch_nums, size, d) for d in sorted(cfg.depths, reverse=True)}
+    return paths
+
+
+def model_card(cfg: VariantConfig, var, history: dict) -> str:
+    last = history["eval"][-1] if history["eval"] else None
+    rows = ""
+    if last:
+        rows = "\n| depth | held-out TF loss | token accuracy | strict (eval grid) |\n|---|---|---|---|\n" + "\n".join(
+            f"| {d} | {last.get('val_loss' + sfx, float('nan')):.4f} | {last.get('val_acc' + sfx, float('nan')):.1%} | "
+            f"{last.get('eval_strict' + sfx, float('nan')):.1%} |"
+            for d, sfx in [(var.depth, "")] + [(d, f"_d{d}") for d in sorted(cfg.depths, reverse=True)])
+        rows = f"\nAt step {last['step']}:\n{rows}\n"
+    ratios = f"full:subnet {cfg.ratio}" if cfg.schedule == "fixed" else \
+        f"stages ending at {cfg.stage_ends} of the steps with full:subnet {cfg.stage_ratios}"
+    size = switch_size(cfg, var)
+    return f"""# VARiant supernet trained by `vgen train` (recipe variant)
+
+One {"FlexVAR" if var.flex else "VAR"} that samples at every depth: scales of side >= {size} run the equidistant
+subnet of the chosen depth, earlier scales all {var.depth} blocks. Base `{cfg.init}`; width {var.C}, scales
+{list(var.patch_nums)}; data `{cfg.data}`. Trained depths {cfg.depths}, schedule {cfg.schedule} ({ratios}),
+{cfg.iterations} steps, batch {cfg.batch}, AdamW lr {cfg.lr} ({cfg.lr_schedule}), distill {cfg.distill},
+seed {cfg.run.seed}.
+{rows}
+```
+vgen sample --model THIS_FOLDER --classes 0 5 12 --seeds 0 1 --depth {min(cfg.depths)} --out samples
+vgen eval --model THIS_FOLDER --seeds 0-9 --depth {min(cfg.depths)}
+```
+"""
+
+
+def run(cfg: VariantConfig, run_dir: Path) -> int:
+    return train(cfg, run_dir, RECIPE, variant_objective(cfg), model_card, eval_paths(cfg),
+                 lambda var: {"switch_scale": switch_index(cfg, var)})
