@@ -89,19 +89,32 @@ def test_the_plain_reference_sampler_is_the_same_procedure(var_model_dir):
     assert torch.allclose(plain, ours.images, atol=1e-5)
 
 
-def test_bench_var_shows_a_variant_plan_lowering_the_peak(tmp_path, capsys):
-    vae, var = tiny_var_models()
-    deep = build_var({**var.arch, "depth": 4}).eval()  # the subnet of 2 drops blocks 1 and 2
+def test_bench_var_shows_each_depth_lowering_the_peak(tmp_path, capsys):
+    """Peak KV bytes per depth against the closed form: after the last scale the subnet's d blocks hold
+    all L tokens; before the switch all D blocks hold the early tokens (here the later peak is larger)."""
+    vae, var = tiny_var_models(patch_nums=(1, 2, 3, 4))
+    deep = build_var({**var.arch, "depth": 6}).eval()
     save_var_model(tmp_path / "deep", vae, deep, CLASS_PROMPTS, 16)
-    rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "batch=2", "repeats=1", "switch_scale=2",
-               "subnet_depth=2", f"run.out_dir={tmp_path}", "run.name=v"])
+    rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "batch=2", "repeats=1", "depths=[4,2]",
+               "switch_scale=2", "per_image_batches=[]", f"run.out_dir={tmp_path}", "run.name=v"])
     assert rc == 0
     r = json.loads((tmp_path / "v" / "report.json").read_text())
-    v = r["variant"]
-    assert v["subnet"] == [0, 3] and v["freed"] == {"2": [1, 2]} and v["peak_vs_full"] == 0.5
-    assert r["kv_formula_matches"] and "caches freed: blocks [1, 2] at scale 2" in capsys.readouterr().out
-    rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "switch_scale=1", f"run.out_dir={tmp_path}"])
-    assert rc == 2 and "go together" in capsys.readouterr().err
+    v, full = r["variant"], r["full"]
+    assert v["switch_scale"] == 2 and v["depths"]["2"]["subnet"] == [0, 5]
+    assert v["depths"]["4"]["subnet"] == [0, 1, 3, 5]
+    assert v["depths"]["2"]["freed"] == {"2": [1, 2, 3, 4]}
+    per_block_token = full["kv_peak_bytes"] / (6 * 30)  # 30 tokens over scales 1, 2, 3, 4
+    for d in (4, 2):
+        assert v["depths"][str(d)]["kv_peak_bytes"] == max(6 * 5, d * 30) * per_block_token
+        assert abs(v["depths"][str(d)]["peak_vs_full"] - d / 6) < 1e-12
+        assert v["depths"][str(d)]["images_per_s"] > 0
+    assert "| 2 | [0, 5] |" in capsys.readouterr().out
+    for extra, needle in ((["switch_scale=1"], "switch_scale needs depths"),
+                          (["depths=[6]"], "depths must be below the model's 6 blocks"),
+                          (["depths=[7]"], "depth 7 must be an integer in 2..6"),
+                          (["depths=[2]", "switch_scale=4"], "switch scale 4 must be an integer in 0..3")):
+        assert main(["bench", "var", f"model={tmp_path / 'deep'}", *extra, f"run.out_dir={tmp_path}"]) == 2
+        assert needle in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- vgen bench world: speed is reported, verdicts decide

@@ -182,6 +182,8 @@ def main() -> None:
     ap.add_argument("--val-seeds", type=int, default=4)
     ap.add_argument("--test-seeds", type=int, default=10)
     ap.add_argument("--tokenizer-only", action="store_true", help="stop after stage 1 (a tokenizer-only folder)")
+    ap.add_argument("--tokenizer", metavar="FOLDER", help="skip stage 1: reuse the tokenizer of a built base "
+                    "(e.g. assets/var-tiny-shapes for a deeper transformer on the same tokens)")
     ap.add_argument("--resume", metavar="BUILD_DIR",
                     help="continue an interrupted build from its work folder (assets/.var-tiny-shapes.build.*): "
                          "reuse its tokenizer and resume the transformer from its last checkpoint")
@@ -217,7 +219,14 @@ def main() -> None:
     else:
         out.parent.mkdir(parents=True, exist_ok=True)  # the work folder sits beside OUT: one rename at the end
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent))
-        vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log, flex=args.flex)
+        if args.tokenizer:
+            vae = load(args.tokenizer, tokenizer_only=True).vqvae
+            if vae.residual == args.flex:
+                raise SystemExit(f"--tokenizer {args.tokenizer!r} is {'not ' if args.flex else ''}residual; "
+                                 f"{'--flex needs a non-residual one' if args.flex else 'drop --flex'}")
+            log(f"tokenizer reused from {args.tokenizer}")
+        else:
+            vae = train_tokenizer(args.vae_steps, args.vae_batch, args.seed, log, flex=args.flex)
         tok_dir = save_var_model(work / "tokenizer", vae, None, CLASS_PROMPTS, RESOLUTION)
     val = images(args.seed + 1, 0, 256)
     curve = psnr_per_scales(vae, val)
@@ -250,7 +259,8 @@ def main() -> None:
             log(f"val: cfg {cfg} top-k {top_k}: strict {acc['strict']:.1%}")
     best = max(sweep.values(), key=lambda r: r["strict"])
     test_seeds = [2_000_000 + i for i in range(args.test_seeds)]
-    info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
+    info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "out": str(out),
+            "tokenizer_from": args.tokenizer,
             "vqvae": {k: list(v) if isinstance(v, tuple) else v for k, v in tokenizer_arch(args.flex).items()},
             "flex": args.flex,
             "tokenizer_psnr_by_scales": dict(zip(map(str, PATCH_NUMS), curve)),
@@ -260,6 +270,7 @@ def main() -> None:
             "sampling_sweep": sweep, "sampling": {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": 0.0},
             "test_seeds": test_seeds, "minutes": (time.time() - t_start) / 60, "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "depth": var.depth, "width": var.C,
             "params": {"vqvae": sum(p.numel() for p in vae.parameters()),
                        "var": sum(p.numel() for p in var.parameters())}}
     final = test_and_card(work / "final", vae, var, info, log)
@@ -346,7 +357,8 @@ def model_card(info: dict) -> str:
     t = info["test"]
     cats = "\n".join(f"| {k} | {v:.1%} |" for k, v in t["per_category"].items())
     psnr_row = " / ".join(f"{v:.1f}" for v in info["tokenizer_psnr_by_scales"].values())
-    where = "assets/flexvar-tiny-shapes" if info.get("flex") else "assets/var-tiny-shapes"
+    where = info.get("out") or ("assets/flexvar-tiny-shapes" if info.get("flex") else "assets/var-tiny-shapes")
+    reused = f" (reused from `{info['tokenizer_from']}`, not retrained)" if info.get("tokenizer_from") else ""
     u = info.get("test_unseen_scales")
     unseen = "" if not u else (
         f"\n\nAt a scale list it never trained on, all eight sizes {u['patch_nums']} (204 tokens; training drew the "
@@ -360,19 +372,22 @@ license: apache-2.0
 library_name: vgen
 tags: [var, visual-autoregressive, class-conditional, shapes-world, tiny]
 ---
-# {"flexvar" if info.get("flex") else "var"}-tiny-shapes
+# {Path(where).name}
 
 A tiny class-conditional {"FlexVAR" if info.get("flex") else "VAR"} (next-scale prediction) model of the vgen
-shapes world, built on CPU by `python tools/build_var_tiny.py{" --flex" if info.get("flex") else ""}` in
+shapes world, built on CPU by `python tools/build_var_tiny.py{" --flex" if info.get("flex") else ""}{
+    f" --tokenizer {info['tokenizer_from']} --var-config {info['var_config']} --out {where}"
+    if info.get("tokenizer_from") else ""}` in
 {info["minutes"]:.0f} minutes ({info['threads']} threads, torch {info['torch']}){resumed_note(info)}.
 Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json` (`class_prompts`), covering GenEval's six
 categories. Images are 64x64.
 
-- Tokenizer: {"non-residual (FlexVAR)" if info.get("flex") else "residual"} multi-scale VQ-VAE,
+- Tokenizer{reused}: {"non-residual (FlexVAR)" if info.get("flex") else "residual"} multi-scale VQ-VAE,
   {info['params']['vqvae'] / 1e6:.2f}M parameters, 8x downsampling
   (8x8 latent, 16-d codes), one 512-code codebook, scales {list(PATCH_NUMS)} (130 tokens).
   Reconstruction PSNR on 256 held-out images after 1..6 scales: {psnr_row} dB.
-- Transformer: {trained}, {info['params']['var'] / 1e6:.2f}M parameters, trained with the `var`
+- Transformer: {trained}, depth {info.get('depth', '?')}, width {info.get('width', '?')},
+  {info['params']['var'] / 1e6:.2f}M parameters, trained with the `var`
   recipe (`{info['var_config']}`) in {info['var_minutes']:.0f} minutes; held-out teacher-forcing loss
   {info['held_out_tf']['val_loss']:.3f}, token accuracy {info['held_out_tf']['val_acc']:.1%}.
 - Sampling defaults (picked on validation seeds): CFG {info['sampling']['cfg']}, top-k {info['sampling']['top_k']}.

@@ -1,7 +1,7 @@
 """Does SAR beat teacher forcing? SAR vs TF-only continued training from the same tiny base, several seeds.
 
     python tools/sar_compare.py [--models flexvar var] [--seeds 0 1 2] [--eval-seeds 100-109]
-                                [--parallel 2] [--out runs/sar-compare] [--baseline DIR] [key=value ...]
+                                [--parallel 2 | --cores 1] [--out runs/sar-compare] [--baseline DIR] [key=value ...]
 
 For each model (``configs/sar/<model>_tiny.yaml``) and seed it trains ``sar`` (the config as is) and
 ``tf`` (the same config with sigma=0: plain teacher forcing, the same data, label drops, scale lists,
@@ -38,14 +38,15 @@ def curve(run: Path) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def run_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
-    """Run (vgen args, log) jobs, ``parallel`` at a time, each pinned to its own core."""
+def run_all(jobs: list[tuple[list[str], Path]], cores: list[int]) -> None:
+    """Run (vgen args, log) jobs, one per core of ``cores`` at a time, each pinned to its core."""
     pending, active = list(jobs), []
     while pending or active:
-        while pending and len(active) < parallel:
+        while pending and len(active) < len(cores):
             args, log = pending.pop(0)
-            active.append((vgen(*args, core=len(active), log=log), log))
-        proc, log = active.pop(0)
+            core = next(c for c in cores if c not in {a[2] for a in active})
+            active.append((vgen(*args, core=core, log=log), log, core))
+        proc, log, _ = active.pop(0)
         if proc.wait() != 0:
             sys.exit(f"failed: see {log}")
 
@@ -55,7 +56,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["flexvar", "var"], choices=["flexvar", "var"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eval-seeds", default="100-109")
-    ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once, on cores 0..N-1 (one thread each)")
+    ap.add_argument("--cores", type=int, nargs="+", help="the cores to run on instead (one run per core)")
     ap.add_argument("--out", default="runs/sar-compare")
     ap.add_argument("--baseline", help="an earlier --out whose TF-only runs, evaluations and base scores are "
                     "reused (linked), so an ablation of SAR settings trains only the SAR arm")
@@ -87,8 +89,9 @@ def main() -> None:
                     evals.append((["eval", "--model", str(out / name / "model"), "--seeds", a.eval_seeds,
                                    "--metrics", "geneval", "fid", "--out", str(out / f"{name}-eval"), "--force"],
                                   out / f"{name}-eval.log"))
-    run_all(train, a.parallel)
-    run_all(evals, a.parallel)
+    cores = a.cores or list(range(a.parallel))
+    run_all(train, cores)
+    run_all(evals, cores)
 
     report, lines = {}, ["# SAR vs teacher forcing (TF-only) from the same tiny base", "",
                          f"held-out sample seeds {a.eval_seeds} x every class; overrides: {a.overrides or 'none'}", ""]

@@ -13,9 +13,12 @@ CFG / top-k / top-p (CFG overridable), images decoded:
   this process with ``plain_sample``: the official procedure (2B rows with CFG, one
   ``torch.multinomial`` draw per scale, one decode call) without vgen's per-seed,
   batch-independent guarantees, on the same model - what those guarantees cost;
-* with ``switch_scale`` and ``subnet_depth`` set, the same figures under VARiant's depth plan
-  (``switch_plan``): scales from the switch on run the equidistant subnet only, and the caches
-  of the dropped blocks are freed at the switch, which lowers the peak.
+* with ``depths`` set, VARiant's run-time depths side by side with the full network: for each
+  depth d, scales from ``switch_scale`` on (default: the last three, as the paper's 7 of 10) run
+  the equidistant subnet of d blocks (``switch_plan``) and the caches of the dropped blocks are
+  freed at the switch, which lowers the peak. Cached images/s of the full network and every depth
+  are timed interleaved (one call of each per round), so their ratios are fair on a noisy
+  machine; the peak KV bytes per image of each come from the sampler's own accounting.
 
 Each speed is the best of ``repeats`` timed calls after a warm-up.
 """
@@ -42,8 +45,10 @@ class VARBenchConfig:
     batch: int = param(64, ge=1, le=4096, help="images per sampling call")
     cfg: float | None = param(None, ge=0.0, le=50.0, help="CFG scale, 0 = off (default: the folder's)")
     repeats: int = param(3, ge=1, le=20, help="timed repeats; the best is kept")
-    switch_scale: int | None = param(None, ge=0, help="VARiant plan: first scale run by the subnet (default: off)")
-    subnet_depth: int | None = param(None, ge=1, help="VARiant plan: blocks of the subnet (default: off)")
+    depths: list[int] = param(default_factory=list, max_len=64, ge=2, help="VARiant: subnet depths to run "
+                              "side by side with the full network (default: none)")
+    switch_scale: int | None = param(None, ge=0, help="VARiant: first scale the subnets run (default: the last "
+                                     "three scales)")
     per_image_batches: list[int] = param(default_factory=lambda: [1, 16], min_len=0, max_len=8, ge=1, le=4096,
                                          help="also time these batch sizes (cached) and report seconds per image, "
                                          "side by side with the plain official procedure")
@@ -78,13 +83,12 @@ def plain_sample(var, vqvae, classes: list[int], cfg: float, top_k: int, top_p: 
     return (vqvae.fhat_to_img(f_hat) + 1) / 2
 
 
-def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, repeats: int, plan=None) -> dict:
-    """Cached and uncached speed and the cache's peak bytes of one sampling configuration."""
+def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, repeats: int) -> dict:
+    """Cached and uncached speed and the cache's peak bytes of the full network."""
     from vgen.engine.scalewise import sample
 
     def run(use_cache: bool, stats: dict | None = None):
-        return sample(var, vqvae, classes, seeds, use_cache=use_cache, depth_plan=plan, cache_stats=stats,
-                      **settings)
+        return sample(var, vqvae, classes, seeds, use_cache=use_cache, cache_stats=stats, **settings)
 
     stats: dict = {}
     freed = run(True, stats).freed
@@ -97,24 +101,23 @@ def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, re
 
 
 def run(cfg: VARBenchConfig, run_dir: Path) -> int:
-    from vgen.models.var import switch_plan
-    from vgen.sample import load_var, var_settings
+    from vgen.engine.scalewise import sample
+    from vgen.sample import default_switch_scale, load_var, var_depth_plan, var_settings
 
-    if (cfg.switch_scale is None) != (cfg.subnet_depth is None):
-        raise UserError("switch_scale and subnet_depth go together: set both for a VARiant plan, or neither")
     torch.manual_seed(cfg.run.seed)
     m = load_var(cfg.model)
     vqvae, var = m.vqvae, m.var
     settings = var_settings(m.sampling, cfg.cfg)
-    K, plan = len(var.patch_nums), None
-    if cfg.switch_scale is not None:  # checked before any timing
-        if cfg.switch_scale >= K:
-            raise UserError(f"switch_scale must be below the number of scales, {K}")
-        plan = switch_plan(var.depth, K, cfg.switch_scale, cfg.subnet_depth)
+    K = len(var.patch_nums)
+    if cfg.switch_scale is not None and not cfg.depths:
+        raise UserError("switch_scale needs depths (the subnet depths to run from it)")
+    switch = default_switch_scale(K) if cfg.switch_scale is None else cfg.switch_scale
+    plans = {d: var_depth_plan(var, K, {}, d, switch) for d in cfg.depths}  # checked before any timing
+    if any(p is None for p in plans.values()):
+        raise UserError(f"depths must be below the model's {var.depth} blocks (the full network is always measured)")
     classes, seeds = [i % var.num_classes for i in range(cfg.batch)], list(range(cfg.batch))
     full = measure(var, vqvae, classes, seeds, settings, cfg.repeats)
     full["kv_formula_bytes"] = kv_bytes_formula(var, full["rows"])
-    from vgen.engine.scalewise import sample
 
     per_image, gen = {}, torch.Generator(device=next(var.parameters()).device).manual_seed(cfg.run.seed)
     for b in cfg.per_image_batches:
@@ -126,28 +129,42 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
               "threads": torch.get_num_threads(),
               "depth": var.depth, "width": var.C, "tokens": var.L, "patch_nums": list(var.patch_nums),
               "full": full, "kv_formula_matches": full["kv_peak_bytes"] == full["kv_formula_bytes"], "variant": None}
-    if plan is not None:
-        sub = measure(var, vqvae, classes, seeds, settings, cfg.repeats, plan)
-        report["variant"] = {"switch_scale": cfg.switch_scale, "subnet_depth": cfg.subnet_depth,
-                             "subnet": plan[-1], **sub, "peak_vs_full": sub["kv_peak_bytes"] / full["kv_peak_bytes"],
-                             "speed_vs_full": full["seconds"]["cached"] / sub["seconds"]["cached"]}
+    if plans:
+        report["variant"] = {"switch_scale": switch,
+                             **variant_rows(var, vqvae, classes, seeds, settings, cfg.repeats, plans, full)}
     return publish(run_dir, report, _markdown(report))
 
 
+def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict, full: dict) -> dict:
+    """Each depth's plan, freed caches, KV peak and cached speed, timed interleaved with the full network."""
+    from vgen.engine.scalewise import sample
+
+    runs = {"full": None, **{f"d{d}": p for d, p in plans.items()}}
+    timed = best_times({k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, **settings)
+                        for k, p in runs.items()}, repeats)
+    rows = {"full_images_per_s": len(classes) / timed["full"], "depths": {}}
+    for d, plan in plans.items():
+        stats: dict = {}
+        freed = sample(var, vqvae, classes, seeds, depth_plan=plan, cache_stats=stats, **settings).freed
+        rows["depths"][str(d)] = {
+            "subnet": plan[-1], "freed": {str(k): v for k, v in freed.items()},
+            "images_per_s": len(classes) / timed[f"d{d}"], "speed_vs_full": timed["full"] / timed[f"d{d}"],
+            "kv_peak_bytes": stats["peak_bytes"], "kv_peak_bytes_per_image": stats["peak_bytes"] / len(classes),
+            "peak_vs_full": stats["peak_bytes"] / full["kv_peak_bytes"]}
+    return rows
+
+
 def _markdown(r: dict) -> str:
-    v = r["variant"]
-    runs = [("full depth", r["full"])] + ([(f"VARiant d={v['subnet_depth']} from scale {v['switch_scale']}", v)]
-                                          if v else [])
     lines = [f"# VAR sampling benchmark: batch {r['batch']}, CFG {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, "
              f"{r['threads']} threads",
              "", f"{r['model']}: depth {r['depth']}, width {r['width']}, {r['tokens']} tokens over scales "
              f"{r['patch_nums']}", "",
              "| run | cached images/s | uncached images/s | cache speed-up | KV peak KiB / image |",
              "|---|---|---|---|---|"]
-    for name, m in runs:
-        ips = m["images_per_s"]
-        lines.append(f"| {name} | {ips['cached']:.1f} | {ips['uncached']:.1f} | {m['cache_speedup']:.2f}x | "
-                     f"{m['kv_peak_bytes_per_image'] / 1024:.1f} |")
+    f = r["full"]
+    ips = f["images_per_s"]
+    lines.append(f"| full depth | {ips['cached']:.1f} | {ips['uncached']:.1f} | {f['cache_speedup']:.2f}x | "
+                 f"{f['kv_peak_bytes_per_image'] / 1024:.1f} |")
     per = r.get("seconds_per_image") or {}
     if per:
         lines += ["", "| batch | vgen s / image | plain official procedure s / image | vgen / plain |",
@@ -155,13 +172,20 @@ def _markdown(r: dict) -> str:
         lines += [f"| {b} | {t['vgen']:.4f} | {t['plain']:.4f} | {t['ratio']:.2f}x |" for b, t in per.items()]
         lines += ["", "- plain: the official sampling procedure on the same model, without per-seed draws or "
                   "batch-independent rounding (interleaved timing, best of the repeats)"]
-    f = r["full"]
     lines += ["", f"- KV peak: the most bytes all blocks' cached k and v hold at once, over the {r['batch']} real "
               f"images; the cache holds {f['rows']} model rows (the batch, doubled when CFG is on)",
               f"- closed form after the last scale, depth x 2 x rows x L x C x bytes: {f['kv_formula_bytes']:,} B, "
               f"measured {f['kv_peak_bytes']:,} B ({'equal' if r['kv_formula_matches'] else 'DIFFERENT'})"]
+    v = r["variant"]
     if v:
-        freed = "; ".join(f"blocks {b} at scale {k}" for k, b in v["freed"].items()) or "none"
-        lines.append(f"- VARiant subnet {v['subnet']}, caches freed: {freed}; KV peak {v['peak_vs_full']:.2f}x "
-                     f"the full model's, cached speed {v['speed_vs_full']:.2f}x")
+        lines += ["", f"## VARiant: run-time depth from scale {v['switch_scale']} on (interleaved with the full "
+                  "network)", "",
+                  "| depth | subnet blocks | cached images/s | speed vs full | KV peak KiB / image | KV peak vs full | "
+                  "caches freed |", "|---|---|---|---|---|---|---|",
+                  f"| {r['depth']} (full) | all | {v['full_images_per_s']:.1f} | 1.00x | "
+                  f"{f['kv_peak_bytes_per_image'] / 1024:.1f} | 1.00 | - |"]
+        for d, x in v["depths"].items():
+            freed = "; ".join(f"blocks {b} at scale {k}" for k, b in x["freed"].items()) or "none"
+            lines.append(f"| {d} | {x['subnet']} | {x['images_per_s']:.1f} | {x['speed_vs_full']:.2f}x | "
+                         f"{x['kv_peak_bytes_per_image'] / 1024:.1f} | {x['peak_vs_full']:.2f} | {freed} |")
     return "\n".join(lines) + "\n"
