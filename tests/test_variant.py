@@ -231,6 +231,18 @@ def test_bad_depth_flags_are_one_line_errors(deep_folder, tmp_path, capsys, extr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_depth_flags_are_checked_before_the_weights_load(deep_folder, tmp_path, capsys, command):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(deep_folder, broken)
+    (broken / "var.safetensors").write_bytes(b"not safetensors")
+    msg = user_error(capsys, command, "--model", str(broken), "--classes", "0", "1", "--seeds", "0", "--depth", "9",
+                     "--out", str(tmp_path / "o"))
+    assert "depth 9 must be an integer in 2..5" in msg, msg
+
+
 def test_a_depth_plan_of_the_wrong_length_is_refused():
     vae, var, _, _ = lively()
     with pytest.raises(UserError, match="depth plan has 3 scales, the model samples 4"):

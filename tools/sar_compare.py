@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from solrl_learning import vgen  # noqa: E402
+from solrl_learning import run_all  # noqa: E402
 
 
 def scores(report_dir: Path) -> dict:
@@ -36,19 +36,6 @@ def curve(run: Path) -> tuple[list[int], list[float]]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     pts = [(r["step"], r["eval_fid_shapes"]) for r in rows if "eval_fid_shapes" in r]
     return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def run_all(jobs: list[tuple[list[str], Path]], cores: list[int]) -> None:
-    """Run (vgen args, log) jobs, one per core of ``cores`` at a time, each pinned to its core."""
-    pending, active = list(jobs), []
-    while pending or active:
-        while pending and len(active) < len(cores):
-            args, log = pending.pop(0)
-            core = next(c for c in cores if c not in {a[2] for a in active})
-            active.append((vgen(*args, core=core, log=log), log, core))
-        proc, log, _ = active.pop(0)
-        if proc.wait() != 0:
-            sys.exit(f"failed: see {log}")
 
 
 def main() -> None:

@@ -40,6 +40,23 @@ def vgen(*args: str, core: int | None = None, log: Path | None = None) -> subpro
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def run_all(jobs: list[tuple[list[str], Path]], cores: list[int]) -> None:
+    """Run (vgen args, log) jobs, one per core of ``cores`` at a time, each pinned to its core; the
+    first failure stops the script, naming its log."""
+    pending, active = list(jobs), []
+    while pending or active:
+        while pending and len(active) < len(cores):
+            args, log = pending.pop(0)
+            core = next(c for c in cores if c not in {a[2] for a in active})
+            active.append((vgen(*args, core=core, log=log), log, core))
+        while not (done := [a for a in active if a[0].poll() is not None]):
+            time.sleep(1)
+        for a in done:  # a finished job frees its core at once, whatever the order of the others
+            active.remove(a)
+            if a[0].returncode != 0:
+                sys.exit(f"failed: see {a[1]}")
+
+
 def strict(report_dir: Path) -> dict:
     r = json.loads((report_dir / "report.json").read_text())["geneval_shapes"]
     return {"strict": r["overall"]["strict"]["mean"], "ci95": r["overall"]["strict"]["ci95"],

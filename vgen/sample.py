@@ -108,12 +108,12 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
     prompts = described.classes
     class_ids, seed_list = parse_classes(classes, len(prompts)), parse_seeds(seeds)
     settings = var_settings({}, cfg, top_k, top_p)
-    if described.var is not None:
-        var_depth_plan(described.var, len(described.var.patch_nums), described.sampling, depth, switch_scale)
+    if arch := described_arch(described):
+        var_depth_plan(arch["depth"], len(arch["patch_nums"]), described.sampling, depth, switch_scale)
     prepare_out_dir(out)
     m = load_var(model, device)
     settings = var_settings(m.sampling, cfg, top_k, top_p)
-    plan = var_depth_plan(m.var, len(m.var.patch_nums), m.sampling, depth, switch_scale)
+    plan = var_depth_plan(m.var.depth, len(m.var.patch_nums), m.sampling, depth, switch_scale)
     if plan is not None:
         settings["depth_plan"] = plan
     pairs = [(c, s) for c in class_ids for s in seed_list]
@@ -151,22 +151,28 @@ def var_settings(sampling: dict, cfg: float | None = None, top_k: int | None = N
             "top_p": float(top_p if top_p is not None else sampling.get("top_p", 0.0))}
 
 
+def described_arch(m) -> dict | None:
+    """The transformer's constructor arguments (depth, patch_nums, ...) of a model loaded with
+    ``weights=False``, when its folder records them (official files and tokenizer-only folders do not)."""
+    return (m.var_config or {}).get("var") if m.var is None else {"depth": m.var.depth, "patch_nums": m.var.patch_nums}
+
+
 def default_switch_scale(num_scales: int) -> int:
     """VARiant's switch when neither the call nor the folder names one: the last three scales run the
     subnet, as the paper's VAR-d30 plan (10 scales, the first 7 on the full network)."""
     return max(1, num_scales - 3)
 
 
-def var_depth_plan(var, num_scales: int, sampling: dict, depth: int | None = None,
+def var_depth_plan(blocks: int, num_scales: int, sampling: dict, depth: int | None = None,
                    switch_scale: int | None = None) -> list[list[int]] | None:
-    """VARiant's depth plan for a call (None: the full network on every scale).
+    """VARiant's depth plan for a call on a model of ``blocks`` blocks (None: the full network on every scale).
 
     ``depth`` / ``switch_scale``: those given, else the folder's ``sampling`` defaults, else the full
     depth and :func:`default_switch_scale`. A depth outside 2..D or a switch scale outside the
     model's scales is a one-line error; depth D is the full network (no plan)."""
     from vgen.models.var import switch_plan
 
-    D = var.depth
+    D = blocks
     d = depth if depth is not None else sampling.get("depth", D)
     s = switch_scale if switch_scale is not None else sampling.get("switch_scale", default_switch_scale(num_scales))
     if isinstance(d, bool) or not isinstance(d, int) or not (2 <= d <= D or d == D):

@@ -112,7 +112,7 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     if cfg.switch_scale is not None and not cfg.depths:
         raise UserError("switch_scale needs depths (the subnet depths to run from it)")
     switch = default_switch_scale(K) if cfg.switch_scale is None else cfg.switch_scale
-    plans = {d: var_depth_plan(var, K, {}, d, switch) for d in cfg.depths}  # checked before any timing
+    plans = {d: var_depth_plan(var.depth, K, {}, d, switch) for d in cfg.depths}  # checked before any timing
     if any(p is None for p in plans.values()):
         raise UserError(f"depths must be below the model's {var.depth} blocks (the full network is always measured)")
     classes, seeds = [i % var.num_classes for i in range(cfg.batch)], list(range(cfg.batch))

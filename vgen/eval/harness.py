@@ -252,7 +252,7 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
 def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[dict, np.ndarray, list[str], int]:
     """`vgen eval` of a VAR model folder, VAR run or official checkpoint pair (see EvalOptions)."""
     from vgen.models.load import load
-    from vgen.sample import parse_classes, var_depth_plan, var_settings
+    from vgen.sample import described_arch, parse_classes, var_depth_plan, var_settings
 
     pipeline_only = [k for k in ("steps", "guidance") if getattr(opts, k) is not None]
     if pipeline_only or opts.rewards:
@@ -262,8 +262,9 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     var_settings({}, opts.cfg, opts.top_k, opts.top_p)  # bad sampling flags first
     m = described or load(model, weights=False, checkpoint=opts.checkpoint)
     classes = parse_classes(opts.classes or ["all"], len(m.classes))
-    if m.var is not None:  # the depth flags checked before the weights load
-        var_depth_plan(m.var, len(m.var.check_patch_nums(opts.patch_nums)), m.sampling, opts.depth, opts.switch_scale)
+    if arch := described_arch(m):  # the depth flags checked before the weights load
+        K = len(opts.patch_nums or arch["patch_nums"])
+        var_depth_plan(arch["depth"], K, m.sampling, opts.depth, opts.switch_scale)
     if ("fid" in opts.metrics or opts.ref_stats) and len(classes) * len(opts.seeds) < 2:
         raise UserError("FID needs at least two generated images: give more --classes or --seeds")
     m = load(model, checkpoint=opts.checkpoint)
@@ -273,7 +274,7 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     pns = m.var.check_patch_nums(opts.patch_nums)
     if opts.patch_nums is not None:
         settings["patch_nums"] = list(pns)
-    plan = var_depth_plan(m.var, len(pns), m.sampling, opts.depth, opts.switch_scale)
+    plan = var_depth_plan(m.var.depth, len(pns), m.sampling, opts.depth, opts.switch_scale)
     if plan is not None:
         settings["depth_plan"] = plan
     scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,

@@ -1,0 +1,146 @@
+"""VARiant's Pareto table: the base, fixed-ratio and progressive supernet training, every depth, several seeds.
+
+    python tools/variant_compare.py [--config configs/variant/deep.yaml] [--seeds 0 1 2] [--eval-seeds 100-109]
+                                    [--parallel 2 | --cores 1] [--out runs/variant-compare] [key=value ...]
+
+For each seed it trains ``progressive`` (the config as is) and ``fixed`` (``schedule=fixed``, its
+``ratio``, 2:8 by default): the same base, steps, lr, data and path seeds, so the two differ only in
+which path each step trains. Then it scores the base and every final model at the full depth and at
+each of the config's subnet depths (``vgen eval --depth d``, the switch scale the run recorded; the
+base uses the same one): FID-shapes and GenEval-Shapes strict over every class x ``--eval-seeds``
+sample seeds (seeds no run saw: the runs' own evaluations use seeds from 1,000,000). It writes
+``report.json``, ``report.md`` (mean +- std over seeds per depth and arm, and how many seeds
+progressive beats fixed at each depth) and ``pareto.png`` (FID-shapes and strict accuracy against
+depth, with each depth's peak KV cache as a share of the full network's on a second axis label).
+Finished runs and evaluations are reused, so the script resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from sar_compare import scores  # noqa: E402
+from solrl_learning import run_all  # noqa: E402
+
+ARMS = {"progressive": [], "fixed": ["schedule=fixed"]}
+
+
+def main() -> None:
+    from vgen.models.load import load
+    from vgen.sample import described_arch
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/variant/deep.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--eval-seeds", default="100-109")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once, on cores 0..N-1 (one thread each)")
+    ap.add_argument("--cores", type=int, nargs="+", help="the cores to run on instead (one run per core)")
+    ap.add_argument("--out", default="runs/variant-compare")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of both arms' config")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    for o in a.overrides:
+        k, v = o.split("=", 1)
+        cfg[k] = yaml.safe_load(v)
+    base = cfg["init"]
+    arch = described_arch(load(base, weights=False))
+    D, patch_nums = arch["depth"], arch["patch_nums"]
+    depths = [D, *sorted(cfg["depths"], reverse=True)]
+    switch = cfg.get("switch_scale")
+    cores = a.cores or list(range(a.parallel))
+
+    def evaluation(model: str, name: str) -> list:
+        jobs = []
+        for d in depths:
+            rep = out / f"{name}-eval-d{d}"
+            if not (rep / "report.json").is_file():
+                extra = [] if d == D else ["--depth", str(d)] + (["--switch-scale", str(switch)]
+                                                                 if switch is not None and name == "base" else [])
+                jobs.append((["eval", "--model", model, "--seeds", a.eval_seeds, "--metrics", "geneval", "fid",
+                              "--out", str(rep), "--force", *extra], out / f"{rep.name}.log"))
+        return jobs
+
+    train, evals = [], evaluation(base, "base")
+    for s in a.seeds:
+        for arm, extra in ARMS.items():
+            name = f"{arm}-s{s}"
+            if not (out / name / "model" / "var.safetensors").is_file():
+                train.append((["train", a.config, f"run.seed={s}", f"run.out_dir={out}", f"run.name={name}",
+                               "progress=false", *a.overrides, *extra], out / f"{name}.log"))
+            evals += evaluation(str(out / name / "model"), name)
+    run_all(train, cores)
+    run_all(evals, cores)
+
+    table = {"base": {str(d): scores(out / f"base-eval-d{d}") for d in depths}}
+    for arm in ARMS:
+        table[arm] = {str(d): [scores(out / f"{arm}-s{s}-eval-d{d}") for s in a.seeds] for d in depths}
+    kv = {str(d): kv_share(D, d, patch_nums, switch) for d in depths}
+    wins = {str(d): sum(p["fid"] < f["fid"] for p, f in zip(table["progressive"][str(d)], table["fixed"][str(d)]))
+            for d in depths}
+    report = {"config": a.config, "overrides": a.overrides, "seeds": a.seeds, "eval_seeds": a.eval_seeds,
+              "depths": depths, "kv_peak_share": kv, "table": table, "progressive_fid_wins": wins}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    lines = [f"# VARiant Pareto table: `{a.config}` {' '.join(a.overrides)}", "",
+             f"Held-out sample seeds {a.eval_seeds} x every class; mean +- std over training seeds {a.seeds}. "
+             "KV peak: the sampler's peak cache as a share of the full network's.", "",
+             "| depth | KV peak | base FID | fixed FID | progressive FID | progressive < fixed (FID) | base strict | "
+             "fixed strict | progressive strict |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(rows, key, pct=False):
+        x = np.array([r[key] for r in rows]) * (100 if pct else 1)
+        return f"{x.mean():.{1 if pct else 2}f}{'%' if pct else ''} +- {x.std(ddof=1):.{1 if pct else 2}f}"
+
+    for d in depths:
+        b, f, p = table["base"][str(d)], table["fixed"][str(d)], table["progressive"][str(d)]
+        lines.append(f"| {d}{' (full)' if d == D else ''} | {kv[str(d)]:.2f} | {b['fid']:.2f} | {ms(f, 'fid')} | "
+                     f"{ms(p, 'fid')} | {wins[str(d)]} of {len(a.seeds)} | {b['strict']:.1%} | "
+                     f"{ms(f, 'strict', True)} | {ms(p, 'strict', True)} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(out / "pareto.png", table, depths, kv, D)
+
+
+def kv_share(D: int, d: int, patch_nums, switch) -> float:
+    """Peak KV cache of depth d over the full network's (the larger of: all D blocks over the scales
+    before the switch, d blocks over every scale), as the sampler frees dropped caches at the switch."""
+    from vgen.sample import default_switch_scale
+
+    s = default_switch_scale(len(patch_nums)) if switch is None else switch
+    n = [p * p for p in patch_nums]
+    return 1.0 if d == D else max(D * sum(n[:s]), d * sum(n)) / (D * sum(n))
+
+
+def plot(path: Path, table: dict, depths: list[int], kv: dict, D: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    x = np.arange(len(depths))
+    for ax, key, label in ((axes[0], "fid", "FID-shapes (lower is better)"),
+                           (axes[1], "strict", "GenEval-Shapes strict")):
+        ax.plot(x, [table["base"][str(d)][key] for d in depths], "k--o", label="base (no supernet training)")
+        for arm, colour in (("fixed", "tab:blue"), ("progressive", "tab:red")):
+            v = np.array([[r[key] for r in table[arm][str(d)]] for d in depths])
+            ax.errorbar(x, v.mean(1), yerr=v.std(1, ddof=1), color=colour, marker="o", capsize=3,
+                        label=f"{arm} ({v.shape[1]} seeds)")
+        ax.set(xticks=x, xticklabels=[f"d={d}{' (full)' if d == D else ''}\nKV {kv[str(d)]:.0%}" for d in depths],
+               ylabel=label, title=label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
