@@ -283,6 +283,19 @@ def test_tiny_config_trains_every_path_and_evaluates_every_depth(tmp_path):
     assert "| 2 |" in card and "--depth 2" in card
 
 
+def test_flexvar_trains_on_random_scale_lists_switching_by_size(tmp_path):
+    """FlexVAR draws a scale list per step; the subnet runs the scales at least as large as the switch
+    scale of its own list (size 4 for the last three of 1, 2, 3, 4, 6, 8 -> 5 of 8 sizes here)."""
+    from vgen.vartrain.data import flex_scale_list
+
+    assert main(["train", *_args(tmp_path, "f", "init=assets/flexvar-tiny-shapes", "iterations=2",
+                                 "switch_scale=3")]) == 0
+    m = _metrics(tmp_path / "f", VOLATILE)
+    for step in (1, 2):
+        assert m[step]["num_scales"] == len(flex_scale_list(0, step, tuple(range(1, 9)), 3))
+        assert m[step]["path_depth"] in (4, 2)
+
+
 def test_full_only_schedule_trains_exactly_as_the_var_recipe(tmp_path):
     """ratio 1:0 trains the full network every step: the var recipe's step, bit for bit."""
     common = ["init=assets/var-tiny-shapes", "tokenizer=assets/var-tiny-shapes", "iterations=3", "lr=1e-4",

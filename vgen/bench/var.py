@@ -18,7 +18,8 @@ CFG / top-k / top-p (CFG overridable), images decoded:
   the equidistant subnet of d blocks (``switch_plan``) and the caches of the dropped blocks are
   freed at the switch, which lowers the peak. Cached images/s of the full network and every depth
   are timed interleaved (one call of each per round), so their ratios are fair on a noisy
-  machine; the peak KV bytes per image of each come from the sampler's own accounting.
+  machine, with the images decoded and again without decoding (the VQ-VAE decode costs the same at
+  every depth); the peak KV bytes per image of each come from the sampler's own accounting.
 
 Each speed is the best of ``repeats`` timed calls after a warm-up.
 """
@@ -142,13 +143,20 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
     runs = {"full": None, **{f"d{d}": p for d, p in plans.items()}}
     timed = best_times({k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, **settings)
                         for k, p in runs.items()}, repeats)
-    rows = {"full_images_per_s": len(classes) / timed["full"], "depths": {}}
+    # the same without decoding the images: the part of sampling that depth changes (the VQ-VAE decode
+    # costs the same at every depth)
+    tokens = best_times({k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, decode_images=False,
+                                               **settings) for k, p in runs.items()}, repeats)
+    rows = {"full_images_per_s": len(classes) / timed["full"],
+            "full_token_maps_per_s": len(classes) / tokens["full"], "depths": {}}
     for d, plan in plans.items():
         stats: dict = {}
         freed = sample(var, vqvae, classes, seeds, depth_plan=plan, cache_stats=stats, **settings).freed
         rows["depths"][str(d)] = {
             "subnet": plan[-1], "freed": {str(k): v for k, v in freed.items()},
             "images_per_s": len(classes) / timed[f"d{d}"], "speed_vs_full": timed["full"] / timed[f"d{d}"],
+            "token_maps_per_s": len(classes) / tokens[f"d{d}"],
+            "token_speed_vs_full": tokens["full"] / tokens[f"d{d}"],
             "kv_peak_bytes": stats["peak_bytes"], "kv_peak_bytes_per_image": stats["peak_bytes"] / len(classes),
             "peak_vs_full": stats["peak_bytes"] / full["kv_peak_bytes"]}
     return rows
@@ -180,12 +188,13 @@ def _markdown(r: dict) -> str:
     if v:
         lines += ["", f"## VARiant: run-time depth from scale {v['switch_scale']} on (interleaved with the full "
                   "network)", "",
-                  "| depth | subnet blocks | cached images/s | speed vs full | KV peak KiB / image | KV peak vs full | "
-                  "caches freed |", "|---|---|---|---|---|---|---|",
+                  "| depth | subnet blocks | cached images/s | speed vs full | without decoding: samples/s | speed vs "
+                  "full | KV peak KiB / image | KV peak vs full | caches freed |", "|---" * 9 + "|",
                   f"| {r['depth']} (full) | all | {v['full_images_per_s']:.1f} | 1.00x | "
-                  f"{f['kv_peak_bytes_per_image'] / 1024:.1f} | 1.00 | - |"]
+                  f"{v['full_token_maps_per_s']:.1f} | 1.00x | {f['kv_peak_bytes_per_image'] / 1024:.1f} | 1.00 | - |"]
         for d, x in v["depths"].items():
             freed = "; ".join(f"blocks {b} at scale {k}" for k, b in x["freed"].items()) or "none"
             lines.append(f"| {d} | {x['subnet']} | {x['images_per_s']:.1f} | {x['speed_vs_full']:.2f}x | "
+                         f"{x['token_maps_per_s']:.1f} | {x['token_speed_vs_full']:.2f}x | "
                          f"{x['kv_peak_bytes_per_image'] / 1024:.1f} | {x['peak_vs_full']:.2f} | {freed} |")
     return "\n".join(lines) + "\n"
