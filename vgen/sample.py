@@ -154,7 +154,7 @@ def var_settings(sampling: dict, cfg: float | None = None, top_k: int | None = N
 def described_arch(m) -> dict | None:
     """The transformer's constructor arguments (depth, patch_nums, ...) of a model loaded with
     ``weights=False``, when its folder records them (official files and tokenizer-only folders do not)."""
-    return (m.var_config or {}).get("var") if m.var is None else {"depth": m.var.depth, "patch_nums": m.var.patch_nums}
+    return (m.var_config or {}).get("var")
 
 
 def default_switch_scale(num_scales: int) -> int:
@@ -173,9 +173,9 @@ def var_depth_plan(blocks: int, num_scales: int, sampling: dict, depth: int | No
     from vgen.models.var import switch_plan
 
     D = blocks
-    d = depth if depth is not None else sampling.get("depth", D)
+    d = depth if depth is not None else sampling.get("depth", D)  # D: the full network (also when D = 1)
     s = switch_scale if switch_scale is not None else sampling.get("switch_scale", default_switch_scale(num_scales))
-    if isinstance(d, bool) or not isinstance(d, int) or not (2 <= d <= D or d == D):
+    if isinstance(d, bool) or not isinstance(d, int) or not (d == D or 2 <= d < D):
         raise UserError(f"depth {d!r} must be an integer in 2..{D} (the model has {D} blocks)")
     if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < num_scales:
         raise UserError(f"switch scale {s!r} must be an integer in 0..{num_scales - 1} (the model samples "

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vgen.engine.scalewise import teacher_forcing_inputs
-from vgen.vartrain.losses import TFLoss, token_ce
+from vgen.vartrain.losses import TFLoss, tf_forward, token_ce
 
 
 @dataclass
@@ -33,8 +32,7 @@ def variant_loss(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, p
                  distill: float = 0.0, label_smoothing: float = 0.0, scale_weights=None) -> VariantLoss:
     """Teacher-forcing loss of ground-truth ``tokens`` along the depth ``plan`` (None: the full network)."""
     pns = tuple(patch_nums or var.patch_nums)
-    inputs = teacher_forcing_inputs(vqvae, tokens, pns)
-    logits = var(labels, inputs, patch_nums=pns, depth_plan=plan)
+    inputs, logits = tf_forward(var, vqvae, tokens, labels, pns, plan)
     tf = token_ce(logits, torch.cat(tokens, 1), var.lengths(pns), label_smoothing, scale_weights)
     kl = torch.tensor(float("nan"), device=logits.device)
     if plan is None or not distill:

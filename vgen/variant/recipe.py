@@ -125,14 +125,11 @@ def variant_objective(cfg: VariantConfig):
     from vgen.variant.schedule import path_at, plan_for
 
     sched = cfg.path_schedule()
-    size: list[int] = []  # the switch size, known once the model is (see the first call)
 
     def objective(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
-        if not size:
-            size.append(switch_size(cfg, var))
         d = path_at(sched, step, cfg.iterations)
-        r = variant_loss(var, vqvae, tokens, labels, plan_for(var.depth, pns, size[0], d), pns, cfg.distill,
-                         cfg.label_smoothing, cfg.scale_weights)
+        plan = plan_for(var.depth, pns, switch_size(cfg, var), d)
+        r = variant_loss(var, vqvae, tokens, labels, plan, pns, cfg.distill, cfg.label_smoothing, cfg.scale_weights)
         figures = {"loss": r.loss, "acc": mean_acc(var, r.tf.acc_per_scale, pns), "path_depth": float(d or var.depth),
                    "ce_scale": r.tf.ce_per_scale, "acc_scale": r.tf.acc_per_scale}
         if cfg.distill and d is not None:

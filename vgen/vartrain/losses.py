@@ -60,16 +60,23 @@ def tokenize(vqvae, images: torch.Tensor, patch_nums=None) -> list[torch.Tensor]
     return vqvae.img_to_idx(images.to(vqvae.quant_conv.weight) * 2 - 1, patch_nums)
 
 
+def tf_forward(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, patch_nums, depth_plan=None):
+    """(inputs, logits) of one teacher-forcing forward of ground-truth tokens over the scale list
+    ``patch_nums`` along ``depth_plan``; the inputs are returned for a second forward (VARiant's
+    distillation teacher)."""
+    from vgen.engine.scalewise import teacher_forcing_inputs
+
+    inputs = teacher_forcing_inputs(vqvae, tokens, patch_nums)
+    return inputs, var(labels, inputs, patch_nums=patch_nums, depth_plan=depth_plan)
+
+
 def tf_loss_from_tokens(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0,
                         scale_weights=None, patch_nums=None, depth_plan=None) -> TFLoss:
     """Teacher-forcing loss of ground-truth tokens: one forward over all scales under the
     block-causal mask (``patch_nums``: another scale list, FlexVAR only; ``depth_plan``: the blocks
     each scale runs, VARiant). In training mode the VAR drops labels with its cond_drop_rate."""
-    from vgen.engine.scalewise import teacher_forcing_inputs
-
     pns = tuple(patch_nums or var.patch_nums)
-    inputs = teacher_forcing_inputs(vqvae, tokens, pns)
-    logits = var(labels, inputs, patch_nums=pns, depth_plan=depth_plan)
+    _, logits = tf_forward(var, vqvae, tokens, labels, pns, depth_plan)
     return token_ce(logits, torch.cat(tokens, 1), var.lengths(pns), label_smoothing, scale_weights)
 
 
