@@ -94,16 +94,19 @@ def test_export_is_wired_and_its_usage_errors_are_one_line(capsys, tmp_path):
 # ---------------------------------------------------------------- vgen train
 
 
-def test_train_planned_recipe_is_not_implemented_yet(capsys, tmp_path):
-    (tmp_path / "t.yaml").write_text("recipe: scaleweaver\n")
+def test_train_planned_recipe_is_not_implemented_yet(capsys, tmp_path, monkeypatch):
+    from vgen import recipes
+
+    monkeypatch.setitem(recipes.PLANNED, "later", "a recipe still to come")
+    (tmp_path / "t.yaml").write_text("recipe: later\n")
     message = user_error(capsys, "train", tmp_path / "t.yaml")
-    assert message == "training recipe 'scaleweaver' (ScaleWeaver control training) is not implemented yet"
+    assert message == "training recipe 'later' (a recipe still to come) is not implemented yet"
 
 
 def test_train_unknown_recipe_lists_what_is_available(capsys, tmp_path):
     (tmp_path / "t.yaml").write_text("recipe: nope\n")
     message = user_error(capsys, "train", tmp_path / "t.yaml")
-    assert message.endswith("unknown recipe 'nope'; available: sar, solrl, var, variant")
+    assert message.endswith("unknown recipe 'nope'; available: sar, scaleweaver, solrl, var, variant")
 
 
 def test_train_config_problems(capsys, tmp_path):

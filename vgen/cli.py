@@ -59,7 +59,7 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
 
 # `vgen sample` flags of one model kind (default None: not given); the other kind refuses them.
 _PIPELINE_FLAGS = ("prompts", "steps", "guidance", "shift", "height", "width", "chunk_size", "dtype")
-_VAR_FLAGS = ("classes", "cfg", "top_k", "top_p", "depth", "switch_scale")
+_VAR_FLAGS = ("classes", "cfg", "top_k", "top_p", "depth", "switch_scale", "control", "control_seeds", "control_kind")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -79,7 +79,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         flag = "--" + wrong[0].replace("_", "-")
         if var:
             raise UserError(f"{flag} does not apply to {args.model!r}, a VAR model folder "
-                            "(it takes --classes, --cfg, --top-k, --top-p, --depth, --switch-scale)")
+                            "(it takes --classes, --cfg, --top-k, --top-p, --depth, --switch-scale, --control, "
+                            "--control-seeds, --control-kind)")
         raise UserError(f"{flag} is for VAR model folders and {args.model!r} is not one (a pipeline takes --prompts)")
     items = args.classes if var else args.prompts
     if items is None:
@@ -229,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "this many blocks (2..D; default: the folder's, else the full network)")
     sm.add_argument("--switch-scale", type=int, default=None,
                     help="VAR: first scale the subnet runs (default: the folder's, else the last three scales)")
+    sm.add_argument("--control", nargs="+", default=None, metavar="FILE",
+                    help="VAR with a control adapter: condition images (dark on light, the model's size)")
+    sm.add_argument("--control-seeds", nargs="+", default=None, metavar="SEED",
+                    help="VAR with a control adapter: condition = each class's world scene from these seeds")
+    sm.add_argument("--control-kind", default=None, choices=["edges", "mask"],
+                    help="with --control-seeds: which map of the scene (default: the model's)")
     sm.add_argument("--device", default="cpu")
     sm.set_defaults(func=cmd_sample)
 

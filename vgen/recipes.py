@@ -14,11 +14,10 @@ TRAIN: dict[str, tuple[str, str]] = {
     "var": ("vgen.vartrain.recipe", "VARTrainConfig"),
     "sar": ("vgen.sar.recipe", "SARConfig"),
     "variant": ("vgen.variant.recipe", "VariantConfig"),
+    "scaleweaver": ("vgen.scaleweaver.recipe", "ScaleWeaverConfig"),
 }
 # What each not-yet-landed recipe name will be, so a user gets a plain answer.
-PLANNED = {
-    "scaleweaver": "ScaleWeaver control training",
-}
+PLANNED: dict[str, str] = {}
 BENCH: dict[str, tuple[str, str]] = {
     "world": ("vgen.bench.world", "WorldBenchConfig"),
     "rollout": ("vgen.bench.rollout", "RolloutBenchConfig"),

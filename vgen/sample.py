@@ -97,10 +97,16 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
 
 def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: float | None = None,
                top_k: int | None = None, top_p: float | None = None, device: str = "cpu", depth: int | None = None,
-               switch_scale: int | None = None) -> int:
+               switch_scale: int | None = None, control: list[str] | None = None,
+               control_seeds: list[str] | None = None, control_kind: str | None = None) -> int:
     """`vgen sample` for a VAR model (folder, run or official files): every (class, seed); CFG /
     top-k / top-p and VARiant's depth / switch scale default to the model's ``sampling`` settings,
-    so a trained model samples as its recipe evaluated it."""
+    so a trained model samples as its recipe evaluated it.
+
+    ScaleWeaver (a model with a control adapter): ``control`` condition image files, or
+    ``control_seeds``, the world's own scenes of each class from those seeds, whose ``control_kind``
+    map (default: the folder's) is the condition; every (condition, class, seed) is sampled and the
+    condition images are written beside the samples (control-NNNN.png)."""
     from vgen.engine.scalewise import sample as scalewise
     from vgen.models.load import load
 
@@ -110,20 +116,64 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
     settings = var_settings({}, cfg, top_k, top_p)
     if arch := described_arch(described):
         var_depth_plan(arch["depth"], len(arch["patch_nums"]), described.sampling, depth, switch_scale)
+    if control is not None and control_seeds is not None:
+        raise UserError("give either --control FILE or --control-seeds, not both")
+    if (control is not None or control_seeds is not None) and not (arch or {}).get("control"):
+        raise UserError(f"{str(model)!r} has no control adapter (train one with the scaleweaver recipe)")
+    if control_kind is not None and control_seeds is None:
+        raise UserError("--control-kind applies to --control-seeds (the world's own maps)")
+    pairs = [(c, s) for c in class_ids for s in seed_list]
+    records = [{"class": c, "prompt": prompts[c], "seed": s} for c, s in pairs]
+    conds = None
+    if control is not None or control_seeds is not None:  # files are read before anything is written
+        scene_seeds = parse_seeds(control_seeds, "control seed") if control_seeds is not None else None
+        conds, records, pairs = control_images(described, control, scene_seeds, control_kind, pairs, records)
     prepare_out_dir(out)
     m = load_var(model, device)
     settings = var_settings(m.sampling, cfg, top_k, top_p)
     plan = var_depth_plan(m.var.depth, len(m.var.patch_nums), m.sampling, depth, switch_scale)
     if plan is not None:
         settings["depth_plan"] = plan
-    pairs = [(c, s) for c in class_ids for s in seed_list]
+    if conds is not None:
+        settings["control"] = control_run_for(m, conds, settings["cfg"])
     t0 = time.perf_counter()
     r = scalewise(m.var, m.vqvae, [c for c, _ in pairs], [s for _, s in pairs], **settings)
     elapsed = time.perf_counter() - t0
-    write_samples(out, r.images, [{"class": c, "prompt": prompts[c], "seed": s} for c, s in pairs],
-                  [f"{c}: {prompts[c]} ({s})" for c, s in pairs],
+    if conds is not None:
+        for i, img in enumerate(to_uint8(conds)):
+            save_png(Path(out) / f"control-{i:04d}.png", img)
+        settings["control"] = m.sampling.get("control", "edges") if control is None else "files"
+    write_samples(out, r.images, records, [f"{c}: {prompts[c]} ({s})" for c, s in pairs],
                   {"model": str(model), **settings, "resolution": m.resolution, "seconds": elapsed})
     return 0
+
+
+def control_images(m, files, scene_seeds, kind, pairs, records):
+    """The condition of every sample: each file, or each class's world scene from each control seed,
+    crossed with the (class, seed) pairs; returns (images (N, 3, H, W), records, pairs)."""
+    import torch
+
+    from vgen.scaleweaver.conditions import read_condition, scene_conditions
+
+    if files is not None:
+        per = [(read_condition(f, m.resolution), {"control": str(f)}) for f in files]
+        rows = [(img, info, c, s) for img, info in per for c, s in pairs]
+    else:
+        kind = kind or m.sampling.get("control", "edges")
+        rows = []
+        for t in scene_seeds:
+            for c, s in pairs:
+                img, _ = scene_conditions([c], [t], kind, m.resolution)
+                rows.append((img[0], {"control": f"{kind} of the world scene of class {c}, seed {t}"}, c, s))
+    recs = {(r["class"], r["seed"]): r for r in records}
+    return (torch.stack([img for img, *_ in rows]), [{**recs[(c, s)], **info} for _, info, c, s in rows],
+            [(c, s) for *_, c, s in rows])
+
+
+def control_run_for(m, conds, cfg: float):
+    from vgen.scaleweaver.conditions import control_run
+
+    return control_run(m.var, m.vqvae, conds, cfg, bool(m.sampling.get("guide_control", True)))
 
 
 def load_var(model, device: str = "cpu"):

@@ -182,7 +182,7 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
            use_cache: bool = True, return_logprobs: bool = False, return_logits: bool = False,
            depth_plan=None, inputs_override: dict | None = None, patch_nums=None,
            decode_images: bool = True, cache_stats: dict | None = None, ref_kv=None,
-           ref_bias=None) -> ScaleSample:
+           ref_bias=None, control=None) -> ScaleSample:
     """Sample token maps for ``class_ids`` (num_classes = unconditional) with one seed per sample.
 
     ``ref_kv`` (ScaleWeaver's reference attention): a list with one entry per block, None for a
@@ -196,6 +196,8 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     axis, when not 1, spans the whole sampled sequence (L = sum pn^2 of the scales), as in the
     training forward; each scale uses its own rows. So a stream that differs per scale is one
     stream over all scales with a bias that shows each scale its part (``scale_ref_bias``).
+    ``control``: a ScaleWeaver ``ControlRun`` for these samples, made with ``cfg_rows`` = (cfg != 0)
+    (``vgen.scaleweaver.sampling.control_run`` makes one from condition images).
     """
     class_ids, seeds = [int(c) for c in class_ids], [int(s) for s in seeds]
     if len(class_ids) != len(seeds):
@@ -210,12 +212,18 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     labels = torch.tensor(class_ids, device=dev)
     check_labels(labels, var.num_classes)
     ref_kv, ref_bias = check_ref(var, ref_kv, ref_bias, len(class_ids), sum(pn * pn for pn in pns), dev)
+    if control is not None:
+        if plan is not None or ref_kv is not None:
+            raise UserError("a control condition cannot be combined with a depth plan or a reference stream")
+        if control.B != len(class_ids) or control.R != (2 if cfg else 1) * len(class_ids) or control.pns != pns:
+            raise UserError(f"the control was prepared for {control.B} samples ({control.R} rows, scales "
+                            f"{list(control.pns)}); sampling {len(class_ids)} with cfg {cfg} at {list(pns)}")
 
     # no label dropout / stochastic depth while sampling; the same rounding in any batch (CPU)
     with evaluating(var, vqvae), batch_invariant(var, vqvae):
         return _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache,
                        return_logprobs, return_logits, inputs_override, decode_images, cache_stats,
-                       ref_kv, ref_bias)
+                       ref_kv, ref_bias, control)
 
 
 @contextmanager
@@ -231,7 +239,7 @@ def evaluating(*modules):
 
 def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache, return_logprobs,
             return_logits, inputs_override, decode_images, cache_stats=None, ref_kv=None,
-            ref_bias=None) -> ScaleSample:
+            ref_bias=None, control=None) -> ScaleSample:
     K, B = len(pns), len(class_ids)
     # Model rows: the B samples, then (with CFG) the same B rows with the null class.
     rows = labels
@@ -263,12 +271,14 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
         if use_cache:
             if freed_now := free_dropped(caches, plan, si):
                 freed[si] = freed_now
+            if control is not None:
+                control.at_scale(si)
             h = var.step(x, cond, caches, None if plan is None else plan[si], ref_kv=ref_kv,
-                         ref_bias=query_rows(ref_bias, start, start + pn * pn))
+                         ref_bias=query_rows(ref_bias, start, start + pn * pn), control=control)
             logits = var.logits(h, cond_BD)
         else:
             logits = var(rows, inputs, patch_nums=pns, scales=range(si + 1), depth_plan=plan, ref_kv=ref_kv,
-                         ref_bias=query_rows(ref_bias, 0, start + pn * pn))[:, -pn * pn:]
+                         ref_bias=query_rows(ref_bias, 0, start + pn * pn), control=control)[:, -pn * pn:]
         start += pn * pn
         if cache_stats is not None:
             cache_stats["bytes"].append(cache_bytes(caches))

@@ -60,14 +60,15 @@ def tokenize(vqvae, images: torch.Tensor, patch_nums=None) -> list[torch.Tensor]
     return vqvae.img_to_idx(images.to(vqvae.quant_conv.weight) * 2 - 1, patch_nums)
 
 
-def tf_forward(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, patch_nums, depth_plan=None):
+def tf_forward(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, patch_nums, depth_plan=None,
+               control=None):
     """(inputs, logits) of one teacher-forcing forward of ground-truth tokens over the scale list
-    ``patch_nums`` along ``depth_plan``; the inputs are returned for a second forward (VARiant's
-    distillation teacher)."""
+    ``patch_nums`` along ``depth_plan`` (or under a ScaleWeaver ``control`` run); the inputs are
+    returned for a second forward (VARiant's distillation teacher)."""
     from vgen.engine.scalewise import teacher_forcing_inputs
 
     inputs = teacher_forcing_inputs(vqvae, tokens, patch_nums)
-    return inputs, var(labels, inputs, patch_nums=patch_nums, depth_plan=depth_plan)
+    return inputs, var(labels, inputs, patch_nums=patch_nums, depth_plan=depth_plan, control=control)
 
 
 def tf_loss_from_tokens(var, vqvae, tokens: list[torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0,

@@ -323,14 +323,17 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
 
 
 def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval_paths=None,
-          sampling_extra=None) -> int:
+          sampling_extra=None, evaluate=None, build=None) -> int:
     """The loop every VAR-family recipe runs (see the module docstring); ``objective`` makes the
     micro-batch loss, ``card(cfg, var, history)`` the model card of checkpoints and the final folder.
 
     ``eval_paths(var)`` (VARiant) gives ``{suffix: depth plan}``: each held-out evaluation also runs
     along each plan, its figures logged with the suffix (``val_loss_d4``) and its report written to
     ``eval/step-N/<suffix without the underscore>``; ``sampling_extra(var)`` joins the saved folders'
-    sampling defaults (e.g. the switch scale)."""
+    sampling defaults (e.g. the switch scale). ``evaluate(var, vqvae, step)`` (ScaleWeaver) replaces the
+    held-out evaluation and the sample grid: it writes its own report and returns the figures to log.
+    ``build(cfg, vqvae, num_classes, device)`` replaces :func:`build_model` (ScaleWeaver: the frozen base
+    with its adapter)."""
     from tqdm.auto import tqdm
 
     from vgen.config import to_dict
@@ -368,7 +371,7 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
     train, val, names = open_data(cfg, vqvae, main)
     if any(not 0 <= c < len(names) for c in cfg.sample_classes):
         raise UserError(f"sample_classes must lie in 0..{len(names) - 1}")
-    var = build_model(cfg, vqvae, len(names), device)
+    var = (build or build_model)(cfg, vqvae, len(names), device)
     var.cond_drop_rate = 0.0  # the loop drops labels itself (label_drops); var.arch keeps the rate for the folder
     params = [p for p in var.parameters() if p.requires_grad]
     opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas)
@@ -428,7 +431,11 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
         m["images_per_s"] = cfg.batch / m["time_step"]
         if main:
             last = cfg.iterations
-            if due(cfg.eval_every, step, last) and val is not None:
+            if evaluate is not None and due(cfg.eval_every, step, last):
+                ev = evaluate(var, vqvae, step)
+                m.update(ev)
+                history["eval"].append({"step": step, **ev})
+            elif due(cfg.eval_every, step, last) and val is not None:
                 ev = {}
                 for suffix, plan in paths.items():
                     e = held_out(var, vqvae, val, device, depth_plan=plan)
@@ -438,7 +445,7 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
                     ev.update({k + suffix: v for k, v in e.items()})
                 m.update(ev)
                 history["eval"].append({"step": step, **ev})
-            if due(cfg.sample_every, step, last):
+            if evaluate is None and due(cfg.sample_every, step, last):
                 m["sample_strict"] = sample_grid(var, vqvae, cfg.sample_classes, list(range(cfg.sample_seeds)),
                                                  run_dir / "samples" / f"step-{step:06d}.png", names,
                                                  cfg.sample_cfg, cfg.sample_top_k, cfg.sample_top_p)

@@ -42,9 +42,16 @@ def build_vqvae(arch: dict, device="cpu") -> VQVAE:
 
 
 def build_var(arch: dict, device="cpu") -> VAR:
+    """A VAR from constructor arguments; a ``control`` entry (ScaleWeaver) also attaches its adapter."""
+    arch = dict(arch)
+    control = arch.pop("control", None)
     with torch.device(device):
         var = VAR(**arch)
-    var.arch = dict(arch)
+    var.arch = arch
+    if control is not None:
+        from vgen.scaleweaver.adapter import attach_control
+
+        attach_control(var, **control)
     return var
 
 
@@ -141,34 +148,41 @@ def read_config(path) -> dict:
 def check_sampling(sampling, where: str) -> None:
     """A folder's sampling defaults, all optional: {"cfg": finite >= 0, "top_k": int >= 0, "top_p": in
     [0, 1], "depth": int >= 1 and "switch_scale": int >= 0 (VARiant's run-time depth; their range
-    against the model is checked when a plan is made, vgen.sample.var_depth_plan)}."""
+    against the model is checked when a plan is made, vgen.sample.var_depth_plan), "control": edges |
+    mask and "guide_control": bool (ScaleWeaver: the kind of condition, whether CFG drops it)}."""
     import math
 
     if sampling is None:
         return
     if not isinstance(sampling, dict):
-        raise UserError(f"{where} 'sampling' must be a mapping (cfg, top_k, top_p, depth, switch_scale), "
+        raise UserError(f"{where} 'sampling' must be a mapping (cfg, top_k, top_p, depth, switch_scale, control, "
+                        "guide_control), "
                         f"got {sampling!r}")
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     integer = lambda v, lo: isinstance(v, int) and not isinstance(v, bool) and v >= lo  # noqa: E731
     checks = {"cfg": lambda v: number(v) and v >= 0, "top_p": lambda v: number(v) and 0 <= v <= 1,
               "top_k": lambda v: integer(v, 0), "depth": lambda v: integer(v, 1),
-              "switch_scale": lambda v: integer(v, 0)}
+              "switch_scale": lambda v: integer(v, 0), "control": lambda v: v in ("edges", "mask"),
+              "guide_control": lambda v: isinstance(v, bool)}
     for key, v in sampling.items():
         if key not in checks:
-            raise UserError(f"{where} 'sampling' has an unknown key {key!r} (cfg, top_k, top_p, depth, switch_scale)")
+            raise UserError(f"{where} 'sampling' has an unknown key {key!r} (cfg, top_k, top_p, depth, switch_scale, "
+                            "control, guide_control)")
         if not checks[key](v):
             raise UserError(f"{where} sampling {key}={v!r}: cfg must be finite and >= 0, top_k must be >= 0 "
-                            "(an integer), top_p must lie in [0, 1], depth must be an integer >= 1 and "
-                            "switch_scale an integer >= 0")
+                            "(an integer), top_p must lie in [0, 1], depth must be an integer >= 1, "
+                            "switch_scale an integer >= 0, control edges or mask, guide_control true or false")
 
 
 def _build(kind, arch: dict, folder: Path):
     try:
+        if kind is build_var:
+            return build_var(arch, "meta")
         with torch.device("meta"):
             return kind(**arch)
     except (TypeError, ValueError, AssertionError) as e:
-        raise UserError(f"{str(folder)!r}: config.json's {kind.__name__} arguments are invalid: {e}") from None
+        name = "VAR" if kind is build_var else kind.__name__
+        raise UserError(f"{str(folder)!r}: config.json's {name} arguments are invalid: {e}") from None
 
 
 def load_var_model(path, device="cpu", tokenizer_only: bool = False) -> tuple[VQVAE, VAR | None, dict]:
@@ -190,7 +204,7 @@ def load_var_model(path, device="cpu", tokenizer_only: bool = False) -> tuple[VQ
         if var_arch.get("num_classes") != len(config["class_prompts"]):
             raise UserError(f"{str(path)!r}: the VAR has {var_arch.get('num_classes')} classes but config.json "
                             f"lists {len(config['class_prompts'])} class prompts")
-        var = _build(VAR, var_arch, path)
+        var = _build(build_var, var_arch, path)
         var = load_state(var, read_state_dict(path / "var.safetensors"), path / "var.safetensors")
         var.arch = var_arch
         var = var.to(device).eval()

@@ -165,10 +165,12 @@ class SelfAttention(nn.Module):
             k = F.normalize(k, dim=-1)
         return q, k, v
 
-    def forward(self, x, attn_bias=None, cache: dict | None = None, ref_kv=None, ref_bias=None, kv_out=None):
+    def forward(self, x, attn_bias=None, cache: dict | None = None, ref_kv=None, ref_bias=None, kv_out=None,
+                seen=None):
         """``cache``: a dict holding this block's keys / values of earlier scales; the new ones are
         appended (no mask is needed then: a scale sees all earlier scales and itself).
-        ``ref_kv``: extra (k, v), each (B, H, l_ref, head_dim), attended to by every query."""
+        ``ref_kv``: extra (k, v), each (B, H, l_ref, head_dim), attended to by every query.
+        ``seen``: a list that receives (q, k, v), the keys / values of every scale this query sees."""
         B, L, C = x.shape
         q, k, v = self.qkv(x)
         if kv_out is not None:
@@ -177,6 +179,8 @@ class SelfAttention(nn.Module):
             if "k" in cache:
                 k, v = torch.cat((cache["k"], k), 2), torch.cat((cache["v"], v), 2)
             cache["k"], cache["v"] = k, v
+        if seen is not None:
+            seen.append((q, k, v))
         if ref_kv is not None:
             if attn_bias is not None or ref_bias is not None:
                 a = attn_bias if attn_bias is not None else q.new_zeros(1, 1, L, k.shape[2])
@@ -211,10 +215,14 @@ class AdaLNSelfAttn(nn.Module):
             return (self.ada_gss + cond_BD).unbind(2)
         return self.ada_lin(cond_BD).view(-1, 1, 6, self.C).unbind(2)
 
-    def forward(self, x, cond_BD, attn_bias=None, cache=None, ref_kv=None, ref_bias=None, kv_out=None):
+    def forward(self, x, cond_BD, attn_bias=None, cache=None, ref_kv=None, ref_bias=None, kv_out=None, side=None):
+        """``side(x, cond_BD, q, k, v)`` (ScaleWeaver's control): a (B, l, C) term added to the residual
+        stream after the attention sub-layer, from the block input and the attention's q / k / v."""
         g1, g2, s1, s2, b1, b2 = self.modulation(cond_BD)
-        a = self.attn(self.ln_wo_grad(x) * (s1 + 1) + b1, attn_bias, cache, ref_kv, ref_bias, kv_out)
-        x = x + drop_path(a * g1, self.drop_path, self.training)
+        seen = [] if side is not None else None
+        a = self.attn(self.ln_wo_grad(x) * (s1 + 1) + b1, attn_bias, cache, ref_kv, ref_bias, kv_out, seen)
+        h = x + drop_path(a * g1, self.drop_path, self.training)
+        x = h if side is None else h + side(x, cond_BD, *seen[0])
         return x + drop_path(self.ffn(self.ln_wo_grad(x) * (s2 + 1) + b2) * g2, self.drop_path, self.training)
 
 
@@ -324,18 +332,21 @@ class VAR(nn.Module):
 
     # ------------------------------------------------------------------ transformer
 
-    def step(self, x, cond, caches: list, blocks=None, ref_kv=None, ref_bias=None) -> torch.Tensor:
+    def step(self, x, cond, caches: list, blocks=None, ref_kv=None, ref_bias=None, control=None) -> torch.Tensor:
         """Run one scale's tokens through the blocks with a KV cache (sampling).
 
         ``caches``: one dict per block; ``blocks``: the block indices this scale runs (default all);
         the others neither change the tokens nor receive keys / values. ``ref_kv`` / ``ref_bias`` as in
-        ``forward``, with ``ref_bias``'s query axis (if not 1) over this scale's tokens only."""
+        ``forward``, with ``ref_bias``'s query axis (if not 1) over this scale's tokens only. ``control``:
+        a ScaleWeaver control run already placed at this scale (``ControlRun.at_scale``)."""
         run = range(self.depth) if blocks is None else sorted(blocks)
         for j in run:
-            x = self.blocks[j](x, cond, None, caches[j], ref_kv[j] if ref_kv else None, ref_bias)
+            x = self.blocks[j](x, cond, None, caches[j], ref_kv[j] if ref_kv else None, ref_bias,
+                               side=control.side(j) if control is not None else None)
         return x
 
-    def trunk(self, x, cond, lengths, scales, depth_plan=None, ref_kv=None, ref_bias=None, kv_out=None):
+    def trunk(self, x, cond, lengths, scales, depth_plan=None, ref_kv=None, ref_bias=None, kv_out=None,
+              control=None):
         """Run the whole sequence through the blocks under the block-causal mask (training).
 
         With a depth plan, block j sees only the tokens of scales that run it: they are gathered,
@@ -347,7 +358,7 @@ class VAR(nn.Module):
             rk = ref_kv[j] if ref_kv else None
             active = None if depth_plan is None else [s for s in scales if j in depth_plan[s]]
             if active is None or len(active) == len(scales):
-                x = block(x, cond, bias, None, rk, ref_bias, kv_out)
+                x = block(x, cond, bias, None, rk, ref_bias, kv_out, control.side(j) if control is not None else None)
             elif active:
                 idx = torch.isin(sid, torch.as_tensor(active, device=x.device)).nonzero().squeeze(1)
                 rb = ref_bias[..., idx, :] if ref_bias is not None and ref_bias.shape[-2] > 1 else ref_bias
@@ -356,13 +367,14 @@ class VAR(nn.Module):
         return x
 
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l, *, patch_nums=None, scales=None, depth_plan=None,
-                ref_kv=None, ref_bias=None, kv_out=None) -> torch.Tensor:
+                ref_kv=None, ref_bias=None, kv_out=None, control=None) -> torch.Tensor:
         """Teacher-forcing logits (B, L, V).
 
         ``x_BLCv_wo_first_l``: the inputs of scales[1:] as one (B, l, Cvae) tensor (official
         layout; None for a start-only sequence) or a list of (B, pn^2, Cvae) maps, one per scale.
         ``scales``: which scales the sequence holds (default all; must start with 0, increasing).
         In training mode labels are replaced by the null class with probability cond_drop_rate.
+        ``control``: a ScaleWeaver control run (``vgen.scaleweaver.adapter``) for these rows.
         """
         pns = self.check_patch_nums(patch_nums)
         scales = list(range(len(pns))) if scales is None else [int(s) for s in scales]
@@ -381,7 +393,11 @@ class VAR(nn.Module):
             raise UserError(f"got inputs for {len(inputs)} scales, expected {len(scales) - 1}")
         x = torch.cat([self.start_tokens(cond_BD, pns)]
                       + [self.embed_scale(inp, s, pns) for inp, s in zip(inputs, scales[1:])], 1)
-        h = self.trunk(x, cond, lengths, scales, depth_plan, ref_kv, ref_bias, kv_out)
+        if control is not None:
+            if depth_plan is not None:
+                raise UserError("a control condition and a VARiant depth plan cannot be combined")
+            control.start(scales, lengths, pns)
+        h = self.trunk(x, cond, lengths, scales, depth_plan, ref_kv, ref_bias, kv_out, control)
         return self.logits(h, cond_BD)
 
     @torch.no_grad()

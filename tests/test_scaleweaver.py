@@ -1,0 +1,366 @@
+"""ScaleWeaver: reference attention, joint attention and a ControlNet-style branch on a frozen VAR."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_var_models
+from test_cli import user_error
+from test_solrl import _metrics
+from test_var_train import _one_thread, assert_same_metrics, kill_after_first_checkpoint, two_processes  # noqa: F401
+
+from vgen.cli import main
+from vgen.engine.scalewise import sample, teacher_forcing_inputs
+from vgen.errors import UserError
+from vgen.eval.control import edge_f1, image_edges, mask_iou
+from vgen.models.var.var import block_causal_bias
+from vgen.scaleweaver.adapter import MODES, ControlRun, attach_control
+from vgen.scaleweaver.conditions import condition_image, control_run, read_condition, scene_conditions
+
+PN = (1, 2, 3, 4)
+B = 3
+
+
+def models(mode, blocks=2, ref_scales="same", seed=4):
+    """A 4-block random VAR whose logits depend on every block, its tokens, and a control adapter."""
+    vae, var = tiny_var_models(seed=seed, patch_nums=PN, depth=4)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in var.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    var.eval()
+    base = copy.deepcopy(var)
+    attach_control(var, mode=mode, blocks=blocks, rank=4, ref_scales=ref_scales)
+    tokens = [torch.randint(0, 32, (B, p * p), generator=g) for p in PN]
+    cond = torch.rand(B, 8, 4, 4, generator=g)  # condition latents (B, Cvae, h, w)
+    return vae, var.eval(), base, tokens, torch.tensor([0, 7, 70]), cond
+
+
+def liven(var, scale=0.3):
+    """Move every adapter parameter off its start (zero projections, zero LoRA B) so the control acts."""
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in var.control.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def tf_logits(var, vae, tokens, labels, run=None):
+    return var(labels, teacher_forcing_inputs(vae, tokens, PN), control=run)
+
+
+# ---------------------------------------------------------------- starts from the base
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_untrained_control_is_the_base_bit_for_bit(mode):
+    vae, var, base, tokens, labels, cond = models(mode)
+    ref = tf_logits(base, vae, tokens, labels)
+    for c in (cond, -3 * cond, torch.zeros_like(cond)):
+        assert torch.equal(tf_logits(var, vae, tokens, labels, ControlRun(var, c, torch.ones(B), PN)), ref)
+    for cfg in (0.0, 2.0):
+        want = sample(base, vae, labels.tolist(), [1, 2, 3], cfg=cfg, top_k=8, return_logits=True)
+        keep = torch.ones(2 * B if cfg else B)
+        got = sample(var, vae, labels.tolist(), [1, 2, 3], cfg=cfg, top_k=8, return_logits=True,
+                     control=ControlRun(var, cond, keep, PN, cfg_rows=bool(cfg)))
+        assert all(torch.equal(a, b) for a, b in zip(got.logits, want.logits))
+        assert torch.equal(got.images, want.images)
+
+
+@pytest.mark.parametrize("mode", ["reference", "joint"])
+def test_lora_acts_on_the_condition_branch_only(mode):
+    """With LoRA trained but the output projections still zero, nothing reaches the image."""
+    vae, var, base, tokens, labels, cond = models(mode)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in var.control.named_parameters():
+            if "lora" in name:
+                p.add_(torch.randn(p.shape, generator=g))
+    run = ControlRun(var, cond, torch.ones(B), PN)
+    assert torch.equal(tf_logits(var, vae, tokens, labels, run), tf_logits(base, vae, tokens, labels))
+    assert torch.equal(tf_logits(var, vae, tokens, labels), tf_logits(base, vae, tokens, labels))  # no condition
+
+
+def test_dropped_rows_are_the_base_and_kept_rows_are_not():
+    vae, var, base, tokens, labels, cond = models("reference")
+    liven(var)
+    out = tf_logits(var, vae, tokens, labels, ControlRun(var, cond, torch.tensor([1.0, 0.0, 1.0]), PN))
+    ref = tf_logits(base, vae, tokens, labels)
+    assert torch.equal(out[1], ref[1])
+    assert not torch.allclose(out[0], ref[0], atol=1e-3) and not torch.allclose(out[2], ref[2], atol=1e-3)
+
+
+# ---------------------------------------------------------------- the defining rule, computed by hand
+
+
+def merged_block(block, view):
+    """The base block with each LoRA folded into its weight: W + (alpha / r) B A, by hand."""
+    out = copy.deepcopy(block)
+    for name in ("attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2"):
+        wrapped = view.get_submodule(name)
+        A, Bm = wrapped.lora_A["default"].weight, wrapped.lora_B["default"].weight
+        lin = out.get_submodule(name)
+        with torch.no_grad():
+            lin.weight += wrapped.scaling["default"] * Bm @ A
+    return out
+
+
+@pytest.mark.parametrize("ref_scales", ["same", "causal"])
+def test_reference_attention_by_hand(ref_scales):
+    """Block 0's output = base block with the term Z(softmax(q Kc^T s + M) Vc) added after attention, where
+    Kc, Vc come from the condition sequence through the LoRA-merged block under the null class."""
+    vae, var, base, tokens, labels, cond = models("reference", blocks=1, ref_scales=ref_scales)
+    liven(var)
+    run = ControlRun(var, cond, torch.ones(B), PN)
+    inputs = teacher_forcing_inputs(vae, tokens, PN)
+    captured = {}
+    var.blocks[0].register_forward_hook(lambda m, a, o: captured.update(x=a[0], out=o))
+    var(labels, inputs, control=run)
+
+    blk, x = base.blocks[0], captured["x"]
+    lengths = [p * p for p in PN]
+    sid = torch.cat([torch.full((n,), k) for k, n in enumerate(lengths)])
+    mask = block_causal_bias(lengths)
+    _, c_mod = base.condition(labels)
+    null = base.condition(torch.tensor([70]))[1]
+    # the condition sequence: each scale's latent, area-resampled, embedded like an image scale
+    c = torch.cat([base.word_embed(F.interpolate(cond, size=(p, p), mode="area").flatten(2).transpose(1, 2))
+                   + base.pos_embed(k) for k, p in enumerate(PN)], 1)
+    merged = merged_block(blk, var.control.views[0])
+    g1, g2, s1, s2, b1, b2 = merged.modulation(null)
+    _, kc, vc = merged.attn.qkv(merged.ln_wo_grad(c) * (s1 + 1) + b1)
+    # the image side of block 0
+    g1, g2, s1, s2, b1, b2 = blk.modulation(c_mod)
+    hn = blk.ln_wo_grad(x) * (s1 + 1) + b1
+    q, k, v = blk.attn.qkv(hn)
+    att = (q @ k.transpose(-1, -2) * blk.attn.scale + mask).softmax(-1) @ v
+    h = x + blk.attn.proj(att.transpose(1, 2).reshape(B, -1, var.C)) * g1
+    see = sid[:, None] == sid[None, :] if ref_scales == "same" else sid[:, None] >= sid[None, :]
+    logits = q @ kc.transpose(-1, -2) * blk.attn.scale
+    o = logits.masked_fill(~see, -torch.inf).softmax(-1) @ vc
+    h = h + var.control.out[0](o.transpose(1, 2).reshape(B, -1, var.C))
+    want = h + blk.ffn(blk.ln_wo_grad(h) * (s2 + 1) + b2) * g2
+    torch.testing.assert_close(captured["out"], want, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- independence and caching
+
+
+def test_reference_condition_stream_ignores_the_image_and_joint_does_not():
+    for mode, independent in (("reference", True), ("joint", False)):
+        vae, var, base, tokens, labels, cond = models(mode)
+        liven(var)
+        streams = []
+        for t in (tokens, [torch.randint(0, 32, x.shape, generator=torch.Generator().manual_seed(1)) for x in tokens]):
+            run = ControlRun(var, cond, torch.ones(B), PN)
+            kv: list = []
+            grab = kv.append
+            hooks = [view.attn.register_forward_hook(lambda m, a, o, grab=grab: grab(o.detach()))
+                     for view in var.control.views]
+            tf_logits(var, vae, t, labels, run)
+            for hk in hooks:
+                hk.remove()
+            streams.append(kv)
+        same = all(torch.equal(a, b) for a, b in zip(*streams))
+        assert same == independent, mode
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cfg", [0.0, 2.5])
+def test_cached_sampling_equals_recompute(mode, cfg):
+    vae, var, base, tokens, labels, cond = models(mode)
+    liven(var)
+    keep = torch.tensor([1.0, 1.0, 1.0] + ([0.0, 0.0, 0.0] if cfg else []))
+    out = [sample(var, vae, labels.tolist(), [4, 5, 6], cfg=cfg, top_k=8, return_logits=True, use_cache=cache,
+                  control=ControlRun(var, cond, keep, PN, cfg_rows=bool(cfg))) for cache in (True, False)]
+    for a, b in zip(out[0].logits, out[1].logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(out[0].tokens, out[1].tokens))
+    plain = sample(base, vae, labels.tolist(), [4, 5, 6], cfg=cfg, top_k=8, return_logits=True)
+    assert not torch.allclose(out[0].logits[-1], plain.logits[-1], atol=1e-3)  # the control acts
+
+
+def test_the_folder_keeps_the_adapter(tmp_path):
+    from vgen.models.load import load
+    from vgen.models.var.folder import save_var_model
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    vae, var, base, tokens, labels, cond = models("controlnet")
+    liven(var)
+    folder = save_var_model(tmp_path / "m", vae, var, CLASS_PROMPTS, 16)
+    m = load(folder)
+    assert m.var.control.mode == "controlnet" and m.var.control.blocks == 2
+    run = lambda v: ControlRun(v, cond, torch.ones(B), PN)  # noqa: E731
+    assert torch.equal(tf_logits(m.var, m.vqvae, tokens, labels, run(m.var)), tf_logits(var, vae, tokens, labels,
+                                                                                        run(var)))
+
+
+# ---------------------------------------------------------------- conditions and metrics
+
+
+def test_condition_images_are_ink_on_the_world_background():
+    img, maps = scene_conditions([10], [3], "edges", 32)
+    on = torch.from_numpy(maps[0]["edges"] > 0)
+    assert on.any() and torch.allclose(img[0][:, on], torch.full((3, int(on.sum())), 40 / 255))
+    assert torch.allclose(img[0][:, ~on], torch.full((3, int((~on).sum())), 235 / 255))
+    mask = condition_image(maps[0], "mask")
+    assert (mask[0] < 0.5).sum() == (maps[0]["mask"] > 0).sum()
+
+
+def near(b, tol):
+    """Pixels within Chebyshev distance tol of a set pixel of b, by looking at every pixel's window."""
+    n = b.shape[0]
+    return np.array([[b[max(0, i - tol):i + tol + 1, max(0, j - tol):j + tol + 1].any() for j in range(n)]
+                     for i in range(n)])
+
+
+def test_edge_f1_against_a_brute_force_count():
+    rng = np.random.default_rng(0)
+    for tol in (0, 1, 2):
+        p, t = rng.random((12, 12)) < 0.15, rng.random((12, 12)) < 0.15
+        prec, rec = (p & near(t, tol)).sum() / p.sum(), (t & near(p, tol)).sum() / t.sum()
+        assert edge_f1(p, t, tol) == pytest.approx(2 * prec * rec / (prec + rec))
+    z = np.zeros((4, 4), bool)
+    assert edge_f1(z, z) == 1.0 and edge_f1(z | np.eye(4, dtype=bool), z) == 0.0
+    assert mask_iou(np.eye(4, dtype=bool), np.ones((4, 4), bool)) == 0.25
+
+
+def test_a_rendered_scene_matches_its_own_condition():
+    """The world's render against its own maps: every metric near its top (the metric's sanity)."""
+    from vgen.eval.control import control_scores
+    from vgen.world.datasets import CLASS_PROMPTS
+    from vgen.world.scene import condition_maps, render, sample_scene
+
+    scenes = [sample_scene(CLASS_PROMPTS[c], 11) for c in (0, 10, 46)]
+    images = np.stack([render(s, 64) for s in scenes])
+    maps = [condition_maps(s, 64) for s in scenes]
+    sc = control_scores(images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]))
+    assert sc["edge_f1"].min() > 0.9 and sc["mask_iou"].min() > 0.9
+    shuffled = control_scores(images[::-1], np.stack([m["edges"] > 0 for m in maps]),
+                              np.stack([m["mask"] for m in maps]))
+    assert shuffled["edge_f1"].mean() < 0.5
+    assert image_edges(images).shape == (3, 64, 64)
+
+
+def test_condition_files_are_checked(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (235, 235, 235)).save(tmp_path / "ok.png")
+    assert read_condition(tmp_path / "ok.png", 16).shape == (3, 16, 16)
+    Image.new("L", (16, 16), 200).save(tmp_path / "grey.png")
+    assert read_condition(tmp_path / "grey.png", 16).shape == (3, 16, 16)
+    Image.new("RGB", (20, 16)).save(tmp_path / "big.png")
+    with pytest.raises(UserError, match="is 20x16; the model takes 16x16"):
+        read_condition(tmp_path / "big.png", 16)
+    Image.new("RGBA", (16, 16)).save(tmp_path / "alpha.png")
+    with pytest.raises(UserError, match="mode RGBA"):
+        read_condition(tmp_path / "alpha.png", 16)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot be read"):
+        read_condition(tmp_path / "bad.png", 16)
+    with pytest.raises(UserError, match="does not exist"):
+        read_condition(tmp_path / "nope.png", 16)
+
+
+def test_bad_adapters_and_combinations_are_refused():
+    vae, var = tiny_var_models(patch_nums=PN, depth=4)
+    with pytest.raises(UserError, match="one of reference, joint, controlnet"):
+        attach_control(var, mode="cross")
+    with pytest.raises(UserError, match="blocks must be 1..4"):
+        attach_control(var, blocks=5)
+    vae, var, base, tokens, labels, cond = models("reference")
+    with pytest.raises(UserError, match="cannot be combined"):
+        var(labels, teacher_forcing_inputs(vae, tokens, PN), control=ControlRun(var, cond, torch.ones(B), PN),
+            depth_plan=[[0, 1, 2, 3]] * 4)
+    with pytest.raises(UserError, match="prepared for 3 samples"):
+        sample(var, vae, [0, 1], [0, 1], cfg=0, control=ControlRun(var, cond, torch.ones(B), PN))
+    with pytest.raises(UserError, match="no control adapter"):
+        ControlRun(base, cond, torch.ones(B), PN)
+    with pytest.raises(UserError, match=r"\(B, 3, H, W\)"):
+        control_run(var, vae, torch.zeros(2, 1, 16, 16), 0.0)
+
+
+# ---------------------------------------------------------------- the recipe and the CLI
+
+
+TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "scaleweaver" / "tiny.yaml")
+QUICK = ["data_size=64", "val_size=8", "progress=false", "eval_every=0", "checkpoint_every=0", "save_model=false",
+         "cond_drop_rate=0.3", "control_drop=0.3", "batch=8", "eval_items=0"]
+VOLATILE = ("time_", "images_per_s")
+
+
+def _args(tmp_path, name, *extra):
+    return [TINY_YAML, *QUICK, f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sw")
+    assert main(["train", TINY_YAML, "progress=false", "data_size=64", "val_size=8", "batch=8", "iterations=3",
+                 "eval_every=3", "eval_items=4", "lr=3e-3", f"run.out_dir={out}", "run.name=t"]) == 0
+    return out / "t"
+
+
+def test_recipe_trains_the_adapter_only_and_evaluates_control(trained):
+    from safetensors.torch import load_file
+
+    m = _metrics(trained, VOLATILE)
+    assert {"eval_edge_f1", "eval_mask_iou", "eval_strict", "val_loss"} <= m[3].keys()
+    assert (trained / "eval" / "step-000003" / "control.png").is_file()
+    base = load_file("assets/var-tiny-shapes/var.safetensors")
+    got = load_file(str(trained / "model" / "var.safetensors"))
+    assert all(torch.equal(got[k], v) for k, v in base.items())  # the base is frozen
+    extra = [k for k in got if k not in base]
+    assert extra and all(k.startswith("control.") for k in extra)
+    assert any(got[k].abs().sum() > 0 for k in extra if k.startswith("control.out."))  # the projections moved
+    cfg = json.loads((trained / "model" / "config.json").read_text())
+    assert cfg["var"]["control"]["mode"] == "reference" and cfg["sampling"]["control"] == "edges"
+
+
+def test_vgen_sample_takes_a_control(trained, tmp_path, capsys):
+    assert main(["sample", "--model", str(trained / "model"), "--classes", "0", "10", "--control-seeds", "3",
+                 "--out", str(tmp_path / "a")]) == 0
+    s = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert len(s["samples"]) == 2 and "seed 3" in s["samples"][0]["control"]
+    assert (tmp_path / "a" / "control-0001.png").is_file()
+    assert main(["sample", "--model", str(trained / "model"), "--classes", "0", "--control",
+                 str(tmp_path / "a" / "control-0000.png"), "--out", str(tmp_path / "b")]) == 0
+    a = np.asarray(__import__("PIL.Image").Image.open(tmp_path / "a" / s["samples"][0]["file"]))
+    b = np.asarray(__import__("PIL.Image").Image.open(tmp_path / "b" / "0000-seed0-a-photo-of-a-circle.png"))
+    assert np.array_equal(a, b)  # the same condition from a file samples the same image
+    msg = user_error(capsys, "sample", "--model", "assets/var-tiny-shapes", "--classes", "0", "--control-seeds", "1",
+                     "--out", str(tmp_path / "c"))
+    assert "has no control adapter" in msg and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys, mode):
+    common = ["iterations=4", "checkpoint_every=2", f"mode={mode}", "blocks=2"]
+    assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
+    kill_after_first_checkpoint(_args(tmp_path, "k", *common), tmp_path / "k")
+    assert main(["train", *_args(tmp_path, "k", *common)]) == 0
+    assert "resum" in capsys.readouterr().out
+    assert _metrics(tmp_path / "k", VOLATILE) == _metrics(tmp_path / "ref", VOLATILE)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    common = ["iterations=2"]
+    two_processes(_args(tmp_path, "two", *common))
+    assert main(["train", *_args(tmp_path, "one", *common)]) == 0
+    assert_same_metrics(tmp_path / "two", tmp_path / "one", [1, 2])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["mode=cross"], "'mode'"),
+    (["blocks=7"], "blocks = 7 but the base has 6 blocks"),
+    (["control=depth"], "'control'"),
+    (["init=null"], "set init"),
+    (["data=some/folder"], "data: shapes"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
+    msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))
+    assert message in msg, msg
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()

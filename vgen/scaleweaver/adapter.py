@@ -1,0 +1,246 @@
+"""ScaleWeaver's control for a VAR: Reference Attention, and the two baselines in the same backbone.
+
+A condition image (an edge map, a mask) is tokenized with the model's own VQ-VAE; its latent,
+area-resampled to each scale's size, is embedded like an image scale (``word_embed`` + the scale's
+position) and becomes a condition sequence laid out scale by scale like the image. Three ways to
+inject it into the first ``blocks`` blocks of the frozen base (``mode``):
+
+* ``reference`` (ScaleWeaver): the condition sequence runs through the base's own blocks (shared
+  weights) with LoRA on that branch only, under the block-causal mask over condition scales and
+  the null-class modulation, so it depends on the condition alone: computed once for all scales
+  and shared by every row (class, CFG row). Image queries attend to the condition keys of their
+  own scale (``ref_scales: same``) or of every scale up to theirs (``causal``); the condition
+  never attends to the image.
+* ``joint`` (MM attention): the same, but condition queries also attend to the image keys of
+  scales up to their own, so the condition stream depends on the image and is recomputed for
+  every row and every scale (it cannot be cached ahead).
+* ``controlnet``: a trainable copy of the first ``blocks`` blocks runs on the image tokens plus the
+  condition (through a zero-initialised input projection), with its own KV caches.
+
+In every mode the result enters the image stream of block j through a zero-initialised linear
+projection, added to the residual after the attention sub-layer (``AdaLNSelfAttn``'s ``side``). The
+image attention keeps its own softmax: a single softmax over [image keys, condition keys] would
+renormalise the base's attention by the condition keys from the first step, and the model would
+not start as the base. With the projections at zero every output equals the base's bit for bit,
+for any condition (tested).
+
+Rows that train or sample without the condition (condition dropout; the unconditional rows of
+classifier-free guidance) get ``keep = 0``: their control term is exactly zero.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vgen.errors import UserError
+from vgen.models.var.var import block_causal_bias, scale_ids
+from vgen.models.var.vqvae import area
+
+MODES = ("reference", "joint", "controlnet")
+LORA_TARGETS = ["attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2"]
+
+
+def _zero_linear(C: int) -> nn.Linear:
+    lin = nn.Linear(C, C)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+def _view(m: nn.Module) -> nn.Module:
+    """A second module object over the same parameters, buffers and leaf modules as ``m``, whose own
+    child table can be changed (peft wraps its linears) without touching ``m``."""
+    c = copy.copy(m)
+    for k, v in m.__dict__.items():  # own child table and hooks; the same _parameters / _buffers dicts, so
+        if isinstance(v, dict) and k not in ("_parameters", "_buffers"):  # loads and .to() reach both
+            c.__dict__[k] = copy.copy(v)
+    return c
+
+
+def condition_branch(block: nn.Module, rank: int, alpha: float) -> tuple[nn.Module, list[nn.Module]]:
+    """The base block seen through LoRA: a view of ``block`` whose attention and FFN linears peft
+    wraps; the image branch keeps using ``block`` itself. Returns (view, the LoRA layers)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    view = _view(block)
+    view.attn, view.ffn = _view(block.attn), _view(block.ffn)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS,
+                                       init_lora_weights=True), view)
+    layers = [m for m in view.modules() if hasattr(m, "lora_A")]
+    return view, layers
+
+
+class ControlAdapter(nn.Module):
+    """The trainable parts of one control mode (see the module docstring); attach with
+    :func:`attach_control`. Its ``arch`` dict is what a model folder records."""
+
+    def __init__(self, var, mode: str = "reference", blocks: int = 2, rank: int = 8, alpha: float | None = None,
+                 ref_scales: str = "same"):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"control mode {mode!r} is not one of {', '.join(MODES)}")
+        if not 1 <= blocks <= var.depth:
+            raise UserError(f"control blocks must be 1..{var.depth} (the model's depth), got {blocks}")
+        if ref_scales not in ("same", "causal"):
+            raise UserError(f"ref_scales must be 'same' or 'causal', got {ref_scales!r}")
+        if rank < 1:
+            raise UserError(f"LoRA rank must be >= 1, got {rank}")
+        self.mode, self.blocks, self.rank, self.ref_scales = mode, blocks, rank, ref_scales
+        self.alpha = float(alpha if alpha is not None else rank)
+        self.arch = {"mode": mode, "blocks": blocks, "rank": rank, "alpha": self.alpha, "ref_scales": ref_scales}
+        dev = var.head.weight.device
+        with torch.device(dev):
+            self.out = nn.ModuleList([_zero_linear(var.C) for _ in range(blocks)])
+            if mode == "controlnet":
+                self.branch = nn.ModuleList([copy.deepcopy(var.blocks[j]) for j in range(blocks)])
+                self.branch_in = _zero_linear(var.C)
+                return
+        views, lora = [], []
+        for j in range(blocks):
+            view, layers = condition_branch(var.blocks[j], rank, self.alpha)
+            views.append(view)
+            lora += [nn.ModuleDict({"A": m.lora_A, "B": m.lora_B}) for m in layers]
+        object.__setattr__(self, "views", views)  # not registered: they hold the base's own weights
+        self.lora = nn.ModuleList(lora)
+
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def attach_control(var, **arch) -> ControlAdapter:
+    """Give ``var`` a control adapter (``var.control``, saved with the model) and freeze the base."""
+    if getattr(var, "control", None) is not None:
+        raise UserError("this model already has a control adapter")
+    var.requires_grad_(False)
+    adapter = ControlAdapter(var, **arch)
+    adapter.requires_grad_(True)
+    var.control = adapter
+    if hasattr(var, "arch"):
+        var.arch["control"] = dict(adapter.arch)
+    return adapter
+
+
+@torch.no_grad()
+def condition_latent(vqvae, images: torch.Tensor) -> torch.Tensor:
+    """(B, Cvae, h, w) quantized latent of condition images in [0, 1], (B, 3, H, W): the model's
+    own tokens of every scale, summed as the decoder sees them."""
+    idx = vqvae.img_to_idx(images.to(vqvae.quant_conv.weight) * 2 - 1)
+    return vqvae.quantize.idx_to_fhat(idx)
+
+
+def condition_latent_from_tokens(vqvae, tokens: list[torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return vqvae.quantize.idx_to_fhat(tokens)
+
+
+class ControlRun:
+    """The control of one forward or one sampling call: the condition of B samples laid out as the
+    model's R rows (R = B, or 2B with CFG: the samples, then their unconditional twins), which rows
+    keep it, and each mode's state (the reference keys, the joint stream, the ControlNet branch).
+
+    ``start(scales, lengths, pns)`` prepares a full-sequence forward (training, recompute);
+    ``at_scale(si)`` one cached sampling step. ``side(j)`` is block j's hook for ``AdaLNSelfAttn``."""
+
+    def __init__(self, var, latent: torch.Tensor, keep: torch.Tensor, pns, cfg_rows: bool = False):
+        if getattr(var, "control", None) is None:
+            raise UserError("this model has no control adapter: train one with the scaleweaver recipe")
+        self.var, self.ad = var, var.control
+        B = latent.shape[0]
+        self.B, self.R = B, 2 * B if cfg_rows else B
+        self.pns = tuple(pns)
+        dt = var.head.weight.dtype
+        self.maps = [area(latent.to(dt), pn).flatten(2).transpose(1, 2) for pn in self.pns]  # (B, pn^2, Cvae)
+        self.keep = keep.to(dt).view(self.R, 1, 1)
+        self.null = var.condition(torch.full((1,), var.num_classes, device=latent.device))[1]
+        self.ref_k = None  # reference mode: per block (k, v) of the condition over every scale, B rows
+        self.cached = False
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.R == self.B else torch.cat([t, t])
+
+    def embed(self, scales) -> torch.Tensor:
+        """(B, l, C) condition sequence of ``scales``: each scale's latent as an image scale's input."""
+        return torch.cat([self.var.embed_scale(self.maps[s], s, self.pns) for s in scales], 1)
+
+    # ------------------------------------------------------------------ set-up per call
+
+    def start(self, scales, lengths, pns) -> None:
+        if tuple(pns) != self.pns:
+            raise UserError(f"the control was prepared for scales {list(self.pns)}, the forward runs {list(pns)}")
+        dev = self.keep.device
+        self.cached, self.q_sid = False, torch.as_tensor(list(scales), device=dev)[scale_ids(lengths, dev)]
+        self.bias = block_causal_bias(lengths, dev, self.keep.dtype)
+        if self.ad.mode == "reference":
+            self._reference_stream()
+        else:  # joint: the condition stream; controlnet: the branch's condition input
+            self.c = self.rows(self.embed(scales))
+
+    def at_scale(self, si: int) -> None:
+        dev = self.keep.device
+        if si == 0:
+            self.caches = [{} for _ in range(self.ad.blocks)]
+        self.cached, self.si, self.q_sid = True, si, torch.full((self.pns[si] ** 2,), si, device=dev)
+        if self.ad.mode == "reference":
+            self._reference_stream()
+        else:
+            self.c = self.rows(self.embed([si]))
+
+    def _reference_stream(self) -> None:
+        """The condition through the LoRA branch over every scale at once, block-causal: its keys and
+        values per block, B rows (they depend on the condition alone)."""
+        if self.ref_k is not None:
+            return
+        K = len(self.pns)
+        lengths = [pn * pn for pn in self.pns]
+        c, bias = self.embed(range(K)), block_causal_bias(lengths, c_dev := self.keep.device, self.keep.dtype)
+        self.c_sid = scale_ids(lengths, c_dev)
+        self.ref_k = []
+        for view in self.ad.views:
+            kv: list = []
+            c = view(c, self.null, bias, None, kv_out=kv)
+            self.ref_k.append(kv[0])
+
+    # ------------------------------------------------------------------ the per-block hook
+
+    def side(self, j: int):
+        if j >= self.ad.blocks:
+            return None
+        return lambda x, cond, q, k, v: self._side(j, x, cond, q, k, v)
+
+    def _ref_bias(self, c_sid: torch.Tensor) -> torch.Tensor:
+        q, r = self.q_sid, c_sid
+        see = q[:, None] == r[None, :] if self.ad.ref_scales == "same" else q[:, None] >= r[None, :]
+        return torch.where(see, 0.0, -torch.inf).to(self.keep.dtype).view(1, 1, len(q), len(r))
+
+    def _attend(self, j: int, q, kc, vc, bias) -> torch.Tensor:
+        """Image queries over condition keys (their own softmax), heads merged, through the zero-init
+        projection, times keep."""
+        B, H, L, hd = q.shape
+        o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=bias, scale=self.var.blocks[j].attn.scale)
+        return self.ad.out[j](o.transpose(1, 2).reshape(B, L, H * hd)) * self.keep
+
+    def _side(self, j: int, x, cond, q, k, v) -> torch.Tensor:
+        mode = self.ad.mode
+        if mode == "reference":
+            kc, vc = (self.rows(t) for t in self.ref_k[j])
+            return self._attend(j, q, kc, vc, self._ref_bias(self.c_sid))
+        if mode == "joint":
+            view, kv = self.ad.views[j], []
+            if self.cached:  # this scale's condition tokens; their keys join the block's condition cache
+                cache = self.caches[j]
+                self.c = view(self.c, self.null, None, cache, ref_kv=(k, v), kv_out=kv)
+                kc, vc, c_sid = cache["k"], cache["v"], scale_ids([n * n for n in self.pns[:self.si + 1]], x.device)
+            else:
+                self.c = view(self.c, self.null, self.bias, None, ref_kv=(k, v), ref_bias=self.bias, kv_out=kv)
+                (kc, vc), c_sid = kv[0], self.q_sid
+            return self._attend(j, q, kc, vc, self._ref_bias(c_sid))
+        # controlnet: the branch copy of block j on its own hidden states (and caches)
+        if j == 0:
+            self.h = x + self.ad.branch_in(self.c)
+        self.h = self.ad.branch[j](self.h, cond, None if self.cached else self.bias,
+                                   self.caches[j] if self.cached else None)
+        return self.ad.out[j](self.h) * self.keep

@@ -1,0 +1,263 @@
+"""`vgen train` recipe ``scaleweaver``: spatial control of a frozen VAR / FlexVAR by parameter-efficient training.
+
+The base (``init``) stays frozen; :func:`vgen.scaleweaver.adapter.attach_control` adds the trainable
+parts of ``mode``: ``reference`` (ScaleWeaver's Reference Attention: LoRA on the condition branch
+of the first ``blocks`` blocks + zero-initialised projections), ``joint`` (the same with MM attention:
+the condition also attends to the image) or ``controlnet`` (a trainable copy of the first blocks).
+So the three differ only in how the condition enters; data, steps, lr and seeds are shared.
+
+One iteration (the VAR family's loop, ``vgen.vartrain.recipe.train``):
+
+1. a batch of shapes-world scenes (class ``i % 70``) with their condition maps (``control``: the
+   scene's exact ``edges`` or instance ``mask``, drawn as ink on the world's background); the
+   conditions are tokenized once at start by the frozen VQ-VAE (their latents are cached);
+2. label dropout (``cond_drop_rate``) and, independently, condition dropout (``control_drop``), both
+   drawn from (run.seed, step) for the global batch: a dropped condition contributes exactly zero,
+   so the model also learns the unconditioned rows classifier-free guidance needs;
+3. teacher forcing under the control, CE over every scale, one AdamW step on the adapter only;
+4. every ``eval_every`` steps: the held-out teacher-forcing loss under the control, and
+   ``eval_items`` held-out scenes sampled under their own conditions and scored (edge F1, mask IoU,
+   GenEval-Shapes strict), a grid condition | sample in ``eval/step-N/``.
+
+The saved model folder is the base plus its adapter (``config.json`` records the control), so
+``vgen sample --model RUN/model --control FILE`` and ``vgen eval --metrics control`` load it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from vgen.config import param
+from vgen.errors import UserError
+from vgen.vartrain.dryrun import dry_run  # noqa: F401 - `vgen train --dry-run` calls it
+from vgen.vartrain.recipe import StepOut, VARTrainConfig, mean_acc, train
+
+RECIPE = "scaleweaver"
+
+
+@dataclass
+class ScaleWeaverConfig(VARTrainConfig):
+    tokenizer: str | None = param(None, help="VAR model folder whose frozen VQ-VAE tokenizes images and conditions "
+                                  "(default: init's)")
+    init: str | None = param(None, help="the pretrained VAR / FlexVAR model folder or run to control (required)")
+    mode: Literal["reference", "joint", "controlnet"] = param("reference", help="how the condition enters: "
+                                                              "ScaleWeaver's reference attention, joint (MM) "
+                                                              "attention, or a ControlNet-style branch")
+    control: Literal["edges", "mask"] = param("edges", help="the condition map of each scene")
+    blocks: int | None = param(None, ge=1, help="inject into the first this many blocks (default: half the depth, "
+                               "as ScaleWeaver's 16 of 32)")
+    lora_rank: int = param(8, ge=1, le=1024, help="reference / joint: LoRA rank of the condition branch")
+    ref_scales: Literal["same", "causal"] = param("same", help="image queries attend to the condition of their own "
+                                                  "scale only, or of every scale up to theirs")
+    control_drop: float = param(0.1, ge=0, le=1, help="share of samples trained without their condition (CFG)")
+    guide_control: bool = param(True, help="sampling: the unconditional CFG rows also drop the condition")
+    eval_items: int = param(140, ge=0, help="held-out scenes sampled under their condition at each evaluation")
+    control_tol: int = param(1, ge=0, le=8, help="edge F1 tolerance, pixels")
+    lr: float = param(5e-4, gt=0, le=1.0, help="peak AdamW learning rate")
+    warmup: int = param(20, ge=0, help="linear warm-up steps")
+    eval_every: int = param(100, ge=0, help="held-out control evaluation every this many steps (0: end only)")
+    sample_cfg: float = param(4.5, ge=0, le=50, help="CFG of evaluations and of the saved model's defaults")
+    sample_top_k: int = param(40, ge=0, help="top-k of evaluations and of the saved model (0: off)")
+
+    def check(self) -> None:
+        from vgen.config import ConfigError
+
+        if self.init is None:
+            raise ConfigError("ScaleWeaver trains a control for a pretrained model: set init (a VAR model folder "
+                              "or run)")
+        if self.tokenizer is None:
+            self.tokenizer = self.init
+        if self.data != "shapes":
+            raise ConfigError("scaleweaver trains on the shapes world's scenes and their condition maps (data: shapes)")
+        super().check()
+
+
+# ---------------------------------------------------------------- data
+
+
+class ControlData:
+    """The condition latents of a class dataset's scenes, by index (tokenized once)."""
+
+    def __init__(self, vqvae, size: int, resolution: int, seed: int, kind: str, progress: bool = False):
+        from tqdm.auto import tqdm
+
+        from vgen.scaleweaver.adapter import condition_latent
+        from vgen.scaleweaver.conditions import condition_image
+        from vgen.world.datasets import ShapesClassDataset
+
+        self.ds = ShapesClassDataset(size, resolution, seed, conditions=True)
+        self.kind, parts, self.maps = kind, [], []
+        for lo in tqdm(range(0, size, 256), desc="conditions", disable=not progress):
+            imgs, maps = [], []
+            for i in range(lo, min(lo + 256, size)):
+                it = self.ds[i]
+                m = {"edges": (it["edges"][0] > 0).numpy(), "mask": it["mask"].numpy()}
+                imgs.append(condition_image(m, kind))
+                maps.append(m)
+            parts.append(condition_latent(vqvae, torch.stack(imgs)).cpu())
+            self.maps += maps
+        self.latents = torch.cat(parts)
+
+
+def drops(seed: int, step: int, batch: int, rate: float) -> np.ndarray:
+    """Which samples of the global batch of ``step`` train without their condition (from (seed, step))."""
+    if rate <= 0:
+        return np.zeros(batch, bool)
+    return np.random.default_rng([seed, step, 17]).random(batch) < rate
+
+
+def control_objective(cfg: ScaleWeaverConfig, box: dict):
+    """Teacher forcing under the control of each sample's own condition (dropped at ``control_drop``).
+    ``box['train']`` holds the training scenes' ControlData, made once the tokenizer is loaded."""
+    from vgen.scaleweaver.adapter import ControlRun
+    from vgen.vartrain.data import batch_indices
+    from vgen.vartrain.losses import tf_forward, token_ce
+
+    def objective(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
+        data = box.get("train") or box.setdefault("train", ControlData(vqvae, cfg.data_size, cfg.resolution,
+                                                                        cfg.data_seed, cfg.control, cfg.progress))
+        idx = batch_indices(cfg.run.seed, step, cfg.batch, len(data.latents))
+        rows = [idx[p] for p in positions]
+        keep = torch.tensor(~drops(cfg.run.seed, step, cfg.batch, cfg.control_drop)[positions], dtype=torch.float32)
+        dev = labels.device
+        run = ControlRun(var, data.latents[rows].to(dev), keep.to(dev), pns)
+        _, logits = tf_forward(var, vqvae, tokens, labels, pns, control=run)
+        r = token_ce(logits, torch.cat(tokens, 1), var.lengths(pns), cfg.label_smoothing, cfg.scale_weights)
+        return StepOut(r.loss, {"loss": r.loss, "acc": mean_acc(var, r.acc_per_scale, pns),
+                                "ce_scale": r.ce_per_scale, "acc_scale": r.acc_per_scale})
+    return objective
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def control_eval(var, vqvae, class_ids, seeds, kind: str, resolution: int, sampling: dict, tol: int = 1,
+                 guide: bool = True, batch: int = 70):
+    """Sample every (class, seed) scene under its own condition; per image edge F1, mask IoU and the
+    verifier's strict verdict, with the images and condition images."""
+    from vgen.engine.scalewise import sample
+    from vgen.eval.control import control_scores
+    from vgen.scaleweaver.conditions import control_run, scene_conditions
+    from vgen.world.datasets import CLASS_PROMPTS
+    from vgen.world.verifier import verify
+
+    out = {"edge_f1": [], "mask_iou": [], "strict": []}
+    images, conds = [], []
+    for lo in range(0, len(class_ids), batch):
+        c, s = list(class_ids[lo:lo + batch]), list(seeds[lo:lo + batch])
+        cimg, maps = scene_conditions(c, s, kind, resolution)
+        run = control_run(var, vqvae, cimg, sampling["cfg"], guide)
+        r = sample(var, vqvae, c, s, sampling["cfg"], sampling.get("top_k", 0), sampling.get("top_p", 0.0),
+                   control=run)
+        sc = control_scores(r.images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]),
+                            tol)
+        out["edge_f1"] += sc["edge_f1"].tolist()
+        out["mask_iou"] += sc["mask_iou"].tolist()
+        out["strict"] += [float(v.strict) for v in verify(r.images.cpu(), [CLASS_PROMPTS[i] for i in c])]
+        images.append(r.images.cpu())
+        conds.append(cimg)
+    return {k: np.array(v) for k, v in out.items()}, torch.cat(images), torch.cat(conds)
+
+
+def write_grid(path: Path, conds: torch.Tensor, images: torch.Tensor, n: int = 12) -> None:
+    """Condition | sample pairs, side by side (PNG)."""
+    from PIL import Image
+
+    pairs = [torch.cat([c, i], 2) for c, i in zip(conds[:n], images[:n].clamp(0, 1))]
+    grid = torch.cat([torch.cat(pairs[k:k + 4], 2) for k in range(0, len(pairs) - len(pairs) % 4 or 4, 4)
+                      if pairs[k:k + 4]], 1) if len(pairs) >= 4 else torch.cat(pairs, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path):
+    """The loop's evaluation: held-out TF loss under the control and the control scores of
+    ``eval_items`` held-out scenes (data_seed + 1, never trained on), report in eval/step-N/."""
+    from vgen.engine.scalewise import evaluating
+    from vgen.scaleweaver.adapter import ControlRun
+    from vgen.vartrain.losses import tf_forward, token_ce, tokenize
+
+    box = {}
+
+    def evaluate(var, vqvae, step: int) -> dict:
+        val = box.get("val") or box.setdefault("val", ControlData(vqvae, cfg.val_size, cfg.resolution,
+                                                                  cfg.data_seed + 1, cfg.control))
+        ce = acc = 0.0
+        with evaluating(var), torch.no_grad():
+            for lo in range(0, cfg.val_size, 64):
+                ids = list(range(lo, min(lo + 64, cfg.val_size)))
+                dev = var.head.weight.device
+                images = torch.stack([val.ds[i]["image"] for i in ids]).to(dev)
+                labels = torch.tensor([i % 70 for i in ids], device=dev)
+                tokens = tokenize(vqvae, images)
+                run = ControlRun(var, val.latents[ids].to(dev), torch.ones(len(ids), device=dev), var.patch_nums)
+                _, logits = tf_forward(var, vqvae, tokens, labels, var.patch_nums, control=run)
+                r = token_ce(logits, torch.cat(tokens, 1), var.lengths())
+                ce += float(r.per_sample.sum())
+                acc += float(mean_acc(var, r.acc_per_scale, var.patch_nums)) * len(ids)
+        ev = {"val_loss": ce / cfg.val_size, "val_acc": acc / cfg.val_size}
+        if cfg.eval_items:
+            n = cfg.eval_items
+            classes, seeds = [i % 70 for i in range(n)], [val.ds.seed * 2**32 + i for i in range(n)]
+            sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
+            with evaluating(var):
+                sc, images, conds = control_eval(var, vqvae, classes, seeds, cfg.control, cfg.resolution, sampling,
+                                                 cfg.control_tol, cfg.guide_control)
+            folder = run_dir / "eval" / f"step-{step:06d}"
+            write_grid(folder / "control.png", conds, images)
+            ev.update({"eval_edge_f1": float(sc["edge_f1"].mean()), "eval_mask_iou": float(sc["mask_iou"].mean()),
+                       "eval_strict": float(sc["strict"].mean())})
+            (folder / "report.json").write_text(json.dumps({"step": step, "items": n, "tol": cfg.control_tol,
+                                                            **sampling, **ev}, indent=2) + "\n")
+        return ev
+
+    return evaluate
+
+
+def model_card(cfg: ScaleWeaverConfig, var, history: dict) -> str:
+    ad = var.control
+    last = history["eval"][-1] if history["eval"] else {}
+    scores = (f"Held-out scenes ({cfg.eval_items}, step {last['step']}): edge F1 {last['eval_edge_f1']:.3f} "
+              f"(tolerance {cfg.control_tol} px), mask IoU {last['eval_mask_iou']:.3f}, GenEval-Shapes strict "
+              f"{last['eval_strict']:.1%}.\n" if "eval_edge_f1" in last else "")
+    return f"""# ScaleWeaver control trained by `vgen train` (recipe scaleweaver)
+
+Base `{cfg.init}` (frozen) with a `{ad.mode}` control adapter on its first {ad.blocks} of {var.depth} blocks
+({ad.trainable():,} trainable parameters; LoRA rank {ad.rank} on the condition branch for reference / joint),
+condition: the scene's `{cfg.control}` drawn as ink on the world's background. Image queries attend to the
+condition of {"their own scale" if ad.ref_scales == "same" else "every scale up to theirs"}.
+
+Trained {cfg.iterations} steps, batch {cfg.batch}, AdamW lr {cfg.lr}, label dropout {cfg.cond_drop_rate}, condition
+dropout {cfg.control_drop}, seed {cfg.run.seed}.
+{scores}
+```
+vgen sample --model THIS_FOLDER --classes 0 5 --control-seeds 7 8 --out samples
+vgen sample --model THIS_FOLDER --classes 0 --control edges.png --out samples
+```
+"""
+
+
+def run(cfg: ScaleWeaverConfig, run_dir: Path) -> int:
+    from vgen.scaleweaver.adapter import attach_control
+    from vgen.vartrain.recipe import build_model
+
+    def build(c, vqvae, num_classes, device):  # the base, frozen, with the adapter of this mode
+        var = build_model(c, vqvae, num_classes, device)
+        if getattr(var, "control", None) is not None:
+            raise UserError(f"init {cfg.init!r} already has a control adapter; start from its base")
+        blocks = cfg.blocks or max(1, var.depth // 2)
+        if blocks > var.depth:
+            raise UserError(f"blocks = {blocks} but the base has {var.depth} blocks")
+        attach_control(var, mode=cfg.mode, blocks=blocks, rank=cfg.lora_rank, ref_scales=cfg.ref_scales)
+        return var.train()
+
+    return train(cfg, run_dir, RECIPE, control_objective(cfg, {}), model_card,
+                 sampling_extra=lambda var: {"guide_control": cfg.guide_control, "control": cfg.control},
+                 evaluate=make_evaluate(cfg, run_dir), build=build)
