@@ -364,3 +364,69 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
     msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))
     assert message in msg, msg
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_vgen_eval_reports_control_for_the_model_and_the_base(trained, tmp_path):
+    for name, model in (("m", trained / "model"), ("base", "assets/var-tiny-shapes")):
+        assert main(["eval", "--model", str(model), "--classes", "0", "10", "46", "--seeds", "1000000", "1000001",
+                     "--metrics", "geneval", "control", "--out", str(tmp_path / name)]) == 0
+    m, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("m", "base"))
+    assert m["control"]["controlled"] and not b["control"]["controlled"]
+    assert m["control"]["n_images"] == 6 and 0 <= m["control"]["edge_f1"]["mean"] <= 1
+    assert set(m["control"]["per_category"]) == {"single_object", "counting", "position"}
+    assert "## Control" in (tmp_path / "m" / "report.md").read_text()
+    # the base is sampled exactly as without the metric: the control metric only scores it
+    assert main(["eval", "--model", "assets/var-tiny-shapes", "--classes", "0", "10", "46", "--seeds", "1000000",
+                 "1000001", "--metrics", "geneval", "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert plain["geneval_shapes"]["overall"] == b["geneval_shapes"]["overall"]
+
+
+def test_export_adapter_round_trip(trained, tmp_path, capsys):
+    from vgen.models.load import load
+    from vgen.scaleweaver.adapter import load_adapter
+
+    assert main(["export", str(trained / "model"), str(tmp_path / "ad"), "--format", "adapter"]) == 0
+    files = {p.name for p in (tmp_path / "ad").iterdir()}
+    assert {"adapter_config.json", "adapter.safetensors", "README.md", "samples.png"} <= files
+    assert "var.safetensors" not in files and "load_adapter" in (tmp_path / "ad" / "README.md").read_text()
+    full, base = load(trained / "model"), load("assets/var-tiny-shapes")
+    load_adapter(base.var, tmp_path / "ad")
+    conds, _ = scene_conditions([0, 10], [5, 5], "edges", 64)
+    a, b = (sample(m.var, m.vqvae, [0, 10], [3, 4], cfg=2.0, top_k=40, control=control_run(m.var, m.vqvae, conds, 2.0))
+            for m in (full, base))
+    assert torch.equal(a.images, b.images)
+    msg = user_error(capsys, "export", "assets/var-tiny-shapes", str(tmp_path / "x"), "--format", "adapter")
+    assert "has no control adapter" in msg
+    deep = load("assets/var-deep-shapes")
+    with pytest.raises(UserError, match="fits a base with depth=6"):
+        load_adapter(deep.var, tmp_path / "ad")
+
+
+def test_shared_conditions_run_once_and_match_separate_runs():
+    vae, var, base, tokens, labels, cond = models("reference")
+    liven(var)
+    twin = cond[[0, 0, 1]]
+    t2 = [t[[0, 0, 1]] for t in tokens]
+    run = ControlRun(var, twin, torch.ones(B), PN)
+    out = tf_logits(var, vae, t2, labels[[0, 0, 1]], run)
+    assert run.ref_k[0][0].shape[0] == 3 and len(run.maps[0]) == 2  # two distinct conditions, three rows
+    assert torch.equal(out[0], out[1])
+    alone = tf_logits(var, vae, [t[:2] for t in tokens], labels[:2], ControlRun(var, cond[:2], torch.ones(2), PN))
+    torch.testing.assert_close(out[[0, 2]], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_control_reports_every_mode(tmp_path):
+    assert main(["bench", "control", "batch=4", "per_condition=2", "train_batch=2", "repeats=1",
+                 f"run.out_dir={tmp_path}", "run.name=b"]) == 0
+    r = json.loads((tmp_path / "b" / "report.json").read_text())
+    rows = r["rows"]
+    assert set(rows) == {"base", "reference", "joint", "controlnet"}
+    assert rows["controlnet"]["trainable_params"] > 5 * rows["reference"]["trainable_params"]
+    assert rows["reference"]["trainable_params"] == rows["joint"]["trainable_params"]
+    # the reference keys are held for each running row: 3 blocks x k and v over every token
+    from vgen.models.load import load
+
+    tiny = load("assets/var-tiny-shapes").var
+    extra = 3 * 2 * tiny.L * tiny.C * 4
+    assert rows["reference"]["peak_state_bytes_per_image"] == rows["base"]["peak_state_bytes_per_image"] + extra

@@ -110,6 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--steps must be >= 1 and --fid-reference >= 2")
     if args.top_k is not None and args.top_k < 0 or args.top_p is not None and not 0 <= args.top_p <= 1:
         raise UserError("--top-k must be >= 0 and --top-p in [0, 1]")
+    if not 0 <= args.control_tol <= 16:
+        raise UserError(f"--control-tol must be 0..16 pixels, got {args.control_tol}")
     pns = None
     if args.patch_nums is not None:
         try:
@@ -121,6 +123,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(seeds=parse_seeds(args.seeds), metrics=tuple(args.metrics), rewards=list(args.rewards),
                        n=args.n, steps=args.steps, guidance=args.guidance, resolution=args.resolution,
                        classes=args.classes, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, patch_nums=pns,
+                       control_kind=args.control_kind, control_tol=args.control_tol,
                        switch_scale=args.switch_scale, depth=args.depth,
                        inception_weights=args.inception_weights, ref_stats=args.ref_stats,
                        fid_reference=args.fid_reference, checkpoint=args.checkpoint)
@@ -243,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="pipeline folder, VAR model folder, vgen run directory (newest "
                     "checkpoint), or official VAR files 'VAE.pth,VAR.pth'")
     ev.add_argument("--checkpoint", default=None, help="run: evaluate this checkpoint (step-000500 or 500)")
-    ev.add_argument("--metrics", nargs="+", default=["geneval", "fid"], help="geneval and/or fid (FID-shapes + KID)")
+    ev.add_argument("--metrics", nargs="+", default=["geneval", "fid"],
+                    help="geneval, fid (FID-shapes + KID) and, for VAR models, control (edge F1 / mask IoU against "
+                         "each class x seed world scene, sampled under its condition when the model has a control "
+                         "adapter)")
+    ev.add_argument("--control-kind", default=None, choices=["edges", "mask"],
+                    help="VAR, metric control: the scenes' condition map (default: the model's)")
+    ev.add_argument("--control-tol", type=int, default=1, help="VAR, metric control: edge F1 tolerance in pixels")
     ev.add_argument("--rewards", nargs="*", default=[], metavar="NAME[=PATH]",
                     help="registered rewards to average, e.g. jpeg_compressibility pickscore=/models/pickscore")
     ev.add_argument("--n", type=int, default=300, help="pipeline: test-split prompts (categories balanced)")
@@ -276,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("src", metavar="RUN_OR_MODEL", help="a vgen run directory, a diffusers model folder or a VAR "
                    "model folder")
     e.add_argument("out", metavar="OUT_DIR", help="the folder to write (built aside, renamed into place when complete)")
-    e.add_argument("--format", default="diffusers", choices=["diffusers", "peft", "vgen", "var"],
+    e.add_argument("--format", default="diffusers", choices=["diffusers", "peft", "vgen", "var", "adapter"],
                    help="diffusers: a complete pipeline folder (default); peft: the LoRA adapter alone; "
                    "vgen: the checkpoint as a minimal run directory; var: a VAR model folder (what a VAR source "
-                   "always exports to)")
+                   "exports to by default); adapter: a ScaleWeaver control adapter alone (a scaleweaver model)")
     e.add_argument("--eval", default=None, metavar="REPORT",
                    help="the evaluation (report.json or its folder, from vgen eval) whose figures the card states "
                    "(default: a run's newest)")

@@ -26,6 +26,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "quant": ("vgen.bench.quant", "QuantBenchConfig"),
     "var": ("vgen.bench.var", "VARBenchConfig"),
     "sar": ("vgen.bench.sar", "SARBenchConfig"),
+    "control": ("vgen.bench.control", "ControlBenchConfig"),
 }
 
 

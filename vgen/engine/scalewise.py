@@ -29,9 +29,12 @@ position, and the VQ-VAE turns the new token map into the next scale's input.
   through both the cached path (``VAR.step``) and the uncached one (the teacher-forcing forward);
   see ``sample``. A per-scale stream is one stream over all scales with a ``ref_bias`` whose rows
   give each scale its own part (``vgen.models.var.var.scale_ref_bias``), exactly as in training.
-* ``cache_stats`` (a dict, for `vgen bench var`): filled with ``rows`` (model rows: the batch,
-  doubled by CFG), ``bytes (what the KV caches of all blocks hold after
-  each scale; 0 with ``use_cache=False``) and ``peak_bytes``. Sampling itself is unchanged.
+* ScaleWeaver's control (``control``, a ``vgen.scaleweaver.adapter.ControlRun``): placed at each
+  scale before the cached step, passed to the forward when recomputing.
+* ``cache_stats`` (a dict, for `vgen bench var` / `vgen bench control`): filled with ``rows`` (model
+  rows: the batch, doubled by CFG), ``bytes`` (what the KV caches of all blocks, and a control's
+  state, hold after each scale; 0 with ``use_cache=False``) and ``peak_bytes``. Sampling itself is
+  unchanged.
 """
 
 from __future__ import annotations
@@ -281,7 +284,7 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
                          ref_bias=query_rows(ref_bias, 0, start + pn * pn), control=control)[:, -pn * pn:]
         start += pn * pn
         if cache_stats is not None:
-            cache_stats["bytes"].append(cache_bytes(caches))
+            cache_stats["bytes"].append(cache_bytes(caches) + (control.state_bytes() if control is not None else 0))
             cache_stats["peak_bytes"] = max(cache_stats["bytes"])
         guided = filter_logits(cfg_mix(logits.float(), B, cfg, si, K), top_k, top_p)
         idx = draw(guided, seeds, si)

@@ -7,10 +7,16 @@
   embedding trained on the shapes world (vgen.eval.fid), never called Inception FID;
   with ``inception_weights`` (a local file) also Inception FID / KID;
 * rewards: any registered reward by name (``name`` or ``name=PATH`` for a model reward),
-  mean and 95% bootstrap interval over prompt slots.
+  mean and 95% bootstrap interval over prompt slots;
+* ``control`` (VAR models): each (class, seed) is also a world scene, the class prompt's scene from
+  that seed; a model with a ScaleWeaver adapter samples under the scene's condition map, any other
+  model without one (its chance level), and edge F1 / mask IoU against the scene's maps are
+  reported (vgen.eval.control). Training scenes use seeds below ``data_size`` (20,000 by default),
+  so seeds from 1,000,000 are held out.
 
 report.json keys: ``vgen_version``, ``model``, ``source`` (model | run), ``step``, ``split``,
-``n_prompts``, ``seeds``, ``steps``, ``guidance``, ``resolution``, ``geneval_shapes``
+``n_prompts``, ``seeds``, ``steps``, ``guidance``, ``resolution``, ``geneval_shapes``, ``control``
+(``kind``, ``tol``, ``controlled``, ``edge_f1`` / ``mask_iou`` as the GenEval figures, ``per_category``)
 (``overall`` / ``per_category`` -> ``strict`` / ``score`` -> ``mean``, ``ci95``, ``per_seed``,
 ``per_seed_std``), ``fid_shapes`` (``fid_shapes``, ``kid_shapes_mean``, ``kid_shapes_std``,
 ``n_real``, ``n_fake``), ``fid_inception`` (same with ``inception``), ``rewards`` (name ->
@@ -32,7 +38,7 @@ from vgen.eval.geneval import geneval_shapes, summarize
 from vgen.world.datasets import item_seed
 from vgen.world.grammar import CATEGORIES, sample_prompts
 
-METRICS = ("geneval", "fid")
+METRICS = ("geneval", "fid", "control")
 
 
 def grid(n_prompts: int, seeds: list[int], split: str = "test", prompt_seed: int = 0) -> tuple[list[str], list[int]]:
@@ -126,6 +132,8 @@ class EvalOptions:
     guidance: float | None = None
     resolution: int = 64
     classes: list[str] | None = None           # VAR: ids / ranges / "all" (default: all)
+    control_kind: str | None = None            # VAR, metric control: edges | mask (default: the model's)
+    control_tol: int = 1                       # VAR, metric control: edge F1 tolerance, pixels
     cfg: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -165,8 +173,10 @@ def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict,
     described = described or load(model, weights=False, checkpoint=opts.checkpoint)
     if described.kind == "var":
         return evaluate_var_model(model, opts, described)
-    var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "depth", "switch_scale", "ref_stats")
-                if getattr(opts, k) is not None]
+    var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "depth", "switch_scale", "ref_stats",
+                            "control_kind") if getattr(opts, k) is not None]
+    if "control" in opts.metrics:
+        raise UserError(f"the control metric applies to VAR models; {model!r} is a diffusers pipeline")
     if var_only:
         raise UserError(f"--{var_only[0].replace('_', '-')} applies to VAR models; {model!r} is a diffusers pipeline")
     if "fid" in opts.metrics and opts.n * len(opts.seeds) < 2:
@@ -190,8 +200,9 @@ def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict,
 
 
 def var_images(var, vqvae, classes: list[int], seeds: list[int], settings: dict, batch: int = 64,
-               progress: bool = False) -> np.ndarray:
-    """uint8 (len(classes) * len(seeds), H, W, 3) samples, class-major (class c, then each seed)."""
+               progress: bool = False, conditions=None, guide: bool = True) -> np.ndarray:
+    """uint8 (len(classes) * len(seeds), H, W, 3) samples, class-major (class c, then each seed);
+    ``conditions`` (ScaleWeaver): one condition image per sample, in the same order."""
     from tqdm.auto import tqdm
 
     from vgen.engine.scalewise import sample
@@ -201,7 +212,13 @@ def var_images(var, vqvae, classes: list[int], seeds: list[int], settings: dict,
     out = []
     for lo in tqdm(range(0, len(pairs), batch), desc="generate", unit="batch", disable=not progress):
         part = pairs[lo:lo + batch]
-        r = sample(var, vqvae, [c for c, _ in part], [s for _, s in part], **settings)
+        extra = {}
+        if conditions is not None:
+            from vgen.scaleweaver.conditions import control_run
+
+            extra["control"] = control_run(var, vqvae, conditions[lo:lo + len(part)], settings["cfg"], guide,
+                                           settings.get("patch_nums"))
+        r = sample(var, vqvae, [c for c, _ in part], [s for _, s in part], **settings, **extra)
         out.append(to_uint8(r.images))
     return np.concatenate(out)
 
@@ -219,19 +236,35 @@ def class_reference(prompts: list[str], per_class: int, resolution: int, seed: i
 
 def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds: list[int], settings: dict,
                  metrics: tuple[str, ...] = METRICS, resolution: int = 64, batch: int = 64,
-                 progress: bool = False) -> tuple[dict, np.ndarray, list[str]]:
+                 progress: bool = False, control: dict | None = None) -> tuple[dict, np.ndarray, list[str]]:
     """Sample every (class, seed) and score it: GenEval-Shapes against each class's prompt (classes
     whose prompt the shapes grammar reads), FID-shapes / KID against as many real renders of the same
     prompts. ``settings``: the sampler's keyword arguments (cfg, top_k, top_p, patch_nums, depth_plan).
-    Returns (scores, images, prompts), images class-major."""
+    ``control`` ({"kind", "tol"}, metric ``control``): the scenes' condition maps, sampled under when
+    the model has a control adapter. Returns (scores, images, prompts), images class-major."""
     from vgen.world.grammar import is_grammar_prompt
 
     out: dict = {"seconds": {}}
+    grammar = all(is_grammar_prompt(class_prompts[c]) for c in classes)
+    conditions = maps = None
+    controlled = getattr(var, "control", None) is not None
+    if "control" in metrics:
+        from vgen.scaleweaver.conditions import scene_conditions
+        from vgen.world.datasets import CLASS_PROMPTS
+
+        if tuple(class_prompts) != CLASS_PROMPTS[:len(class_prompts)]:
+            raise UserError("the control metric needs a model of the shapes world's class prompts (its scenes give "
+                            "the conditions)")
+        cond_images, maps = scene_conditions([c for c in classes for _ in seeds], [s for _ in classes for s in seeds],
+                                             control["kind"], resolution)
+        conditions = cond_images if controlled else None
     t = time.perf_counter()
-    images = var_images(var, vqvae, classes, seeds, settings, batch, progress)
+    images = var_images(var, vqvae, classes, seeds, settings, batch, progress, conditions, control and control["guide"])
     out["seconds"]["generate"] = time.perf_counter() - t
     prompts = [class_prompts[c] for c in classes for _ in seeds]
-    grammar = all(is_grammar_prompt(class_prompts[c]) for c in classes)
+    if maps is not None:
+        out["control"] = control_summary(images, maps, prompts, len(seeds), control["kind"], control["tol"],
+                                         controlled)
     if "geneval" in metrics:
         if grammar:
             t = time.perf_counter()
@@ -247,6 +280,26 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
         out["fid_shapes"] = fid_kid(real, images, load_features())
         out["seconds"]["fid"] = time.perf_counter() - t
     return out, images, prompts
+
+
+def control_summary(images, maps: list[dict], prompts: list[str], n_seeds: int, kind: str, tol: int,
+                    controlled: bool) -> dict:
+    """Edge F1 and mask IoU of class-major images against their scenes' maps, summarised as the
+    GenEval figures (mean, 95% bootstrap interval over classes, per-seed spread), overall and per category."""
+    from vgen.eval.control import control_scores
+    from vgen.world.grammar import parse
+
+    sc = control_scores(images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]), tol)
+    shape = (len(prompts) // n_seeds, n_seeds)
+    cats = np.array([parse(p).category for p in prompts]).reshape(shape)[:, 0]
+    out = {"kind": kind, "tol": tol, "controlled": controlled, "n_images": len(prompts), "per_category": {}}
+    for key in ("edge_f1", "mask_iou"):
+        v = sc[key].reshape(shape)
+        out[key] = summarize(v)
+        for c in CATEGORIES:
+            if (cats == c).any():
+                out["per_category"].setdefault(c, {})[key] = summarize(v[cats == c])
+    return out
 
 
 def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[dict, np.ndarray, list[str], int]:
@@ -277,8 +330,12 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     plan = var_depth_plan(m.var.depth, len(pns), m.sampling, opts.depth, opts.switch_scale)
     if plan is not None:
         settings["depth_plan"] = plan
+    control = None
+    if "control" in opts.metrics:
+        kind = opts.control_kind or m.sampling.get("control", "edges")
+        control = {"kind": kind, "tol": opts.control_tol, "guide": bool(m.sampling.get("guide_control", True))}
     scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,
-                                           opts.metrics, m.resolution, opts.batch, opts.progress)
+                                           opts.metrics, m.resolution, opts.batch, opts.progress, control)
     report = {"vgen_version": __version__, "model": str(model), "kind": "var", "source": m.source, "step": m.step,
               "classes": classes, "n_classes": len(classes), "seeds": list(opts.seeds), **settings,
               "patch_nums": list(pns), "flex": bool(m.var.flex), "resolution": m.resolution,
@@ -324,6 +381,16 @@ def markdown(r: dict) -> str:
             lines += ["", f"## {name}", "", f"- {name}: {f[f'fid_{label}']:.3f} ({f['n_fake']} generated vs "
                       f"{f['n_real']} {real})",
                       f"- KID-{label}: {f[f'kid_{label}_mean']:.5f} ± {f[f'kid_{label}_std']:.5f}"]
+    if r.get("control"):
+        c = r["control"]
+        how = "sampled under each scene's" if c["controlled"] else "sampled WITHOUT (no control adapter) the scene's"
+        lines += ["", f"## Control ({how} {c['kind']} map; edge tolerance {c['tol']} px)", "",
+                  "| category | edge F1 | mask IoU |", "|---|---|---|"]
+        rows = [(k, c["per_category"][k]) for k in CATEGORIES if k in c["per_category"]] + [("overall", c)]
+        for k, v in rows:
+            lines.append(f"| {k} | {v['edge_f1']['mean']:.3f} [{v['edge_f1']['ci95'][0]:.3f}, "
+                         f"{v['edge_f1']['ci95'][1]:.3f}] | {v['mask_iou']['mean']:.3f} "
+                         f"[{v['mask_iou']['ci95'][0]:.3f}, {v['mask_iou']['ci95'][1]:.3f}] |")
     if r.get("fid_ref_stats"):
         f = r["fid_ref_stats"]
         lines += ["", "## FID against reference statistics", "",

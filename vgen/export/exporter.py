@@ -44,7 +44,7 @@ import yaml
 from vgen import __version__
 from vgen.errors import UserError
 
-FORMATS = ("diffusers", "peft", "vgen", "var")
+FORMATS = ("diffusers", "peft", "vgen", "var", "adapter")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before module names
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -67,8 +67,8 @@ def export(src: str | Path, out: str | Path, fmt: str = "diffusers", merge_lora:
     report = read_report(eval_report) if eval_report else None
     if _is_var(src):
         return export_var(src, out, fmt, merge_lora, force, report=report)
-    if fmt == "var":
-        raise UserError(f"--format var is for VAR models; {str(src)!r} is not one")
+    if fmt in ("var", "adapter"):
+        raise UserError(f"--format {fmt} is for VAR models; {str(src)!r} is not one")
     if merge_lora and fmt != "diffusers":
         raise UserError(f"--merge-lora applies to --format diffusers only (the {fmt} format keeps the adapter apart)")
     source = read_source(src)
@@ -122,7 +122,12 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     (the first ``sample_classes`` classes, seed 0, the model's sampling defaults) and a model card
     whose metrics come from the newest evaluation report (a run's ``eval/*/report.json``, or one in
     the folder's own ``eval/``). The weights are written unchanged, so the export samples exactly
-    as its source."""
+    as its source.
+
+    ``fmt="adapter"`` (a model with a ScaleWeaver control adapter): only the adapter, as
+    ``adapter_config.json`` (the control's arch, the base's arch and scales it fits, the sampling
+    defaults) and ``adapter.safetensors`` (its weights), with samples made under held-out world
+    scenes' conditions; ``vgen.scaleweaver.adapter.load_adapter`` puts it back on the base."""
     from vgen.eval.harness import var_images
     from vgen.export.card import WORLD_DATASET, build_card
     from vgen.images import sample_sheet
@@ -131,9 +136,9 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     from vgen.train.checkpoint import latest_eval
     from vgen.world.grammar import is_grammar_prompt
 
-    if fmt not in ("var", "diffusers"):  # diffusers: the CLI's default, read as "the model's own format"
+    if fmt not in ("var", "diffusers", "adapter"):  # diffusers: the CLI's default, "the model's own format"
         raise UserError(f"--format {fmt} does not apply to a VAR model: it exports as a VAR model folder "
-                        "(--format var)")
+                        "(--format var) or, with a control adapter, as the adapter alone (--format adapter)")
     if merge_lora:
         raise UserError("--merge-lora: a VAR checkpoint holds whole weights, there is no adapter to merge")
     load(src, weights=False)  # a damaged folder or run is refused before anything is checked or written
@@ -141,6 +146,9 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     m = load(src)
     if m.var is None:
         raise UserError(f"{str(src)!r} holds a tokenizer only: there is no VAR transformer to export")
+    control = getattr(m.var, "control", None)
+    if fmt == "adapter" and control is None:
+        raise UserError(f"{str(src)!r} has no control adapter to export (--format adapter is for scaleweaver models)")
     run = src.parent.parent if src.parent.name == "checkpoints" else src
     given = report is not None
     if not given:
@@ -154,14 +162,26 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     try:
         std = ("format", "version", "vqvae", "var", "patch_nums", "class_prompts", "resolution", "sampling")
         extra = {k: v for k, v in m.var_config.items() if k not in std}
-        write_var_files(tmp, m.vqvae, m.var, m.classes, m.resolution, m.sampling, extra=extra,
-                        metadata={"vgen_version": __version__, "config_hash": digest})
+        stamp = {"vgen_version": __version__, "config_hash": digest}
         shown = list(range(min(sample_classes, len(m.classes))))
-        images = var_images(m.var, m.vqvae, shown, [0], {k: m.sampling[k] for k in ("cfg", "top_k", "top_p")})
+        conditions = None
+        if fmt == "adapter":
+            from vgen.scaleweaver.adapter import save_adapter
+            from vgen.scaleweaver.conditions import scene_conditions
+
+            save_adapter(tmp, m.var, m.classes, m.resolution, m.sampling, stamp)
+            conditions, _ = scene_conditions(shown, [2_000_000] * len(shown), m.sampling.get("control", "edges"),
+                                             m.resolution)
+        else:
+            write_var_files(tmp, m.vqvae, m.var, m.classes, m.resolution, m.sampling, extra=extra, metadata=stamp)
+        images = var_images(m.var, m.vqvae, shown, [0], {k: m.sampling[k] for k in ("cfg", "top_k", "top_p")},
+                            conditions=conditions, guide=bool(m.sampling.get("guide_control", True)))
         verdicts = sample_sheet(tmp / "samples.png", images, [f"{c}: {m.classes[c]}" for c in shown],
                                 [m.classes[c] for c in shown], cols=6)
         note = (f"Classes 0-{len(shown) - 1}, seed 0, CFG {m.sampling['cfg']}, top-k {m.sampling['top_k']}, top-p "
                 f"{m.sampling['top_p']}, made at export"
+                + (f", under the {m.sampling.get('control', 'edges')} map of each class's held-out world scene "
+                   "(seed 2,000,000)" if conditions is not None else "")
                 + (f"; the bar is the shapes verifier's strict verdict, {sum(v.strict for v in verdicts)}/"
                    f"{len(verdicts)} correct." if verdicts else "."))
         recipe = (m.config or {}).get("recipe") if m.source == "run" else None
@@ -179,9 +199,25 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
             "images = sample(m.var, m.vqvae, class_ids=[0, 5], seeds=[0, 1], **m.sampling).images", "```"])
         files = [("config.json", "architecture, class names, scale list, sampling defaults"),
                  ("vqvae.safetensors", "the multi-scale VQ-VAE tokenizer"),
-                 ("var.safetensors", "the transformer")]
+                 ("var.safetensors", "the transformer" + (" with its control adapter" if control else ""))]
+        if fmt == "adapter":
+            desc = (f"A ScaleWeaver `{control.mode}` control adapter ({control.trainable():,} parameters, first "
+                    f"{control.blocks} blocks) for the frozen {flex} base of `{Path(src).name}` ({desc[0].lower()}"
+                    f"{desc[1:]})")
+            files = [("adapter_config.json", "the control's arch, the base arch it fits, sampling defaults"),
+                     ("adapter.safetensors", "the adapter's weights (LoRA of the condition branch, projections"
+                      + (", the branch copy" if control.mode == "controlnet" else "") + ")")]
+            snippet = "\n".join([
+                "```python", "from vgen.models.load import load", "from vgen.engine.scalewise import sample",
+                "from vgen.scaleweaver.adapter import load_adapter",
+                "from vgen.scaleweaver.conditions import control_run, scene_conditions", "",
+                'm = load("BASE_MODEL_FOLDER")', f'load_adapter(m.var, "{out.name}")',
+                "conds, _ = scene_conditions([0, 5], [7, 7], 'edges', m.resolution)",
+                "run = control_run(m.var, m.vqvae, conds, cfg=2.0)",
+                "images = sample(m.var, m.vqvae, [0, 5], [0, 1], cfg=2.0, top_k=40, control=run).images", "```"])
         world = all(map(is_grammar_prompt, m.classes))
-        summary = {"name": out.name, "description": desc, "format": "var", "lora": False, "merged": False,
+        summary = {"name": out.name, "description": desc, "format": fmt if fmt == "adapter" else "var",
+                   "lora": False, "merged": False,
                    "base_card": {}, "base_model": None, "datasets": [WORLD_DATASET] if world else None,
                    "recipe": recipe, "kind": "var", "config": m.config if m.source == "run" else None,
                    "base_name": Path(src).name, "checkpoint": m.checkpoint.name if m.checkpoint else None,
@@ -199,7 +235,8 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": out, "card": out / "README.md", "format": "var", "kind": "var", "merged": False}
+    return {"out": out, "card": out / "README.md", "format": "adapter" if fmt == "adapter" else "var", "kind": "var",
+            "merged": False}
 
 
 def read_source(src: Path) -> dict:

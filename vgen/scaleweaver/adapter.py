@@ -124,6 +124,53 @@ def attach_control(var, **arch) -> ControlAdapter:
     return adapter
 
 
+ADAPTER_FORMAT = "vgen-var-control"
+BASE_KEYS = ("vocab_size", "Cvae", "num_classes", "depth", "embed_dim", "num_heads", "mlp_ratio", "patch_nums", "flex")
+
+
+def save_adapter(folder, var, class_prompts, resolution: int, sampling: dict, metadata: dict | None = None) -> None:
+    """Write ``var``'s control adapter alone into the existing ``folder``: adapter_config.json (its arch,
+    the base arch it fits) and adapter.safetensors (its weights, without the ``control.`` prefix)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in var.arch.items() if k in BASE_KEYS}
+    config = {"format": ADAPTER_FORMAT, "version": 1, "control": dict(var.control.arch), "base": base,
+              "class_prompts": list(class_prompts), "resolution": int(resolution), "sampling": dict(sampling)}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in var.control.state_dict().items()}
+    save_file(state, str(folder / "adapter.safetensors"), metadata={"format": "pt", **(metadata or {})})
+
+
+def load_adapter(var, folder) -> ControlAdapter:
+    """Attach the adapter saved in ``folder`` (``save_adapter``; `vgen export --format adapter`) to the base
+    ``var``; a base it does not fit, or a damaged folder, is a one-line error."""
+    import json
+    from pathlib import Path
+
+    from vgen.models.var.official import load_state, read_state_dict
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{str(folder)!r} is not a control adapter folder (adapter_config.json: "
+                        f"{getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT:
+        raise UserError(f"{str(folder)!r}: adapter_config.json is not a vgen control adapter")
+    have = {k: (list(v) if isinstance(v, tuple) else v) for k, v in getattr(var, "arch", {}).items() if k in BASE_KEYS}
+    if diff := [k for k, v in config["base"].items() if have.get(k) != v]:
+        raise UserError(f"the adapter in {str(folder)!r} fits a base with {diff[0]}={config['base'][diff[0]]!r}; "
+                        f"this model has {have.get(diff[0])!r}")
+    adapter = attach_control(var, **config["control"])
+    path = folder / "adapter.safetensors"
+    load_state(adapter, read_state_dict(path), path)
+    return adapter
+
+
 @torch.no_grad()
 def condition_latent(vqvae, images: torch.Tensor) -> torch.Tensor:
     """(B, Cvae, h, w) quantized latent of condition images in [0, 1], (B, 3, H, W): the model's
@@ -142,6 +189,9 @@ class ControlRun:
     model's R rows (R = B, or 2B with CFG: the samples, then their unconditional twins), which rows
     keep it, and each mode's state (the reference keys, the joint stream, the ControlNet branch).
 
+    Only the rows that keep the condition (``keep`` != 0) run any of it: the others get an exact zero,
+    so the unconditional CFG rows cost nothing extra in any mode.
+
     ``start(scales, lengths, pns)`` prepares a full-sequence forward (training, recompute);
     ``at_scale(si)`` one cached sampling step. ``side(j)`` is block j's hook for ``AdaLNSelfAttn``."""
 
@@ -151,20 +201,41 @@ class ControlRun:
         self.var, self.ad = var, var.control
         B = latent.shape[0]
         self.B, self.R = B, 2 * B if cfg_rows else B
+        if keep.shape != (self.R,):
+            raise UserError(f"keep must give one weight per model row ({self.R}), got shape {tuple(keep.shape)}")
         self.pns = tuple(pns)
         dt = var.head.weight.dtype
-        self.maps = [area(latent.to(dt), pn).flatten(2).transpose(1, 2) for pn in self.pns]  # (B, pn^2, Cvae)
-        self.keep = keep.to(dt).view(self.R, 1, 1)
+        # samples that share a condition share its condition sequence (and, in reference mode, its stream)
+        uniq, cond_of = torch.unique(latent.flatten(1), dim=0, return_inverse=True)
+        latent = uniq.view(-1, *latent.shape[1:])
+        self.maps = [area(latent.to(dt), pn).flatten(2).transpose(1, 2) for pn in self.pns]  # (U, pn^2, Cvae)
+        on = keep.nonzero().squeeze(1)
+        self.on = None if len(on) == self.R else on  # the rows that run the control (None: all)
+        self.sample_of = cond_of[(torch.arange(self.R, device=keep.device) if self.on is None else on) % B]
+        self.keep = keep.to(dt)[torch.arange(self.R, device=keep.device) if self.on is None else on].view(-1, 1, 1)
         self.null = var.condition(torch.full((1,), var.num_classes, device=latent.device))[1]
-        self.ref_k = None  # reference mode: per block (k, v) of the condition over every scale, B rows
+        self.ref_k = None  # reference mode: per block (k, v) of the condition over every scale, per running row
         self.cached = False
 
-    def rows(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.R == self.B else torch.cat([t, t])
+    def pick(self, t: torch.Tensor) -> torch.Tensor:
+        """The running rows of a tensor over the R model rows (one shared row stays as it is)."""
+        return t if self.on is None or t.shape[0] == 1 else t.index_select(0, self.on)
+
+    def place(self, y: torch.Tensor) -> torch.Tensor:
+        """The running rows' result laid out over the R model rows, exact zeros elsewhere."""
+        return y if self.on is None else y.new_zeros(self.R, *y.shape[1:]).index_copy(0, self.on, y)
+
+    def per_row(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor over the distinct conditions, one row per running row."""
+        n = self.sample_of.numel()
+        if n == t.shape[0] and bool((self.sample_of == torch.arange(n, device=t.device)).all()):
+            return t
+        return t.index_select(0, self.sample_of)
 
     def embed(self, scales) -> torch.Tensor:
-        """(B, l, C) condition sequence of ``scales``: each scale's latent as an image scale's input."""
-        return torch.cat([self.var.embed_scale(self.maps[s], s, self.pns) for s in scales], 1)
+        """(rows, l, C) condition sequence of ``scales`` for the running rows: each scale's latent as an
+        image scale's input."""
+        return self.per_row(torch.cat([self.var.embed_scale(self.maps[s], s, self.pns) for s in scales], 1))
 
     # ------------------------------------------------------------------ set-up per call
 
@@ -177,7 +248,7 @@ class ControlRun:
         if self.ad.mode == "reference":
             self._reference_stream()
         else:  # joint: the condition stream; controlnet: the branch's condition input
-            self.c = self.rows(self.embed(scales))
+            self.c = self.embed(scales)
 
     def at_scale(self, si: int) -> None:
         dev = self.keep.device
@@ -187,29 +258,37 @@ class ControlRun:
         if self.ad.mode == "reference":
             self._reference_stream()
         else:
-            self.c = self.rows(self.embed([si]))
+            self.c = self.embed([si])
 
     def _reference_stream(self) -> None:
         """The condition through the LoRA branch over every scale at once, block-causal: its keys and
-        values per block, B rows (they depend on the condition alone)."""
+        values per block (they depend on the condition alone: computed once per distinct condition)."""
         if self.ref_k is not None:
             return
-        K = len(self.pns)
         lengths = [pn * pn for pn in self.pns]
-        c, bias = self.embed(range(K)), block_causal_bias(lengths, c_dev := self.keep.device, self.keep.dtype)
-        self.c_sid = scale_ids(lengths, c_dev)
+        dev = self.keep.device
+        c = torch.cat([self.var.embed_scale(self.maps[s], s, self.pns) for s in range(len(self.pns))], 1)
+        bias, self.c_sid = block_causal_bias(lengths, dev, self.keep.dtype), scale_ids(lengths, dev)
         self.ref_k = []
         for view in self.ad.views:
             kv: list = []
             c = view(c, self.null, bias, None, kv_out=kv)
-            self.ref_k.append(kv[0])
+            self.ref_k.append(tuple(self.per_row(t) for t in kv[0]))
+
+    def state_bytes(self) -> int:
+        """Bytes the control holds for the rest of a sampling call: the reference keys / values, or the
+        joint stream's and the branch's KV caches (what it adds to the sampler's KV-cache peak)."""
+        held = [t for kv in (self.ref_k or []) for t in kv]
+        held += [t for c in getattr(self, "caches", []) for t in c.values()]
+        return sum(t.numel() * t.element_size() for t in held)
 
     # ------------------------------------------------------------------ the per-block hook
 
     def side(self, j: int):
-        if j >= self.ad.blocks:
+        if j >= self.ad.blocks or (self.on is not None and not len(self.on)):  # no running row: the base
             return None
-        return lambda x, cond, q, k, v: self._side(j, x, cond, q, k, v)
+        return lambda x, cond, q, k, v: self.place(self._side(j, self.pick(x), self.pick(cond), self.pick(q),
+                                                              self.pick(k), self.pick(v)))
 
     def _ref_bias(self, c_sid: torch.Tensor) -> torch.Tensor:
         q, r = self.q_sid, c_sid
@@ -224,9 +303,10 @@ class ControlRun:
         return self.ad.out[j](o.transpose(1, 2).reshape(B, L, H * hd)) * self.keep
 
     def _side(self, j: int, x, cond, q, k, v) -> torch.Tensor:
+        """Block j's control term for the running rows (x, cond, q, k, v already picked)."""
         mode = self.ad.mode
         if mode == "reference":
-            kc, vc = (self.rows(t) for t in self.ref_k[j])
+            kc, vc = self.ref_k[j]
             return self._attend(j, q, kc, vc, self._ref_bias(self.c_sid))
         if mode == "joint":
             view, kv = self.ad.views[j], []

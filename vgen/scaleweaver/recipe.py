@@ -62,7 +62,7 @@ class ScaleWeaverConfig(VARTrainConfig):
     lr: float = param(5e-4, gt=0, le=1.0, help="peak AdamW learning rate")
     warmup: int = param(20, ge=0, help="linear warm-up steps")
     eval_every: int = param(100, ge=0, help="held-out control evaluation every this many steps (0: end only)")
-    sample_cfg: float = param(4.5, ge=0, le=50, help="CFG of evaluations and of the saved model's defaults")
+    sample_cfg: float = param(2.0, ge=0, le=50, help="CFG of evaluations and of the saved model's defaults")
     sample_top_k: int = param(40, ge=0, help="top-k of evaluations and of the saved model (0: off)")
 
     def check(self) -> None:

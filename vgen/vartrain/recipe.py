@@ -416,7 +416,8 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
             with torch.autocast(**amp):
                 out = objective(var, vqvae, tokens, labels, pns, positions[lo:lo + micro], step)
             w = len(labels) / cfg.batch
-            (out.loss * w).backward()
+            if out.loss.requires_grad:  # else nothing trainable took part (ScaleWeaver: every condition dropped)
+                (out.loss * w).backward()
             for k, v in out.figures.items():
                 v = torch.as_tensor(v, dtype=torch.float32, device=device).detach().reshape(-1)
                 sums[k] = sums.get(k, 0) + (v / dist.world if k.startswith("time_") else w * v)
