@@ -67,7 +67,7 @@ def test_usage_errors_are_one_line(capsys):
     assert "the following arguments are required: COMMAND" in user_error(capsys)
     assert "invalid choice: 'frobnicate'" in user_error(capsys, "frobnicate")
     assert user_error(capsys, "bench", "nope") == ("unknown benchmark 'nope'; available: world, rollout, explore, "
-                                                   "fidelity, quant, var, sar")
+                                                   "fidelity, quant, var, sar, control")
     assert "unrecognized arguments: --nope" in user_error(capsys, "info", "--nope")
 
 

@@ -358,7 +358,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     (["blocks=7"], "blocks = 7 but the base has 6 blocks"),
     (["control=depth"], "'control'"),
     (["init=null"], "set init"),
-    (["data=some/folder"], "data: shapes"),
+    (["data=some/folder"], "needs control_data"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
     msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))
@@ -430,3 +430,65 @@ def test_bench_control_reports_every_mode(tmp_path):
     tiny = load("assets/var-tiny-shapes").var
     extra = 3 * 2 * tiny.L * tiny.C * 4
     assert rows["reference"]["peak_state_bytes_per_image"] == rows["base"]["peak_state_bytes_per_image"] + extra
+
+
+def test_dry_run_counts_the_adapter(capsys):
+    for mode, n in (("reference", "0.099M"), ("controlnet", "0.956M")):
+        assert main(["train", TINY_YAML, f"mode={mode}", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "recipe scaleweaver" in out and f"{mode} adapter {n} (trained)" in out and "1.9M (frozen)" in out
+
+
+def _scene_folder(root: Path, ctl: Path, n: int = 6):
+    """An image folder of world renders (two classes) and, at the same paths, their edge conditions."""
+    from PIL import Image
+
+    from vgen.world.scene import condition_maps, render, sample_scene
+
+    for c, prompt in (("circle", "a photo of a circle"), ("square", "a photo of a square")):
+        for i in range(n):
+            scene = sample_scene(prompt, 100 + i)
+            for folder, arr in ((root, render(scene, 64)),
+                                (ctl, (condition_image(condition_maps(scene, 64), "edges").permute(1, 2, 0).numpy()
+                                       * 255).round().astype(np.uint8))):
+                (folder / c).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(folder / c / f"{i}.png")
+
+
+def test_image_folder_mode_pairs_each_image_with_its_condition(tmp_path, capsys):
+    from vgen.scaleweaver.recipe import ControlData
+    from vgen.vartrain.data import Data
+
+    from vgen.models.load import load
+    from vgen.models.var.folder import build_var, save_var_model
+
+    _scene_folder(tmp_path / "img", tmp_path / "ctl")
+    tiny = load("assets/var-tiny-shapes")  # a base of the folder's two classes, on the tiny tokenizer
+    var = build_var({**tiny.var.arch, "num_classes": 2}).init_weights()
+    save_var_model(tmp_path / "base2", tiny.vqvae, var, ["circle", "square"], 64)
+    common = [f"init={tmp_path / 'base2'}", f"data={tmp_path / 'img'}", f"control_data={tmp_path / 'ctl'}",
+              "iterations=2", "flip=true",
+              "eval_every=2", "val_size=4", "sample_classes=[0,1]"]
+    assert main(["train", *_args(tmp_path, "f", *common)]) == 0
+    m = _metrics(tmp_path / "f", VOLATILE)
+    assert "val_loss" in m[2] and "eval_edge_f1" not in m[2]  # no world maps for a folder: the loss only
+    # the latents are those of the files at the images' own paths, flipped with the image
+    from vgen.data.imagefolder import ImageFolderClasses
+    from vgen.scaleweaver.adapter import condition_latent
+
+    vq = load("assets/var-tiny-shapes").vqvae
+    ds = ImageFolderClasses(tmp_path / "img", 64, flip=True)
+    data = Data(vq, ds, cache=False, ids=[0, 7], flip_seed=3)
+    cd = ControlData(vq, data, "edges", str(tmp_path / "ctl"))
+    want = torch.stack([read_condition(tmp_path / "ctl" / Path(ds.paths[i]).relative_to(ds.root), 64) for i in (0, 7)])
+    flips = [ds.flip_for(i, 3, 5) for i in (0, 7)]
+    got = cd.get([0, 1], step=5)
+    for k, f in enumerate(flips):
+        torch.testing.assert_close(got[k], condition_latent(vq, want[k:k + 1].flip(-1))[0] if f
+                                   else condition_latent(vq, want[k:k + 1])[0], rtol=1e-4, atol=1e-5)
+    assert any(flips) and not all(flips)
+    (tmp_path / "ctl" / "square" / "3.png").unlink()
+    msg = user_error(capsys, "train", *_args(tmp_path, "g", *common))
+    assert "no condition image for 'square/3.png'" in msg
+    msg = user_error(capsys, "train", *_args(tmp_path, "h", f"data={tmp_path / 'img'}"))
+    assert "needs control_data" in msg

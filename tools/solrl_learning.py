@@ -40,6 +40,18 @@ def vgen(*args: str, core: int | None = None, log: Path | None = None) -> subpro
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def read_config(path, overrides: list[str]) -> dict:
+    """A recipe's YAML config with ``key=value`` overrides applied (values read as YAML), as the comparison
+    tools see the settings their runs train with."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(path).read_text())
+    for o in overrides:
+        k, v = o.split("=", 1)
+        cfg[k] = yaml.safe_load(v)
+    return cfg
+
+
 def run_all(jobs: list[tuple[list[str], Path]], cores: list[int]) -> None:
     """Run (vgen args, log) jobs, one per core of ``cores`` at a time, each pinned to its core; the
     first failure stops the script, naming its log."""

@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 from sar_compare import scores  # noqa: E402
-from solrl_learning import run_all  # noqa: E402
+from solrl_learning import read_config, run_all  # noqa: E402
 
 ARMS = {"progressive": [], "fixed": ["schedule=fixed"]}
 
@@ -48,10 +47,7 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    for o in a.overrides:
-        k, v = o.split("=", 1)
-        cfg[k] = yaml.safe_load(v)
+    cfg = read_config(a.config, a.overrides)
     base = cfg["init"]
     arch = described_arch(load(base, weights=False))
     D, patch_nums = arch["depth"], arch["patch_nums"]

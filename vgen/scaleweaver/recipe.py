@@ -9,15 +9,16 @@ So the three differ only in how the condition enters; data, steps, lr and seeds 
 One iteration (the VAR family's loop, ``vgen.vartrain.recipe.train``):
 
 1. a batch of shapes-world scenes (class ``i % 70``) with their condition maps (``control``: the
-   scene's exact ``edges`` or instance ``mask``, drawn as ink on the world's background); the
-   conditions are tokenized once at start by the frozen VQ-VAE (their latents are cached);
+   scene's exact ``edges`` or instance ``mask``, drawn as ink on the world's background), or of an
+   image folder (``data``) with the condition files at the same paths in ``control_data``; the
+   conditions are tokenized once at start by the frozen VQ-VAE (:class:`ControlData`);
 2. label dropout (``cond_drop_rate``) and, independently, condition dropout (``control_drop``), both
    drawn from (run.seed, step) for the global batch: a dropped condition contributes exactly zero,
    so the model also learns the unconditioned rows classifier-free guidance needs;
 3. teacher forcing under the control, CE over every scale, one AdamW step on the adapter only;
-4. every ``eval_every`` steps: the held-out teacher-forcing loss under the control, and
-   ``eval_items`` held-out scenes sampled under their own conditions and scored (edge F1, mask IoU,
-   GenEval-Shapes strict), a grid condition | sample in ``eval/step-N/``.
+4. every ``eval_every`` steps: the held-out teacher-forcing loss under the control and, on the
+   shapes world, ``eval_items`` held-out scenes sampled under their own conditions and scored
+   (edge F1, mask IoU, GenEval-Shapes strict), a grid condition | sample in ``eval/step-N/``.
 
 The saved model folder is the base plus its adapter (``config.json`` records the control), so
 ``vgen sample --model RUN/model --control FILE`` and ``vgen eval --metrics control`` load it.
@@ -25,7 +26,6 @@ The saved model folder is the base plus its adapter (``config.json`` records the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,7 +49,11 @@ class ScaleWeaverConfig(VARTrainConfig):
     mode: Literal["reference", "joint", "controlnet"] = param("reference", help="how the condition enters: "
                                                               "ScaleWeaver's reference attention, joint (MM) "
                                                               "attention, or a ControlNet-style branch")
-    control: Literal["edges", "mask"] = param("edges", help="the condition map of each scene")
+    control: Literal["edges", "mask"] = param("edges", help="the condition map of each scene (shapes world; also "
+                                              "recorded as the kind of an image folder's conditions)")
+    control_data: str | None = param(None, help="image-folder mode: a folder with data's CLASS/IMAGE layout holding "
+                                     "each image's condition at the same relative path (cropped and resized as "
+                                     "the image)")
     blocks: int | None = param(None, ge=1, help="inject into the first this many blocks (default: half the depth, "
                                "as ScaleWeaver's 16 of 32)")
     lora_rank: int = param(8, ge=1, le=1024, help="reference / joint: LoRA rank of the condition branch")
@@ -73,8 +77,11 @@ class ScaleWeaverConfig(VARTrainConfig):
                               "or run)")
         if self.tokenizer is None:
             self.tokenizer = self.init
-        if self.data != "shapes":
-            raise ConfigError("scaleweaver trains on the shapes world's scenes and their condition maps (data: shapes)")
+        if self.data != "shapes" and self.control_data is None:
+            raise ConfigError("an image folder (data) needs control_data: a folder of condition images at the same "
+                              "CLASS/IMAGE paths")
+        if self.data == "shapes" and self.control_data is not None:
+            raise ConfigError("control_data pairs an image folder (data); the shapes world draws its own conditions")
         super().check()
 
 
@@ -82,27 +89,66 @@ class ScaleWeaverConfig(VARTrainConfig):
 
 
 class ControlData:
-    """The condition latents of a class dataset's scenes, by index (tokenized once)."""
+    """The condition latent of every item of a VAR-family ``Data`` (the loop's training or held-out
+    items, in its order), tokenized once: the world scene's exact map, drawn as ink on the
+    background, or (``folder``) the file at the image's own relative path there, cropped and resized
+    like the image. With flips on, both orientations are kept and each step takes the image's."""
 
-    def __init__(self, vqvae, size: int, resolution: int, seed: int, kind: str, progress: bool = False):
+    def __init__(self, vqvae, data, kind: str, folder: str | None = None, progress: bool = False):
         from tqdm.auto import tqdm
 
         from vgen.scaleweaver.adapter import condition_latent
-        from vgen.scaleweaver.conditions import condition_image
-        from vgen.world.datasets import ShapesClassDataset
 
-        self.ds = ShapesClassDataset(size, resolution, seed, conditions=True)
-        self.kind, parts, self.maps = kind, [], []
-        for lo in tqdm(range(0, size, 256), desc="conditions", disable=not progress):
-            imgs, maps = [], []
-            for i in range(lo, min(lo + 256, size)):
-                it = self.ds[i]
-                m = {"edges": (it["edges"][0] > 0).numpy(), "mask": it["mask"].numpy()}
-                imgs.append(condition_image(m, kind))
-                maps.append(m)
-            parts.append(condition_latent(vqvae, torch.stack(imgs)).cpu())
-            self.maps += maps
+        self.data, self.kind, self.folder = data, kind, None if folder is None else Path(folder)
+        if self.folder is not None and not self.folder.is_dir():
+            raise UserError(f"control_data {folder!r} is not a folder")
+        parts, flipped = [], []
+        for lo in tqdm(range(0, len(data), 256), desc="conditions", disable=not progress):
+            imgs = torch.stack([self.image(j) for j in range(lo, min(lo + 256, len(data)))])
+            parts.append(condition_latent(vqvae, imgs).cpu())
+            if data.flip_seed is not None:
+                flipped.append(condition_latent(vqvae, imgs.flip(-1)).cpu())
         self.latents = torch.cat(parts)
+        self.flipped = torch.cat(flipped) if flipped else None
+
+    def maps(self, j: int) -> dict:
+        """The world scene's condition maps of item j (shapes data only)."""
+        from vgen.world.datasets import CLASS_PROMPTS, item_seed
+        from vgen.world.scene import condition_maps, sample_scene
+
+        ds = self.data.ds
+        return condition_maps(sample_scene(CLASS_PROMPTS[self.data.label(j)], item_seed(ds.seed, self.data.ids[j])),
+                              ds.resolution)
+
+    def image(self, j: int) -> torch.Tensor:
+        from vgen.scaleweaver.conditions import condition_image
+
+        if self.folder is None:
+            return condition_image(self.maps(j), self.kind)
+        from PIL import Image
+
+        from vgen.data.imagefolder import center_crop_resize
+
+        ds = self.data.ds
+        rel = Path(ds.paths[self.data.ids[j]]).relative_to(ds.root)
+        path = self.folder / rel
+        try:
+            with Image.open(path) as im:
+                arr = center_crop_resize(im.convert("RGB"), ds.resolution)
+        except FileNotFoundError:
+            raise UserError(f"no condition image for {str(rel)!r}: expected {str(path)!r} in control_data") from None
+        except OSError as e:
+            raise UserError(f"cannot read condition image {str(path)!r}: {e}") from None
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+    def get(self, idx: list[int], step: int = 0) -> torch.Tensor:
+        """Latents of items ``idx`` as the loop's ``Data.get`` shows them at ``step`` (its flips)."""
+        rows = self.latents[idx]
+        if self.flipped is not None:
+            d = self.data
+            flips = torch.tensor([d.ds.flip_for(d.ids[j], d.flip_seed, step) for j in idx])
+            rows = torch.where(flips[:, None, None, None], self.flipped[idx], rows)
+        return rows
 
 
 def drops(seed: int, step: int, batch: int, rate: float) -> np.ndarray:
@@ -114,19 +160,17 @@ def drops(seed: int, step: int, batch: int, rate: float) -> np.ndarray:
 
 def control_objective(cfg: ScaleWeaverConfig, box: dict):
     """Teacher forcing under the control of each sample's own condition (dropped at ``control_drop``).
-    ``box['train']`` holds the training scenes' ControlData, made once the tokenizer is loaded."""
+    ``box['train']`` is the training items' ControlData (made by ``prepare`` once the data is open)."""
     from vgen.scaleweaver.adapter import ControlRun
     from vgen.vartrain.data import batch_indices
     from vgen.vartrain.losses import tf_forward, token_ce
 
     def objective(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
-        data = box.get("train") or box.setdefault("train", ControlData(vqvae, cfg.data_size, cfg.resolution,
-                                                                        cfg.data_seed, cfg.control, cfg.progress))
-        idx = batch_indices(cfg.run.seed, step, cfg.batch, len(data.latents))
-        rows = [idx[p] for p in positions]
+        data = box["train"]
+        idx = batch_indices(cfg.run.seed, step, cfg.batch, len(data.latents))  # the loop's own draw
         keep = torch.tensor(~drops(cfg.run.seed, step, cfg.batch, cfg.control_drop)[positions], dtype=torch.float32)
         dev = labels.device
-        run = ControlRun(var, data.latents[rows].to(dev), keep.to(dev), pns)
+        run = ControlRun(var, data.get([idx[p] for p in positions], step).to(dev), keep.to(dev), pns)
         _, logits = tf_forward(var, vqvae, tokens, labels, pns, control=run)
         r = token_ce(logits, torch.cat(tokens, 1), var.lengths(pns), cfg.label_smoothing, cfg.scale_weights)
         return StepOut(r.loss, {"loss": r.loss, "acc": mean_acc(var, r.acc_per_scale, pns),
@@ -177,45 +221,43 @@ def write_grid(path: Path, conds: torch.Tensor, images: torch.Tensor, n: int = 1
     Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
 
 
-def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path):
-    """The loop's evaluation: held-out TF loss under the control and the control scores of
-    ``eval_items`` held-out scenes (data_seed + 1, never trained on), report in eval/step-N/."""
+def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
+    """The loop's evaluation: the held-out teacher-forcing loss under each item's condition and, on the
+    shapes world, the control scores of ``eval_items`` held-out scenes (data_seed + 1, never trained
+    on) sampled under their own maps; report and grid in eval/step-N/."""
     from vgen.engine.scalewise import evaluating
     from vgen.scaleweaver.adapter import ControlRun
-    from vgen.vartrain.losses import tf_forward, token_ce, tokenize
-
-    box = {}
+    from vgen.vartrain.losses import tf_forward, token_ce
 
     def evaluate(var, vqvae, step: int) -> dict:
-        val = box.get("val") or box.setdefault("val", ControlData(vqvae, cfg.val_size, cfg.resolution,
-                                                                  cfg.data_seed + 1, cfg.control))
+        val, cond = box["val_data"], box["val"]
+        dev, n = var.head.weight.device, len(box["val_data"])
         ce = acc = 0.0
         with evaluating(var), torch.no_grad():
-            for lo in range(0, cfg.val_size, 64):
-                ids = list(range(lo, min(lo + 64, cfg.val_size)))
-                dev = var.head.weight.device
-                images = torch.stack([val.ds[i]["image"] for i in ids]).to(dev)
-                labels = torch.tensor([i % 70 for i in ids], device=dev)
-                tokens = tokenize(vqvae, images)
-                run = ControlRun(var, val.latents[ids].to(dev), torch.ones(len(ids), device=dev), var.patch_nums)
+            for lo in range(0, n, 64):
+                ids = list(range(lo, min(lo + 64, n)))
+                tokens, labels = val.get(ids, dev)
+                run = ControlRun(var, cond.get(ids).to(dev), torch.ones(len(ids), device=dev), var.patch_nums)
                 _, logits = tf_forward(var, vqvae, tokens, labels, var.patch_nums, control=run)
                 r = token_ce(logits, torch.cat(tokens, 1), var.lengths())
                 ce += float(r.per_sample.sum())
                 acc += float(mean_acc(var, r.acc_per_scale, var.patch_nums)) * len(ids)
-        ev = {"val_loss": ce / cfg.val_size, "val_acc": acc / cfg.val_size}
-        if cfg.eval_items:
-            n = cfg.eval_items
-            classes, seeds = [i % 70 for i in range(n)], [val.ds.seed * 2**32 + i for i in range(n)]
+        ev = {"val_loss": ce / n, "val_acc": acc / n}
+        folder = run_dir / "eval" / f"step-{step:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if cfg.eval_items and cfg.data == "shapes":
+            k = min(cfg.eval_items, n)
+            classes, seeds = [val.label(j) for j in range(k)], [val.ds.seed * 2**32 + val.ids[j] for j in range(k)]
             sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
             with evaluating(var):
                 sc, images, conds = control_eval(var, vqvae, classes, seeds, cfg.control, cfg.resolution, sampling,
                                                  cfg.control_tol, cfg.guide_control)
-            folder = run_dir / "eval" / f"step-{step:06d}"
             write_grid(folder / "control.png", conds, images)
             ev.update({"eval_edge_f1": float(sc["edge_f1"].mean()), "eval_mask_iou": float(sc["mask_iou"].mean()),
                        "eval_strict": float(sc["strict"].mean())})
-            (folder / "report.json").write_text(json.dumps({"step": step, "items": n, "tol": cfg.control_tol,
-                                                            **sampling, **ev}, indent=2) + "\n")
+        from vgen.io import atomic_write_json
+
+        atomic_write_json(folder / "report.json", {"step": step, "items": n, "tol": cfg.control_tol, **ev})
         return ev
 
     return evaluate
@@ -258,6 +300,13 @@ def run(cfg: ScaleWeaverConfig, run_dir: Path) -> int:
         attach_control(var, mode=cfg.mode, blocks=blocks, rank=cfg.lora_rank, ref_scales=cfg.ref_scales)
         return var.train()
 
-    return train(cfg, run_dir, RECIPE, control_objective(cfg, {}), model_card,
+    box: dict = {}
+
+    def prepare(vqvae, train_data, val_data):  # the conditions of the loop's own items, tokenized once
+        box["train"] = ControlData(vqvae, train_data, cfg.control, cfg.control_data, cfg.progress)
+        if val_data is not None:
+            box["val_data"], box["val"] = val_data, ControlData(vqvae, val_data, cfg.control, cfg.control_data)
+
+    return train(cfg, run_dir, RECIPE, control_objective(cfg, box), model_card,
                  sampling_extra=lambda var: {"guide_control": cfg.guide_control, "control": cfg.control},
-                 evaluate=make_evaluate(cfg, run_dir), build=build)
+                 evaluate=make_evaluate(cfg, run_dir, box), build=build, prepare=prepare)

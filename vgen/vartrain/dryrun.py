@@ -1,4 +1,4 @@
-"""`vgen train CONFIG --dry-run` for the VAR family (``var``, ``sar``, ``variant``): the models built
+"""`vgen train CONFIG --dry-run` for the VAR family (``var``, ``sar``, ``variant``, ``scaleweaver``): the models built
 on the meta device (no weights read), parameter counts and an estimate of memory per GPU for N
 processes, so a cluster recipe can be checked on a laptop.
 
@@ -17,7 +17,10 @@ The estimate (bytes, documented so it can be checked):
   logits (bf16 logits, their float32 CE copy and its gradient); a rough figure to compare recipes,
   not a bound. SAR's student-forcing pass adds its own sequence: (1 + last scale's tokens) / L of
   the teacher-forcing activations in ``last`` mode, the same again in ``all`` mode. VARiant's
-  figure is its full-network step (a subnet step keeps fewer blocks' activations).
+  figure is its full-network step (a subnet step keeps fewer blocks' activations). ScaleWeaver trains
+  only its control adapter (16 per trainable parameter; the frozen base 4 per parameter) and its
+  condition sequence runs through the first ``blocks`` blocks as well: + blocks / D of the blocks'
+  activations.
 """
 
 from __future__ import annotations
@@ -94,10 +97,23 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
         act += act * (1.0 if cfg.mode == "all" else (1 + var.patch_nums[-1] ** 2) / L)
     weights = n_vae * 4 + n_var * 16
     recipe = "sar" if sar else "variant" if hasattr(cfg, "switch_scale") else "var"
+    trained = f"transformer {n_var / 1e6:.1f}M (trained)"
+    if hasattr(cfg, "lora_rank"):  # scaleweaver: the frozen base and its adapter
+        from vgen.scaleweaver.adapter import attach_control
+
+        recipe, blocks = "scaleweaver", cfg.blocks or max(1, D // 2)
+        if blocks > D:
+            raise UserError(f"blocks = {blocks} but the base has {D} blocks")
+        with torch.device("meta"):
+            n_ad = attach_control(var, mode=cfg.mode, blocks=blocks, rank=cfg.lora_rank,
+                                  ref_scales=cfg.ref_scales).trainable()
+        weights = n_vae * 4 + n_var * 4 + n_ad * 16
+        act += b * L * C * blocks * per_token
+        trained = f"transformer {n_var / 1e6:.1f}M (frozen), {cfg.mode} adapter {n_ad / 1e6:.3f}M (trained)"
     lines = [f"recipe {recipe}: {'FlexVAR' if var.flex else 'VAR'} depth {D}, width {C}, "
              f"{var.num_heads} heads, {var.num_classes} classes, scales {list(var.patch_nums)} ({L} tokens), "
              f"vocabulary {V}",
-             f"parameters: transformer {n_var / 1e6:.1f}M (trained), VQ-VAE {n_vae / 1e6:.1f}M (frozen)",
+             f"parameters: {trained}, VQ-VAE {n_vae / 1e6:.1f}M (frozen)",
              f"processes {processes}: global batch {cfg.batch}, {cfg.batch // processes} per process in micro-batches "
              f"of {b}; {cfg.iterations} steps = {cfg.iterations * cfg.batch:,} images",
              f"memory per GPU (estimate): weights + gradients + AdamW {weights / GIB:.2f} GiB, activations of one "

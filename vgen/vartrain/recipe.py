@@ -323,7 +323,7 @@ def run(cfg: VARTrainConfig, run_dir: Path) -> int:
 
 
 def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval_paths=None,
-          sampling_extra=None, evaluate=None, build=None) -> int:
+          sampling_extra=None, evaluate=None, build=None, prepare=None) -> int:
     """The loop every VAR-family recipe runs (see the module docstring); ``objective`` makes the
     micro-batch loss, ``card(cfg, var, history)`` the model card of checkpoints and the final folder.
 
@@ -333,7 +333,8 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
     sampling defaults (e.g. the switch scale). ``evaluate(var, vqvae, step)`` (ScaleWeaver) replaces the
     held-out evaluation and the sample grid: it writes its own report and returns the figures to log.
     ``build(cfg, vqvae, num_classes, device)`` replaces :func:`build_model` (ScaleWeaver: the frozen base
-    with its adapter)."""
+    with its adapter); ``prepare(vqvae, train, val)`` sees the data once it is open (ScaleWeaver: the
+    conditions of the same items)."""
     from tqdm.auto import tqdm
 
     from vgen.config import to_dict
@@ -369,6 +370,8 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
     if random_scales and cfg.scale_weights is not None:
         raise UserError("scale_weights cannot be used with random_scales (the scale list changes every step)")
     train, val, names = open_data(cfg, vqvae, main)
+    if prepare is not None:
+        prepare(vqvae, train, val)
     if any(not 0 <= c < len(names) for c in cfg.sample_classes):
         raise UserError(f"sample_classes must lie in 0..{len(names) - 1}")
     var = (build or build_model)(cfg, vqvae, len(names), device)
