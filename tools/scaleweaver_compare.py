@@ -6,7 +6,7 @@ in the same frozen backbone, against the uncontrolled base, over several seeds.
                                         [--parallel 2 | --cores 1] [--out runs/scaleweaver-compare] [key=value ...]
 
 Each arm trains the config with its own ``mode`` (``causal`` is reference attention with
-``ref_scales=causal``): the same base, data, steps, lr and seeds, so they differ only in how the
+``ref_scales=causal``; ``lr3e-3`` reference attention at three times the lr): the same base, data, steps, lr and seeds, so they differ only in how the
 condition enters. Then ``vgen eval --metrics geneval fid control`` scores the base and every final
 model on held-out world scenes: every class x ``--eval-seeds`` (training scenes use seeds below the
 config's data_size), each sampled under its own condition map (the base without it: its chance
@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 from solrl_learning import read_config, run_all  # noqa: E402
 
 ARMS = {"reference": ["mode=reference"], "joint": ["mode=joint"], "controlnet": ["mode=controlnet"],
-        "causal": ["mode=reference", "ref_scales=causal"]}
+        "causal": ["mode=reference", "ref_scales=causal"],
+        "lr3e-3": ["mode=reference", "lr=0.003"]}  # post hoc: is reference attention only slower to train?
 
 
 def scores(report_dir: Path) -> dict:
