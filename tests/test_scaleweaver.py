@@ -456,11 +456,10 @@ def _scene_folder(root: Path, ctl: Path, n: int = 6):
 
 
 def test_image_folder_mode_pairs_each_image_with_its_condition(tmp_path, capsys):
-    from vgen.scaleweaver.recipe import ControlData
-    from vgen.vartrain.data import Data
-
     from vgen.models.load import load
     from vgen.models.var.folder import build_var, save_var_model
+    from vgen.scaleweaver.recipe import ControlData
+    from vgen.vartrain.data import Data
 
     _scene_folder(tmp_path / "img", tmp_path / "ctl")
     tiny = load("assets/var-tiny-shapes")  # a base of the folder's two classes, on the tiny tokenizer

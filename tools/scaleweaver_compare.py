@@ -6,14 +6,15 @@ in the same frozen backbone, against the uncontrolled base, over several seeds.
                                         [--parallel 2 | --cores 1] [--out runs/scaleweaver-compare] [key=value ...]
 
 Each arm trains the config with its own ``mode`` (``causal`` is reference attention with
-``ref_scales=causal``; ``lr3e-3`` reference attention at three times the lr): the same base, data, steps, lr and seeds, so they differ only in how the
-condition enters. Then ``vgen eval --metrics geneval fid control`` scores the base and every final
-model on held-out world scenes: every class x ``--eval-seeds`` (training scenes use seeds below the
-config's data_size), each sampled under its own condition map (the base without it: its chance
-level). It writes ``report.json``, ``report.md`` (mean +- std over seeds of edge F1, mask IoU,
-GenEval-Shapes strict and FID-shapes per arm, with the ``vgen bench control`` cost table of the
-seed-0 models when ``--bench`` ran) and ``grid.png`` (held-out scenes: condition, base, then each
-arm, same class and seed). Finished runs and evaluations are reused, so the script resumes.
+``ref_scales=causal``; ``lr3e-3`` reference attention at three times the lr): the same base, data,
+steps, lr and seeds, so they differ only in how the condition enters. Then ``vgen eval --metrics
+geneval fid control`` scores the base and every final model on held-out world scenes: every class x
+``--eval-seeds`` (training scenes use seeds below the config's data_size), each sampled under its
+own condition map (the base without it: its chance level). It writes ``report.json``, ``report.md``
+(mean +- std over seeds of edge F1, mask IoU, GenEval-Shapes strict and FID-shapes per arm, with the
+``vgen bench control`` cost table of the seed-0 models when ``--bench`` ran) and ``grid.png``
+(held-out scenes: condition, base, then each arm, same class and seed). Finished runs and
+evaluations are reused, so the script resumes.
 """
 
 from __future__ import annotations

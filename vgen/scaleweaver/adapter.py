@@ -179,11 +179,6 @@ def condition_latent(vqvae, images: torch.Tensor) -> torch.Tensor:
     return vqvae.quantize.idx_to_fhat(idx)
 
 
-def condition_latent_from_tokens(vqvae, tokens: list[torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return vqvae.quantize.idx_to_fhat(tokens)
-
-
 class ControlRun:
     """The control of one forward or one sampling call: the condition of B samples laid out as the
     model's R rows (R = B, or 2B with CFG: the samples, then their unconditional twins), which rows

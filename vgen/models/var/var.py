@@ -30,6 +30,9 @@ Hooks for the post-training methods, all off by default:
   ``kv_out`` collects each block's own keys / values, to build such a reference stream.
   ``scale_ref_bias`` builds the bias that gives each scale its own part of such a stream.
   The cached sampler (engine/scalewise.py) takes the same ``ref_kv`` / ``ref_bias``.
+  ``control`` (a ``vgen.scaleweaver.adapter.ControlRun``) gives a block a ``side`` term: computed from
+  the block's input and its attention's q / k / v, added to the residual after the attention
+  sub-layer; the recipe's reference / joint attention and ControlNet-style branch are built on it.
 * LoRA: every linear layer (``mat_qkv``, ``proj``, ``ffn.fc1`` / ``fc2``, ``ada_lin``,
   ``shared_ada_lin``, ``head``, ``word_embed``) is used through its module call, so a peft LoRA
   wrapping any of them takes effect; the q / v biases of ``mat_qkv`` are separate parameters
