@@ -244,16 +244,20 @@ class ControlRun:
             self._reference_stream()
         else:  # joint: the condition stream; controlnet: the branch's condition input
             self.c = self.embed(scales)
+        self._set_ref_bias(self.c_sid if self.ad.mode == "reference" else self.q_sid)
 
     def at_scale(self, si: int) -> None:
         dev = self.keep.device
         if si == 0:
             self.caches = [{} for _ in range(self.ad.blocks)]
-        self.cached, self.si, self.q_sid = True, si, torch.full((self.pns[si] ** 2,), si, device=dev)
+        self.cached, self.q_sid = True, torch.full((self.pns[si] ** 2,), si, device=dev)
         if self.ad.mode == "reference":
             self._reference_stream()
         else:
             self.c = self.embed([si])
+        # the condition keys a scale's queries see: every scale (reference) or those cached so far (joint)
+        self._set_ref_bias(self.c_sid if self.ad.mode == "reference"
+                           else scale_ids([n * n for n in self.pns[:si + 1]], dev))
 
     def _reference_stream(self) -> None:
         """The condition through the LoRA branch over every scale at once, block-causal: its keys and
@@ -282,13 +286,16 @@ class ControlRun:
     def side(self, j: int):
         if j >= self.ad.blocks or (self.on is not None and not len(self.on)):  # no running row: the base
             return None
-        return lambda x, cond, q, k, v: self.place(self._side(j, self.pick(x), self.pick(cond), self.pick(q),
-                                                              self.pick(k), self.pick(v)))
+        return lambda x, cond, q, k, v: self.place(self._side(j, x, cond, q, k, v))
 
-    def _ref_bias(self, c_sid: torch.Tensor) -> torch.Tensor:
+    def _set_ref_bias(self, c_sid: torch.Tensor) -> None:
+        """The mask of image queries (``q_sid``) over condition keys of scales ``c_sid``, made once per
+        forward or sampling step and shared by every injected block (controlnet has no such attention)."""
+        if self.ad.mode == "controlnet":
+            return
         q, r = self.q_sid, c_sid
         see = q[:, None] == r[None, :] if self.ad.ref_scales == "same" else q[:, None] >= r[None, :]
-        return torch.where(see, 0.0, -torch.inf).to(self.keep.dtype).view(1, 1, len(q), len(r))
+        self.ref_bias = torch.where(see, 0.0, -torch.inf).to(self.keep.dtype).view(1, 1, len(q), len(r))
 
     def _attend(self, j: int, q, kc, vc, bias) -> torch.Tensor:
         """Image queries over condition keys (their own softmax), heads merged, through the zero-init
@@ -298,24 +305,26 @@ class ControlRun:
         return self.ad.out[j](o.transpose(1, 2).reshape(B, L, H * hd)) * self.keep
 
     def _side(self, j: int, x, cond, q, k, v) -> torch.Tensor:
-        """Block j's control term for the running rows (x, cond, q, k, v already picked)."""
-        mode = self.ad.mode
+        """Block j's control term for the running rows; each mode picks only the tensors it reads
+        (the image keys / values are the whole cache: copying them for nothing costs every step)."""
+        mode, pick = self.ad.mode, self.pick
         if mode == "reference":
             kc, vc = self.ref_k[j]
-            return self._attend(j, q, kc, vc, self._ref_bias(self.c_sid))
+            return self._attend(j, pick(q), kc, vc, self.ref_bias)
         if mode == "joint":
             view, kv = self.ad.views[j], []
             if self.cached:  # this scale's condition tokens; their keys join the block's condition cache
                 cache = self.caches[j]
-                self.c = view(self.c, self.null, None, cache, ref_kv=(k, v), kv_out=kv)
-                kc, vc, c_sid = cache["k"], cache["v"], scale_ids([n * n for n in self.pns[:self.si + 1]], x.device)
+                self.c = view(self.c, self.null, None, cache, ref_kv=(pick(k), pick(v)), kv_out=kv)
+                kc, vc = cache["k"], cache["v"]
             else:
-                self.c = view(self.c, self.null, self.bias, None, ref_kv=(k, v), ref_bias=self.bias, kv_out=kv)
-                (kc, vc), c_sid = kv[0], self.q_sid
-            return self._attend(j, q, kc, vc, self._ref_bias(c_sid))
+                self.c = view(self.c, self.null, self.bias, None, ref_kv=(pick(k), pick(v)), ref_bias=self.bias,
+                              kv_out=kv)
+                kc, vc = kv[0]
+            return self._attend(j, pick(q), kc, vc, self.ref_bias)
         # controlnet: the branch copy of block j on its own hidden states (and caches)
         if j == 0:
-            self.h = x + self.ad.branch_in(self.c)
-        self.h = self.ad.branch[j](self.h, cond, None if self.cached else self.bias,
+            self.h = pick(x) + self.ad.branch_in(self.c)
+        self.h = self.ad.branch[j](self.h, pick(cond), None if self.cached else self.bias,
                                    self.caches[j] if self.cached else None)
         return self.ad.out[j](self.h) * self.keep
