@@ -106,7 +106,7 @@ def test_train_planned_recipe_is_not_implemented_yet(capsys, tmp_path, monkeypat
 def test_train_unknown_recipe_lists_what_is_available(capsys, tmp_path):
     (tmp_path / "t.yaml").write_text("recipe: nope\n")
     message = user_error(capsys, "train", tmp_path / "t.yaml")
-    assert message.endswith("unknown recipe 'nope'; available: sar, scaleweaver, solrl, var, variant")
+    assert message.endswith("unknown recipe 'nope'; available: sar, scaleweaver, solrl, solrl_var, var, variant")
 
 
 def test_train_config_problems(capsys, tmp_path):

@@ -11,6 +11,7 @@ import importlib
 # Training recipes arrive with their issues (Sol-RL, VAR, SAR, VARiant, ScaleWeaver).
 TRAIN: dict[str, tuple[str, str]] = {
     "solrl": ("vgen.solrl.recipe", "SolRLConfig"),
+    "solrl_var": ("vgen.solrl.var_recipe", "SolRLVARConfig"),
     "var": ("vgen.vartrain.recipe", "VARTrainConfig"),
     "sar": ("vgen.sar.recipe", "SARConfig"),
     "variant": ("vgen.variant.recipe", "VariantConfig"),

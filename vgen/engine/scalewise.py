@@ -229,6 +229,29 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
                        ref_kv, ref_bias, control)
 
 
+def token_logprobs(var, vqvae, class_ids, tokens: list[torch.Tensor], cfg: float, top_k: int = 0,
+                   top_p: float = 0.0, patch_nums=None) -> list[torch.Tensor]:
+    """Per scale, the (B, pn^2) float32 log-probs of given ``tokens`` under the distribution the sampler
+    draws from (CFG ramp, then top-k / top-p), with gradients w.r.t. ``var``'s weights (RL on the
+    token policy, DESIGN section 7.4).
+
+    It runs the sampler's own scale-by-scale cached steps with the tokens forced instead of drawn, in
+    the same mode and under the same batch invariance, so with unchanged weights the result is the
+    sampler's ``return_logprobs`` bit for bit (a teacher-forcing forward over the whole sequence at once
+    would round the attention differently, about 1e-5 in a log-prob). The support is recomputed from
+    the current logits; a forced token outside it (after an update) is put back with its own logit,
+    so its log-prob stays finite and its ratio merely small."""
+    class_ids = [int(c) for c in class_ids]
+    pns = var.check_patch_nums(patch_nums)
+    if len(tokens) != len(pns) or any(t.shape != (len(class_ids), pn * pn) for t, pn in zip(tokens, pns)):
+        raise UserError(f"tokens must be one (B, pn^2) map per scale of {list(pns)} for {len(class_ids)} samples")
+    labels = torch.tensor(class_ids, device=var.class_emb.weight.device)
+    check_labels(labels, var.num_classes)
+    with evaluating(var, vqvae), batch_invariant(var, vqvae):
+        return _sample(var, vqvae, class_ids, [0] * len(class_ids), labels, pns, None, cfg, top_k, top_p, True, True,
+                       False, None, False, forced=tokens).logprobs
+
+
 @contextmanager
 def evaluating(*modules):
     """Eval mode inside the block, each module's own mode restored after."""
@@ -242,7 +265,7 @@ def evaluating(*modules):
 
 def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache, return_logprobs,
             return_logits, inputs_override, decode_images, cache_stats=None, ref_kv=None,
-            ref_bias=None, control=None) -> ScaleSample:
+            ref_bias=None, control=None, forced=None) -> ScaleSample:
     K, B = len(pns), len(class_ids)
     # Model rows: the B samples, then (with CFG) the same B rows with the null class.
     rows = labels
@@ -286,16 +309,18 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
         if cache_stats is not None:
             cache_stats["bytes"].append(cache_bytes(caches) + (control.state_bytes() if control is not None else 0))
             cache_stats["peak_bytes"] = max(cache_stats["bytes"])
-        guided = filter_logits(cfg_mix(logits.float(), B, cfg, si, K), top_k, top_p)
-        idx = draw(guided, seeds, si)
+        mixed = cfg_mix(logits.float(), B, cfg, si, K)
+        guided = filter_logits(mixed, top_k, top_p)
+        idx = draw(guided, seeds, si) if forced is None else forced[si].to(guided.device)
         tokens.append(idx)
-        if return_logprobs:
-            logps.append(guided.log_softmax(-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1))
+        if return_logprobs:  # a forced token outside the support keeps its own logit (a no-op for drawn ones)
+            at = idx.unsqueeze(-1)
+            logps.append(guided.scatter(-1, at, mixed.gather(-1, at)).log_softmax(-1).gather(-1, at).squeeze(-1))
         if return_logits:
             raw.append(logits[:B].float())
         f_hat, nxt = vqvae.quantize.next_input(si, f_hat, vqvae.quantize.embed(idx, pn), pns)
         if nxt is not None:
             nxt = nxt.flatten(2).transpose(1, 2)
-    images = decode(vqvae, f_hat) if decode_images else None
+    images = decode(vqvae, f_hat) if decode_images and forced is None else None
     return ScaleSample(class_ids, seeds, tokens, f_hat, images, logps if return_logprobs else None,
                        raw if return_logits else None, freed)

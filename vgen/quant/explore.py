@@ -59,17 +59,23 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-def explore_copy(model: nn.Module, backend: str = "auto", device: str | torch.device = "cpu",
-                 min_features: int = 64) -> nn.Module:
-    """A frozen low-precision copy of ``model`` for the explore role (``copy.vgen_backend`` says which)."""
-    name, why = resolve(backend, device)
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A frozen full-precision copy of ``model`` with its LoRA adapters merged into plain linears
+    (what an explore copy starts from; a VAR checkpoint's model folder is written from one)."""
     loras = _lora_layers(model)
     clone = _copy.deepcopy(model)
     weights = merged_weights(model)
     for lname in loras:  # plain linears in place of the LoRA wrappers
         _set_module(clone, lname, _copy.deepcopy(loras[lname].get_base_layer()))
     clone.load_state_dict(weights, strict=False)
-    clone.requires_grad_(False).eval()
+    return clone.requires_grad_(False).eval()
+
+
+def explore_copy(model: nn.Module, backend: str = "auto", device: str | torch.device = "cpu",
+                 min_features: int = 64) -> nn.Module:
+    """A frozen low-precision copy of ``model`` for the explore role (``copy.vgen_backend`` says which)."""
+    name, why = resolve(backend, device)
+    clone = merged_copy(model)
     targets = [d.name for d in plan(clone, min_features=min_features) if d.quantize]
     if name == "bf16":
         _cast_bf16(clone)

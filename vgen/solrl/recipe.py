@@ -156,18 +156,18 @@ def informative(rewards: np.ndarray, keep: int) -> np.ndarray:
     return np.sort(np.argsort(-spread, kind="stable")[:keep])
 
 
-def _take_rows(dist, local, rows: list[int]):
+def take_rows(dist, local, rows: list[int]):
     """Rows ``rows`` of a global per-prompt array spread over processes (global row i in process
     i % world), for this process; numpy arrays, tensors, tuples of them, or None."""
     if local is None:
         return None
     if isinstance(local, tuple):
-        return tuple(_take_rows(dist, a, rows) for a in local)
+        return tuple(take_rows(dist, a, rows) for a in local)
     if dist.world == 1:
         return local[rows]
     if isinstance(local, torch.Tensor):  # through float32: exact for bf16 too
-        return torch.from_numpy(_gather_rows(dist, local.float().numpy())[rows]).to(local.dtype)
-    return _gather_rows(dist, local)[rows]
+        return torch.from_numpy(gather_rows(dist, local.float().numpy())[rows]).to(local.dtype)
+    return gather_rows(dist, local)[rows]
 
 
 def _exact(cfg: SolRLConfig) -> bool:
@@ -208,7 +208,7 @@ def _generate(policy, prompts: list[str], seeds: np.ndarray, steps: int, guidanc
     return r.latents.reshape(p, n, *r.latents.shape[1:]), images.reshape(p, n, *images.shape[1:]), trace
 
 
-def _score(reward, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+def score_groups(reward, images: np.ndarray, prompts: list[str]) -> np.ndarray:
     p, n = images.shape[:2]
     return np.asarray(reward(images.reshape(p * n, *images.shape[2:]), [q for q in prompts for _ in range(n)]),
                       np.float64).reshape(p, n)
@@ -257,7 +257,7 @@ def _reference(transformer, ref_params: list[torch.Tensor] | None, params: list[
             yield
 
 
-def _ranking_stats(explore: np.ndarray, regen: np.ndarray, k: int) -> dict:
+def ranking_stats(explore: np.ndarray, regen: np.ndarray, k: int) -> dict:
     from vgen.eval.ranking import agreement
 
     a = agreement(explore, regen, max(1, k // 2))
@@ -363,7 +363,7 @@ def _update(cfg: SolRLConfig, dist, policy, params, ema, ref, opt, prompts, seed
 
     outs = []
     for epoch in range(cfg.inner_epochs):
-        idx, n_global = _kept(dist, keep, params, opt)
+        idx, n_global = kept_rows(dist, keep, params, opt)
         if n_global == 0:
             return {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "trained_samples": 0}
         k = x0.shape[1]
@@ -424,7 +424,7 @@ def _micro_batches(dist, idx: np.ndarray, size: int, params) -> tuple[np.ndarray
     return (idx if len(idx) else np.zeros(1, np.int64)), batches + [(slice(0, 1), 0.0)] * (int(most) - len(batches))
 
 
-def _kept(dist, keep: np.ndarray, params, opt) -> tuple[np.ndarray, int]:
+def kept_rows(dist, keep: np.ndarray, params, opt) -> tuple[np.ndarray, int]:
     """This process's kept flat sample indices and the global count; zeroed gradients ready to fill."""
     idx = np.flatnonzero(keep.ravel())
     counts = torch.tensor([float(len(idx))])
@@ -463,7 +463,7 @@ def _update_grpo(cfg: SolRLConfig, dist, policy, params, ref, opt, prompts, seed
     from vgen.solrl.losses import flow_grpo_loss
     from vgen.train.fsdp import GradSum
 
-    idx, n_global = _kept(dist, keep, params, opt)
+    idx, n_global = kept_rows(dist, keep, params, opt)
     if n_global == 0:
         return {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "trained_samples": 0, "clip_frac": 0.0, "approx_kl": 0.0}
     k = trace[1].shape[1]
@@ -536,7 +536,7 @@ def _held_out(cfg: SolRLConfig, dist, policy, reward, steps, guidance, run_dir: 
     mine = [i % n for i in range(dist.rank, -(-n // dist.world) * dist.world, dist.world)]  # equal shares
     local = generate(policy, [prompts[i] for i in mine], [seeds[i] for i in mine], steps, guidance, cfg.resolution,
                      progress=False)
-    images = _gather_rows(dist, local)[:n]
+    images = gather_rows(dist, local)[:n]
     if not dist.main:
         return {}
     report = {"vgen_version": __version__, "model": str(run_dir), "source": "run", "step": step, "split": split,
@@ -558,7 +558,7 @@ def _state(step: int, opt, ema: list[torch.Tensor], history: dict) -> dict:
             "history": json.dumps(history), **rng_state()}
 
 
-def _gather_rows(dist, local: np.ndarray) -> np.ndarray:
+def gather_rows(dist, local: np.ndarray) -> np.ndarray:
     """The global (prompts, ...) array from every process's rows (global row i lives in process
     i % world, local row i // world)."""
     parts = dist.gather(local)
@@ -631,14 +631,14 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
             ex_x0, ex_images, ex_trace = _generate(policy, prompts, seeds, steps, guidance, cfg.resolution, **sde)
         times["explore"] = time.perf_counter() - t
         t = time.perf_counter()
-        ex_r = _score(reward, ex_images, prompts)
+        ex_r = score_groups(reward, ex_images, prompts)
         times["score"] = time.perf_counter() - t
 
         # 3. keep the prompts_per_step prompts with the most explore spread (when more were explored),
         # then select k per prompt (each prompt's own generator: the same choice in any process)
         t = time.perf_counter()
         if n_explore > cfg.prompts_per_step:
-            explored = _gather_rows(dist, ex_r)
+            explored = gather_rows(dist, ex_r)
             kept = informative(explored, cfg.prompts_per_step)
             m["explore_flat_prompts"] = int(sum(np.nanmax(x) == np.nanmin(x) if np.isfinite(x).any() else 1
                                                 for x in explored))
@@ -646,9 +646,9 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
             mine = kept[rows]
             ex_r = explored[mine]
             if cfg.family != "sol_rl":  # these train on the explored samples themselves
-                ex_x0, ex_images, ex_trace = _take_rows(dist, (ex_x0, ex_images, ex_trace), mine)
+                ex_x0, ex_images, ex_trace = take_rows(dist, (ex_x0, ex_images, ex_trace), mine)
             prompts, seeds = [all_prompts[i] for i in mine], all_seeds[mine]
-        chosen = np.stack([_fill(select(r, cfg.k, cfg.select, np.random.default_rng([cfg.run.seed, step, g])),
+        chosen = np.stack([fill_selection(select(r, cfg.k, cfg.select, np.random.default_rng([cfg.run.seed, step, g])),
                                  cfg.k, len(r)) for r, g in zip(ex_r, rows)])
         sel_seeds = np.take_along_axis(seeds, chosen, 1)
         times["select"] = time.perf_counter() - t
@@ -657,7 +657,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         t = time.perf_counter()
         if cfg.family == "sol_rl":
             x0, images, trace = _generate(policy, prompts, sel_seeds, steps, guidance, cfg.resolution, **sde)
-            r = _score(reward, images, prompts)
+            r = score_groups(reward, images, prompts)
         else:
             pick = [(i, chosen[i]) for i in range(len(prompts))]
             x0 = torch.stack([ex_x0[i, c] for i, c in pick])
@@ -667,7 +667,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         times["regenerate"] = time.perf_counter() - t
 
         # 5. advantages over the whole batch (global std needs it); non-finite rewards dropped
-        all_r, all_ex = _gather_rows(dist, r), _gather_rows(dist, ex_r)
+        all_r, all_ex = gather_rows(dist, r), gather_rows(dist, ex_r)
         valid = np.isfinite(all_r)
         if not valid.all() and dist.main:
             warnings.warn(f"iteration {step}: {int((~valid).sum())} non-finite rewards dropped", stacklevel=1)
@@ -696,7 +696,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         saving = due(cfg.checkpoint_every, step, cfg.iterations)
         if saving:
             weights, state = trained_state(policy.transformer), _state(step, opt, ema, history)
-        all_chosen = _gather_rows(dist, chosen) if cfg.family == "sol_rl" else None
+        all_chosen = gather_rows(dist, chosen) if cfg.family == "sol_rl" else None
         if dist.main:
             finite_ex = all_ex[np.isfinite(all_ex)]
             m.update({"reward_explore_mean": float(finite_ex.mean()) if finite_ex.size else math.nan,
@@ -708,11 +708,11 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
                       "images_per_s": dist.world * (ex_r.size + (r.size if cfg.family == "sol_rl" else 0))
                       / max(times["explore"] + times["regenerate"], 1e-9)})
             if all_chosen is not None:
-                m.update(_ranking_stats(np.take_along_axis(all_ex, all_chosen, 1), all_r, cfg.k))
+                m.update(ranking_stats(np.take_along_axis(all_ex, all_chosen, 1), all_r, cfg.k))
             m.update({f"time_{k}": v for k, v in times.items()})
             m.update(scores)
             if due(cfg.sample_every, step, cfg.iterations):
-                _sample_grid(run_dir, step, images, prompts)
+                sample_grid(run_dir, step, images, prompts)
             log.write(step, m)
             if saving:
                 save_checkpoint(run_dir, step, policy.transformer, state, config, cfg.model, weights)
@@ -740,7 +740,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     return 0
 
 
-def _fill(idx: np.ndarray, k: int, n: int) -> np.ndarray:
+def fill_selection(idx: np.ndarray, k: int, n: int) -> np.ndarray:
     """k indices: when non-finite explore rewards left fewer than k selectable, the rest are the
     first unselected candidates; their regenerated (or explore) rewards decide, and any that are
     still non-finite are dropped before the update."""
@@ -750,7 +750,7 @@ def _fill(idx: np.ndarray, k: int, n: int) -> np.ndarray:
     return np.sort(np.concatenate([idx, rest]))
 
 
-def _sample_grid(run_dir: Path, step: int, images: np.ndarray, prompts: list[str]) -> None:
+def sample_grid(run_dir: Path, step: int, images: np.ndarray, prompts: list[str]) -> None:
     from vgen.images import sample_sheet
 
     n = min(4, images.shape[1])

@@ -193,26 +193,35 @@ def eval_report(cfg, var, vqvae, class_names: list[str], run_dir: Path, step: in
     held-out teacher-forcing figures. A VARiant path (``depth_plan``) writes into the sub-folder
     ``where`` of that folder, so the step's own report stays the full network's. Returns the
     figures to log."""
-    from vgen import __version__
-    from vgen.eval.harness import evaluate_var, write_report
-
-    classes, seeds = list(range(len(class_names))), [1_000_000 + i for i in range(cfg.eval_seeds)]
     settings = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
     if depth_plan is not None:
         settings["depth_plan"] = depth_plan
-    metrics = ("geneval", "fid") if cfg.eval_fid else ("geneval",)
-    scores, images, prompts = evaluate_var(var, vqvae, class_names, classes, seeds, settings, metrics)
-    report = {"vgen_version": __version__, "model": str(run_dir), "kind": "var", "source": "run", "step": step,
-              "classes": classes, "n_classes": len(classes), "seeds": seeds, **settings,
-              "patch_nums": list(var.patch_nums), "flex": bool(var.flex), "resolution": cfg.resolution,
-              "threads": torch.get_num_threads(), "held_out": held, **scores}
-    write_report(run_dir / "eval" / f"step-{step:06d}" / where, report, images, prompts, len(seeds))
+    scores = write_eval(var, vqvae, class_names, run_dir, run_dir / "eval" / f"step-{step:06d}" / where, step,
+                        [1_000_000 + i for i in range(cfg.eval_seeds)], settings, cfg.resolution,
+                        ("geneval", "fid") if cfg.eval_fid else ("geneval",), {"held_out": held})
     out = {}
     if "geneval_shapes" in scores:
         out["eval_strict"] = scores["geneval_shapes"]["overall"]["strict"]["mean"]
     if "fid_shapes" in scores:
         out["eval_fid_shapes"] = scores["fid_shapes"]["fid_shapes"]
     return out
+
+
+def write_eval(var, vqvae, class_names: list[str], run_dir: Path, out: Path, step: int, seeds: list[int],
+               settings: dict, resolution: int, metrics=("geneval",), extra: dict | None = None) -> dict:
+    """Sample every class x ``seeds`` with ``settings``, score, and write the report `vgen eval` writes
+    into ``out``; returns the scores."""
+    from vgen import __version__
+    from vgen.eval.harness import evaluate_var, write_report
+
+    classes = list(range(len(class_names)))
+    scores, images, prompts = evaluate_var(var, vqvae, class_names, classes, seeds, settings, metrics)
+    report = {"vgen_version": __version__, "model": str(run_dir), "kind": "var", "source": "run",
+              "step": step, "classes": classes, "n_classes": len(classes), "seeds": seeds, **settings,
+              "patch_nums": list(var.patch_nums), "flex": bool(var.flex), "resolution": resolution,
+              "threads": torch.get_num_threads(), **(extra or {}), **scores}
+    write_report(out, report, images, prompts, len(seeds))
+    return scores
 
 
 def build_model(cfg: VARTrainConfig, vqvae, num_classes: int, device):
