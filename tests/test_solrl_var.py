@@ -212,6 +212,9 @@ def test_each_family_runs_logs_and_checkpoints_a_loadable_model(tmp_path, family
     assert main(["eval", "--model", str(run), "--seeds", "2000000", "--n", "1", "--out", str(tmp_path / f"ev{family}"),
                  "--metrics", "geneval"]) == 0
     assert "held-out GenEval-Shapes strict accuracy" in capsys.readouterr().out
+    if family == "sol_rl":  # and exports as a VAR model folder with its card
+        assert main(["export", str(run), str(tmp_path / "export")]) == 0
+        assert (tmp_path / "export" / "var.safetensors").is_file() and (tmp_path / "export" / "README.md").is_file()
 
 
 def test_the_saved_folder_samples_as_the_trained_policy(tmp_path):
@@ -302,6 +305,13 @@ def test_dry_run_describes_the_iteration(capsys):
     assert main(["train", TINY_YAML, "--dry-run", "--processes", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("recipe solrl_var: family sol_rl") and "4 regenerated" not in out and "8 regenerated" in out
+
+
+def test_a_flexvar_policy_trains_with_an_emulated_nvfp4_explore_copy(tmp_path):
+    assert main(["train", *_args(tmp_path, "flex", "model=assets/flexvar-tiny-shapes", "iterations=1",
+                                 "explore_backend=nvfp4-emu", "reward={test_brightness: 1.0}")]) == 0
+    m = _metrics(tmp_path / "flex")[1]
+    assert m["trained_samples"] > 0 and np.isfinite(m["loss"]) and "rank_tau" in m
 
 
 def test_explore_copy_is_bf16_and_refreshes_from_the_policy():

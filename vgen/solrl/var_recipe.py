@@ -208,7 +208,10 @@ class Rollout:
     def pick(self, chosen: np.ndarray) -> Rollout:
         """Samples ``chosen`` (P, k) of each row."""
         idx = torch.as_tensor(chosen)
-        take = (lambda t: torch.stack([t[i, c] for i, c in enumerate(idx)]))  # noqa: E731
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return torch.stack([t[i, c] for i, c in enumerate(idx)])
+
         return Rollout(tuple(take(t) for t in self.tokens),
                        None if self.logprobs is None else tuple(take(t) for t in self.logprobs),
                        np.stack([self.images[i, c] for i, c in enumerate(chosen)]))
