@@ -256,7 +256,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
 
 
 def test_full_fine_tuning_resumes_too(tmp_path):
-    common = ["iterations=2", "lora_rank=0", "reward={test_brightness: 1.0}", "kl_beta=0.1", "lr=1e-3"]
+    common = ["iterations=2", "lora_rank=0", "reward={test_brightness: 1.0}", "kl_beta=0.1", "lr=1e-3", "eval_every=1"]
     assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
     assert main(["train", *_args(tmp_path, "cut", *common[1:], "iterations=1")]) == 0
     assert main(["train", *_args(tmp_path, "cut", *common)]) == 0

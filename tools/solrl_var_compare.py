@@ -72,6 +72,12 @@ def speed(sol: Path, base: Path, metric: str) -> dict:
     return out
 
 
+def by_iteration(run: Path, metric: str) -> dict[int, float]:
+    """Held-out score at each evaluated iteration: progress per update, whatever an update costs."""
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[metric] for r in rows if metric in r}
+
+
 def phases(run: Path) -> dict:
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time_update" in r]
@@ -144,9 +150,11 @@ def main() -> None:
             summary[f"{m}/{target}"] = {"ratios": r, "mean": float(np.mean(r)), "ci95": bootstrap(r),
                                         "all_reached": all(p[target]["ratio"] is not None for p in per.values())}
     split = {arm: {s: phases(out / f"{arm}-s{s}") for s in a.seeds} for arm in arms}
+    per_update = {arm: {s: by_iteration(out / f"{arm}-s{s}", "eval_strict") for s in a.seeds} for arm in arms}
     report = {"configs": arms, "seeds": a.seeds, "test_seeds": seeds, "results": results, "learning": learning,
               "speed": {m: {str(s): {k: v for k, v in p.items() if not k.endswith("curve")} for s, p in per.items()}
-                        for m, per in speeds.items()}, "speed_summary": summary, "phases": split}
+                        for m, per in speeds.items()}, "speed_summary": summary, "phases": split,
+              "per_update": per_update}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(speeds["eval_strict"], out / "curves.png", "GenEval-Shapes strict")
     plot(speeds["eval_score"], out / "curves_score.png", "verifier score")
@@ -186,6 +194,12 @@ def markdown(rep: dict, a) -> str:
         lines.append(f"| {m} | baseline {target} | {cells} | {sm['mean']:.2f}x"
                      f"{'' if sm['all_reached'] else ' (bounds included)'} | {sm['ci95'][0]:.2f} - "
                      f"{sm['ci95'][1]:.2f} |")
+    shared = sorted(set.intersection(*(set(v) for per in rep["per_update"].values() for v in per.values())))
+    lines += ["", "## Held-out strict accuracy by iteration (progress per update, mean over seeds)", "",
+              "| family | " + " | ".join(f"it {i}" for i in shared) + " |", "|---|" + "---|" * len(shared)]
+    for arm, per in rep["per_update"].items():
+        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([v[i] for v in per.values()]):.1%}" for i in shared)
+                     + " |")
     lines += ["", "## Per-phase time of one iteration (s, mean over the run, one core)", "",
               "| family | seed | " + " | ".join(PHASES) + " | total |", "|---|---|" + "---|" * (len(PHASES) + 1)]
     for arm, per in rep["phases"].items():
