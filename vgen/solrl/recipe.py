@@ -574,7 +574,6 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
     from vgen.config import to_dict
     from vgen.engine.rollout import schedule
     from vgen.quant.explore import refresh
-    from vgen.solrl.advantages import advantages
     from vgen.solrl.losses import ema_update
     from vgen.solrl.selection import select
     from vgen.train.checkpoint import load_state, save_checkpoint, trained_state
@@ -668,10 +667,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
 
         # 5. advantages over the whole batch (global std needs it); non-finite rewards dropped
         all_r, all_ex = gather_rows(dist, r), gather_rows(dist, ex_r)
-        valid = np.isfinite(all_r)
-        if not valid.all() and dist.main:
-            warnings.warn(f"iteration {step}: {int((~valid).sum())} non-finite rewards dropped", stacklevel=1)
-        adv = advantages(np.where(valid, all_r, 0.0), cfg.advantage, valid=valid)
+        valid, adv = finite_advantages(all_r, cfg.advantage, step, dist.main)
 
         # 6. update on the k samples
         t = time.perf_counter()
@@ -698,13 +694,7 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
             weights, state = trained_state(policy.transformer), _state(step, opt, ema, history)
         all_chosen = gather_rows(dist, chosen) if cfg.family == "sol_rl" else None
         if dist.main:
-            finite_ex = all_ex[np.isfinite(all_ex)]
-            m.update({"reward_explore_mean": float(finite_ex.mean()) if finite_ex.size else math.nan,
-                      "reward_explore_std": float(finite_ex.std()) if finite_ex.size else math.nan,
-                      "reward_mean": float(all_r[valid].mean()) if valid.any() else math.nan,
-                      "reward_std": float(all_r[valid].std()) if valid.any() else math.nan,
-                      "nonfinite_rewards": int((~valid).sum() + (~np.isfinite(all_ex)).sum()),
-                      "degenerate_groups": adv.n_degenerate,
+            m.update({**reward_stats(all_ex, all_r, valid, adv),
                       "images_per_s": dist.world * (ex_r.size + (r.size if cfg.family == "sol_rl" else 0))
                       / max(times["explore"] + times["regenerate"], 1e-9)})
             if all_chosen is not None:
@@ -738,6 +728,29 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
         done = export(run_dir, run_dir / "export", cfg.export, force=True)
         print(f"exported checkpoint: {done['out']}\nmodel card: {done['card']}", flush=True)
     return 0
+
+
+def finite_advantages(all_r: np.ndarray, mode: str, step: int, main: bool):
+    """(valid mask, advantages) of a (groups, k) reward array: non-finite rewards are dropped
+    (warned about, once, by the main process) before any statistic sees them."""
+    from vgen.solrl.advantages import advantages
+
+    valid = np.isfinite(all_r)
+    if not valid.all() and main:
+        warnings.warn(f"iteration {step}: {int((~valid).sum())} non-finite rewards dropped", stacklevel=2)
+    return valid, advantages(np.where(valid, all_r, 0.0), mode, valid=valid)
+
+
+def reward_stats(all_ex: np.ndarray, all_r: np.ndarray, valid: np.ndarray, adv) -> dict:
+    """The iteration's reward figures: explored and trained rewards (finite ones), dropped rewards,
+    groups with no spread."""
+    finite_ex = all_ex[np.isfinite(all_ex)]
+    return {"reward_explore_mean": float(finite_ex.mean()) if finite_ex.size else math.nan,
+            "reward_explore_std": float(finite_ex.std()) if finite_ex.size else math.nan,
+            "reward_mean": float(all_r[valid].mean()) if valid.any() else math.nan,
+            "reward_std": float(all_r[valid].std()) if valid.any() else math.nan,
+            "nonfinite_rewards": int((~valid).sum() + (~np.isfinite(all_ex)).sum()),
+            "degenerate_groups": adv.n_degenerate}
 
 
 def fill_selection(idx: np.ndarray, k: int, n: int) -> np.ndarray:

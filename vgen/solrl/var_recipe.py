@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -365,12 +363,13 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
     from vgen.models.var.folder import write_var_files
     from vgen.quant.explore import merged_copy, refresh
     from vgen.rewards import build
-    from vgen.solrl.advantages import advantages
     from vgen.solrl.recipe import (
         fill_selection,
+        finite_advantages,
         gather_rows,
         informative,
         ranking_stats,
+        reward_stats,
         sample_grid,
         score_groups,
         take_rows,
@@ -467,10 +466,7 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
 
         # 5. advantages over the whole batch; non-finite rewards dropped
         all_r, all_ex = gather_rows(dist, r), gather_rows(dist, ex_r)
-        valid = np.isfinite(all_r)
-        if not valid.all() and dist.main:
-            warnings.warn(f"iteration {step}: {int((~valid).sum())} non-finite rewards dropped", stacklevel=1)
-        adv = advantages(np.where(valid, all_r, 0.0), cfg.advantage, valid=valid)
+        valid, adv = finite_advantages(all_r, cfg.advantage, step, dist.main)
 
         # 6. update
         t = time.perf_counter()
@@ -486,13 +482,7 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
             history["eval"].append([step, scores["eval_strict"]])
         all_chosen = gather_rows(dist, chosen) if cfg.family == "sol_rl" else None
         if dist.main:
-            finite_ex = all_ex[np.isfinite(all_ex)]
-            m.update({"reward_explore_mean": float(finite_ex.mean()) if finite_ex.size else math.nan,
-                      "reward_explore_std": float(finite_ex.std()) if finite_ex.size else math.nan,
-                      "reward_mean": float(all_r[valid].mean()) if valid.any() else math.nan,
-                      "reward_std": float(all_r[valid].std()) if valid.any() else math.nan,
-                      "nonfinite_rewards": int((~valid).sum() + (~np.isfinite(all_ex)).sum()),
-                      "degenerate_groups": adv.n_degenerate,
+            m.update({**reward_stats(all_ex, all_r, valid, adv),
                       "images_per_s": dist.world * (ex_r.size + (r.size if cfg.family == "sol_rl" else 0))
                       / max(times["explore"] + times["regenerate"], 1e-9)})
             if all_chosen is not None:
