@@ -110,15 +110,30 @@ class SolRLConfig:
 
     def check(self) -> None:
         """Rules beyond one field's range, that need nothing but the config."""
-        from vgen.config import ConfigError, _show, _suggest
-        from vgen.quant.backends import BACKENDS
-
-        if self.explore_backend not in BACKENDS:
-            raise ConfigError(f"'explore_backend' = {_show(self.explore_backend)} is not allowed: choose one of "
-                              f"{', '.join(BACKENDS)}{_suggest(self.explore_backend, list(BACKENDS))}")
+        check_backend(self.explore_backend)
 
 
 # ---------------------------------------------------------------- pieces of the loop
+
+
+def check_backend(name: str) -> None:
+    """An explore backend must be one vgen knows (config check, before any work)."""
+    from vgen.config import ConfigError, _show, _suggest
+    from vgen.quant.backends import BACKENDS
+
+    if name not in BACKENDS:
+        raise ConfigError(f"'explore_backend' = {_show(name)} is not allowed: choose one of "
+                          f"{', '.join(BACKENDS)}{_suggest(name, list(BACKENDS))}")
+
+
+def build_reward(weights: dict[str, float], paths: dict[str, str]):
+    """The weighted reward of a config (``reward`` and ``reward_paths``, the latter naming only its rewards)."""
+    from vgen.rewards import build
+
+    unknown = sorted(set(paths) - set(weights))
+    if unknown:
+        raise UserError(f"reward_paths names {unknown[0]!r}, which is not in reward")
+    return build({name: ({"weight": w, "path": paths[name]} if name in paths else w) for name, w in weights.items()})
 
 
 def _prompt_file(cfg: SolRLConfig) -> tuple[list[str], list[str]]:
@@ -271,7 +286,6 @@ def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
     """Policy (with LoRA or all weights trainable, a resumed checkpoint's weights loaded, sharded
     when asked), optimizer, reward, explore copy (built from the full weights before sharding)."""
     from vgen.models.load import load_policy, pipeline_defaults
-    from vgen.rewards import build
     from vgen.train.checkpoint import apply_weights
     from vgen.train.fsdp import like, requested, shard
 
@@ -280,11 +294,7 @@ def _setup(cfg: SolRLConfig, dist, ckpt: Path | None):
     if cfg.explore_prompts is not None and cfg.explore_prompts < cfg.prompts_per_step:
         raise UserError(f"explore_prompts ({cfg.explore_prompts}) must be at least prompts_per_step "
                         f"({cfg.prompts_per_step})")
-    unknown = sorted(set(cfg.reward_paths) - set(cfg.reward))
-    if unknown:
-        raise UserError(f"reward_paths names {unknown[0]!r}, which is not in reward")
-    reward = build({name: ({"weight": w, "path": cfg.reward_paths[name]} if name in cfg.reward_paths else w)
-                    for name, w in cfg.reward.items()})
+    reward = build_reward(cfg.reward, cfg.reward_paths)
     rec = pipeline_defaults(cfg.model)
     steps, guidance = cfg.steps or rec.get("steps", 20), cfg.guidance or rec.get("guidance", 3.0)
     policy = load_policy(cfg.model)

@@ -99,12 +99,9 @@ class SolRLVARConfig:
     progress: bool = param(True, help="show a progress bar")
 
     def check(self) -> None:
-        from vgen.config import ConfigError, _show, _suggest
-        from vgen.quant.backends import BACKENDS
+        from vgen.solrl.recipe import check_backend
 
-        if self.explore_backend not in BACKENDS:
-            raise ConfigError(f"'explore_backend' = {_show(self.explore_backend)} is not allowed: choose one of "
-                              f"{', '.join(BACKENDS)}{_suggest(self.explore_backend, list(BACKENDS))}")
+        check_backend(self.explore_backend)
 
 
 @dataclass
@@ -362,8 +359,8 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
     from vgen.config import to_dict
     from vgen.models.var.folder import write_var_files
     from vgen.quant.explore import merged_copy, refresh
-    from vgen.rewards import build
     from vgen.solrl.recipe import (
+        build_reward,
         fill_selection,
         finite_advantages,
         gather_rows,
@@ -385,11 +382,7 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
     config = to_dict(cfg)
     ckpt = resume_from(cfg.resume, run_dir, config)
     state = load_state(ckpt) if ckpt is not None else None
-    unknown = sorted(set(cfg.reward_paths) - set(cfg.reward))
-    if unknown:
-        raise UserError(f"reward_paths names {unknown[0]!r}, which is not in reward")
-    reward = build({name: ({"weight": w, "path": cfg.reward_paths[name]} if name in cfg.reward_paths else w)
-                    for name, w in cfg.reward.items()})
+    reward = build_reward(cfg.reward, cfg.reward_paths)
     policy = _setup(cfg, dist, ckpt, state)
     explore = _explore_copy(policy, cfg.explore_backend) if cfg.family in ("sol_rl", "naive_quant") else None
     opt = torch.optim.AdamW(policy.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
