@@ -131,7 +131,8 @@ def test_diffusers_export_with_separate_lora_reproduces_the_run(lora_run, run_im
 
     out = tmp_path / "out"
     result = export(lora_run, out, **FAST)
-    assert result == {"out": out, "card": out / "README.md", "format": "diffusers", "kind": "lora", "merged": False}
+    assert result == {"out": out, "card": out / "README.md", "format": "diffusers", "kind": "lora", "merged": False,
+                      "before_after": None}  # a base outside the shapes world: no before / after grid
     assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "samples.png").is_file()
     assert not list(tmp_path.glob(".out*"))  # no temporary folder left beside it
     pipe = _pipeline(out)
@@ -239,6 +240,63 @@ def test_model_folder_exports_itself_with_its_card_license_and_dtypes(tmp_path, 
 
 
 # ---------------------------------------------------------------- the card
+
+
+def test_run_on_a_shapes_world_base_exports_a_before_after_grid_of_the_same_prompts_and_seeds(
+        lora_run, model_dir, tmp_path, capsys):
+    """The grid's base tiles are what the base draws, its trained tiles what the run draws, for the same held-out
+    prompt and seed, each generated here independently; the card states both verdict counts."""
+    import numpy as np
+    from PIL import Image
+
+    from vgen.images import to_uint8
+    from vgen.models.load import pipeline_defaults
+    from vgen.world.grammar import sample_prompts
+    from vgen.world.verifier import verify
+
+    base = tmp_path / "base"
+    shutil.copytree(model_dir, base)
+    (base / "vgen_base.json").write_text(json.dumps({"cfg": 3.0, "resolution": 32}))
+    run = tmp_path / "runs" / "run"
+    shutil.copytree(lora_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"] = str(base)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    meta = json.loads((run / "checkpoints" / "step-000003" / "meta.json").read_text())
+    meta["base_model"] = str(base)
+    (run / "checkpoints" / "step-000003" / "meta.json").write_text(json.dumps(meta))
+
+    out = tmp_path / "out"
+    result = export(run, out, **FAST)
+    assert result["before_after"] == out / "before_after.png"
+    sheet = np.asarray(Image.open(out / "before_after.png").convert("RGB"))
+    prompts = list(dict.fromkeys(sample_prompts("test", 64, seed=0)))[:X.BEFORE_AFTER_PROMPTS]
+    pairs = [(p, sd) for p in prompts for sd in X.BEFORE_AFTER_SEEDS]
+    guidance = pipeline_defaults(base).get("guidance", 4.5)  # the exporter's default when the base names none
+
+    def draw(policy):
+        return to_uint8(rollout(policy, [p for p, _ in pairs], [sd for _, sd in pairs], steps=2, guidance=guidance,
+                                height=32, width=32).images)
+
+    before, after = draw(load_policy(base)), draw(load_policy(run))
+    assert not np.array_equal(before, after)  # the adapter changes the images, so the test can tell them apart
+
+    def tile(y: int) -> np.ndarray:  # column 0 of the grid: 2x nearest upscale from x = 2, read back at 1x
+        return sheet[y:y + 64:2, 2:2 + 64:2]
+
+    assert np.array_equal(tile(2 + 4), before[0])  # row 0: the base, below its verdict bar
+    below = [y for y in range(70, sheet.shape[0] - 64) if np.array_equal(tile(y), after[0])]
+    above_next_base = [y for y in range(70, sheet.shape[0] - 64) if np.array_equal(tile(y), before[6])]
+    assert below and above_next_base and below[0] < above_next_base[0]  # row 1: the same prompt and seed, trained
+    n_before = sum(v.strict for v in verify(before, [p for p, _ in pairs]))
+    n_after = sum(v.strict for v in verify(after, [p for p, _ in pairs]))
+    _, text = _card(out)
+    assert "## Before and after training" in text and "![before and after](before_after.png)" in text
+    assert f"base {n_before}/{len(pairs)} correct, trained {n_after}/{len(pairs)}" in text
+    rc, stdout, err = _cli(capsys, "export", run, tmp_path / "o2")  # the command names the grid last
+    assert rc == 0, err
+    assert stdout.splitlines()[-1] == ("before / after training (same held-out prompts and seeds): "
+                                       f"{tmp_path / 'o2' / 'before_after.png'}")
 
 
 def test_card_reports_the_runs_evaluation_and_round_trips(evaluated_run, tmp_path):

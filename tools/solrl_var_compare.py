@@ -32,11 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from compare_runs import curve, time_to  # noqa: E402
+from compare_runs import PHASES, curve, fmt_ratio, phases, plot_pairs, rows, speed, summarise  # noqa: E402
 from solrl_learning import read_config, run_all, vgen  # noqa: E402
 
 TEST_SEED = 2_000_000
-PHASES = ("explore", "score", "select", "regenerate", "update", "refresh")
 
 
 def evaluate(model: str, out: Path, seeds: list[int]) -> dict:
@@ -52,63 +51,9 @@ def evaluate(model: str, out: Path, seeds: list[int]) -> dict:
             "per_category": {k: v["strict"]["mean"] for k, v in g["per_category"].items()}}
 
 
-def bootstrap(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean over resampled pairs."""
-    v = np.asarray(values, dtype=np.float64)
-    means = v[np.random.default_rng(seed).integers(0, len(v), (n, len(v)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def speed(sol: Path, base: Path, metric: str) -> dict:
-    """Times for one pair: Sol-RL's first time at the baseline's final / best score over the baseline's own."""
-    c_sol, c_base = curve(sol, metric), curve(base, metric)
-    out = {"sol_curve": c_sol, "baseline_curve": c_base}
-    for name, target in (("final", c_base[-1][1]), ("best", max(s for _, s in c_base[1:]))):
-        t_sol, t_base = time_to(c_sol, target), time_to(c_base, target)
-        out[name] = {"target": target, "t_sol": t_sol, "t_baseline": t_base,
-                     "ratio": None if t_sol is None else t_base / t_sol,
-                     # not reached: the ratio is at most the baseline's time over Sol-RL's whole run
-                     "ratio_bound": t_base / c_sol[-1][0] if t_sol is None else None}
-    return out
-
-
 def by_iteration(run: Path, metric: str) -> dict[int, float]:
     """Held-out score at each evaluated iteration: progress per update, whatever an update costs."""
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[metric] for r in rows if metric in r}
-
-
-def phases(run: Path) -> dict:
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "time_update" in r]
-    return {p: float(np.mean([r.get(f"time_{p}", 0.0) for r in rows])) for p in PHASES}
-
-
-def plot(pairs: dict[int, dict], path: Path, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for seed, sp in pairs.items():
-        for key, colour, label in (("sol_curve", "tab:red", "Sol-RL"), ("baseline_curve", "tab:blue", "k-in-k")):
-            t, s = zip(*sp[key])
-            ax.plot(np.asarray(t) / 60, s, "-o", color=colour, ms=3, alpha=0.4 + 0.2 * (seed % 3),
-                    label=f"{label}, seed {seed}")
-    ax.set_xlabel("training wall time (min, one core; held-out evaluation excluded)")
-    ax.set_ylabel(f"held-out {metric}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def fmt_ratio(r: dict) -> str:
-    if r["ratio"] is not None:
-        return f"{r['ratio']:.2f}x"
-    return f"not reached (<= {r['ratio_bound']:.2f}x)"
+    return {r["step"]: r[metric] for r in rows(run) if metric in r}
 
 
 def main() -> None:
@@ -140,15 +85,9 @@ def main() -> None:
         d = [100 * (results[f"{arm}-s{s}"]["strict"] - base["strict"]) for s in a.seeds]
         learning[arm] = {"delta_points": d, "mean": float(np.mean(d)), "std": float(np.std(d, ddof=1)) if len(d) > 1
                          else 0.0}
-    speeds = {m: {s: speed(out / f"sol_rl-s{s}", out / f"k_in_k-s{s}", m) for s in a.seeds}
+    speeds = {m: {s: speed(curve(out / f"sol_rl-s{s}", m), curve(out / f"k_in_k-s{s}", m)) for s in a.seeds}
               for m in ("eval_strict", "eval_score")}
-    summary = {}
-    for m, per in speeds.items():
-        for target in ("final", "best"):
-            r = [p[target]["ratio"] if p[target]["ratio"] is not None else p[target]["ratio_bound"]
-                 for p in per.values()]
-            summary[f"{m}/{target}"] = {"ratios": r, "mean": float(np.mean(r)), "ci95": bootstrap(r),
-                                        "all_reached": all(p[target]["ratio"] is not None for p in per.values())}
+    summary = {f"{m}/{target}": v for m, per in speeds.items() for target, v in summarise(per).items()}
     split = {arm: {s: phases(out / f"{arm}-s{s}") for s in a.seeds} for arm in arms}
     per_update = {arm: {s: by_iteration(out / f"{arm}-s{s}", "eval_strict") for s in a.seeds} for arm in arms}
     report = {"configs": arms, "seeds": a.seeds, "test_seeds": seeds, "results": results, "learning": learning,
@@ -156,8 +95,9 @@ def main() -> None:
                         for m, per in speeds.items()}, "speed_summary": summary, "phases": split,
               "per_update": per_update}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(speeds["eval_strict"], out / "curves.png", "GenEval-Shapes strict")
-    plot(speeds["eval_score"], out / "curves_score.png", "verifier score")
+    for m, path, label in (("eval_strict", "curves.png", "held-out GenEval-Shapes strict"),
+                           ("eval_score", "curves_score.png", "held-out verifier score")):
+        plot_pairs({f"seed {s}": sp for s, sp in speeds[m].items()}, out / path, label)
     (out / "report.md").write_text(markdown(report, a) + "\n")
     print((out / "report.md").read_text())
 

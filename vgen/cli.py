@@ -99,6 +99,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {args.src} to {result['out']} (format {result['format']}"
           + (", LoRA merged" if result["merged"] else "") + ")")
     print(f"model card: {result['card']}")
+    if result["before_after"] is not None:
+        print(f"before / after training (same held-out prompts and seeds): {result['before_after']}")
     return 0
 
 

@@ -182,6 +182,9 @@ def build_card(s: dict) -> ModelCard:
 
     body = [f"# {s['name']}", "", s["description"], ""]
     body += ["## Samples", "", "![samples](samples.png)", "", s["samples_note"], ""]
+    if s.get("before_after_note"):
+        body += ["## Before and after training", "", "![before and after](before_after.png)", "",
+                 s["before_after_note"], ""]
     body += ["## How to load", "", s.get("load_snippet") or _load_snippet(s), ""]
     body += ["## Evaluation", ""]
     if s["eval"] is None:

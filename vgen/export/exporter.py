@@ -16,9 +16,10 @@ Formats (``fmt``):
   weights as they are (no ``state.pt``: optimizer and RNG state are for resuming, not for handing on), and
   the newest evaluation report. It still needs the base folder it names.
 
-Every format adds ``README.md`` (card.py) and ``samples.png``, and every safetensors file written
-carries ``vgen_version`` and ``config_hash`` in its metadata. Components keep the dtype their source
-stores (a bf16 base stays bf16; LoRA merges are computed in float32 first).
+Every format adds ``README.md`` (card.py) and ``samples.png`` (a run on a shapes-world base also
+``before_after.png``: the same held-out prompts and seeds from the base and the result), and every
+safetensors file written carries ``vgen_version`` and ``config_hash`` in its metadata. Components keep
+the dtype their source stores (a bf16 base stays bf16; LoRA merges are computed in float32 first).
 
 Nothing is overwritten by accident and nothing half-written is left: the folder is built in a hidden
 temporary folder beside OUT (same filesystem), renamed into place only once complete (``force``
@@ -38,6 +39,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -88,7 +90,8 @@ def export(src: str | Path, out: str | Path, fmt: str = "diffusers", merge_lora:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": out, "card": out / "README.md", "format": fmt, "kind": source["kind"],
-            "merged": merge_lora and source["kind"] == "lora"}
+            "merged": merge_lora and source["kind"] == "lora",
+            "before_after": out / "before_after.png" if (out / "before_after.png").is_file() else None}
 
 
 def _is_var(src: Path) -> bool:
@@ -236,7 +239,7 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": out, "card": out / "README.md", "format": "adapter" if fmt == "adapter" else "var", "kind": "var",
-            "merged": False}
+            "merged": False, "before_after": None}
 
 
 def read_source(src: Path) -> dict:
@@ -327,9 +330,12 @@ def _build(source: dict, tmp: Path, fmt: str, merge: bool, name: str, steps: int
     from vgen.train.checkpoint import apply_weights
 
     policy = load_policy(source["base"])  # also checks the base folder; float32, merged LoRA is exact there
+    compare = _before_after(source, policy, steps, size)  # the base's half first, before the weights change
     if source["checkpoint"] is not None:
         apply_weights(source["checkpoint"], policy.transformer)
     samples = _samples(source, policy, tmp / "samples.png", steps, size)
+    if compare is not None:
+        samples["before_after"] = compare(tmp / "before_after.png")
     files = {"diffusers": _write_diffusers, "peft": _write_peft, "vgen": _write_vgen}[fmt](source, policy, tmp, merge)
     stamp_safetensors(tmp, {"vgen_version": __version__, "config_hash": source["config_hash"]})
     base_card = base_card_metadata(source["base"])
@@ -511,6 +517,55 @@ def _samples(source: dict, policy, path: Path, steps: int | None, size: int | No
     return s
 
 
+BEFORE_AFTER_PROMPTS, BEFORE_AFTER_SEEDS = 12, (0, 1)
+
+
+def _before_after(source: dict, policy, steps: int | None, size: int | None):
+    """What a run changed, shown: the same held-out (test-split) prompts and seeds drawn by the base
+    (now, while ``policy`` is still the base) and by the exported weights (when the returned function
+    is called with the PNG's path, after they are loaded), each tile marked with the shapes verifier's
+    strict verdict. Only for runs on a base of vgen's shapes world (its ``vgen_base.json``), where the
+    prompts are the world's and 48 small images cost seconds; None otherwise. The function returns the
+    caption for the card."""
+    if source["kind"] == "model" or not (source["base"] / "vgen_base.json").is_file():
+        return None
+    from vgen.engine import rollout
+    from vgen.images import make_grid, to_uint8
+    from vgen.io import save_png
+    from vgen.world.grammar import sample_prompts
+    from vgen.world.verifier import verify
+
+    s = _sampling(source, policy, steps, size)
+    distinct = list(dict.fromkeys(sample_prompts("test", 64, seed=0)))[:BEFORE_AFTER_PROMPTS]
+    prompts = [p for p in distinct for _ in BEFORE_AFTER_SEEDS]
+    seeds = [sd for _ in distinct for sd in BEFORE_AFTER_SEEDS]
+
+    def draw() -> tuple[np.ndarray, list[bool]]:
+        r = rollout(policy, prompts, seeds, steps=s["steps"], guidance=s["guidance"], height=s["size"],
+                    width=s["size"])
+        images = to_uint8(r.images)
+        return images, [v.strict for v in verify(images, prompts)]
+
+    before = draw()
+
+    def finish(path: Path) -> str:
+        after, cols = draw(), 6
+        tiles, labels, marks = [], [], []
+        for i in range(0, len(prompts), cols):  # a row of the base, then the same prompts and seeds trained
+            for (images, ok), tag in ((before, "base"), (after, "trained")):
+                tiles += list(images[i:i + cols])
+                marks += ok[i:i + cols]
+                labels += [f"{tag}: {p} (seed {sd})" if tag == "base" else "trained, same prompt and seed"
+                           for p, sd in zip(prompts[i:i + cols], seeds[i:i + cols])]
+        save_png(path, make_grid(tiles, labels, cols=cols, marks=marks))
+        return (f"{len(distinct)} held-out (test-split) prompts x seeds {', '.join(map(str, BEFORE_AFTER_SEEDS))}, "
+                f"{s['steps']} steps, CFG {s['guidance']}: each row of the base (`{source['base'].name}`) above the "
+                f"same prompts and seeds after training. Bars: the shapes verifier's strict verdict (green: "
+                f"correct); base {sum(before[1])}/{len(prompts)} correct, trained {sum(after[1])}/{len(prompts)}.")
+
+    return finish
+
+
 def _summary(source: dict, fmt: str, merge: bool, name: str, samples: dict, files: list, policy,
              base_card: dict) -> dict:
     """Everything card.build_card states, gathered in one place."""
@@ -537,11 +592,14 @@ def _summary(source: dict, fmt: str, merge: bool, name: str, samples: dict, file
                  }[fmt]
         base_model, datasets = base.name, [WORLD_DATASET]
     files = [*files, ("README.md", "this card"), ("samples.png", "the sample sheet shown above")]
+    if samples.get("before_after"):
+        files.append(("before_after.png", "the same held-out prompts and seeds before and after training"))
     return {"name": name, "description": desc, "format": fmt, "lora": lora, "merged": merge and lora,
             "pipeline_class": pipe_cls, "base_name": base.name, "base_path": str(base), "base_card": base_card,
             "base_model": base_model, "datasets": datasets, "recipe": recipe, "kind": kind, "config": config,
             "checkpoint": source["checkpoint"].name if source["checkpoint"] else None,
             "config_hash": source["config_hash"], "eval": source["eval"], "eval_name": source["eval_name"],
-            "samples_note": samples["note"], "steps": samples["steps"], "guidance": samples["guidance"],
+            "samples_note": samples["note"], "before_after_note": samples.get("before_after"),
+            "steps": samples["steps"], "guidance": samples["guidance"],
             "size": samples["size"], "example_prompt": samples["example_prompt"], "files": files,
             "vgen_version": __version__}

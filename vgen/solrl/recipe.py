@@ -737,6 +737,8 @@ def run(cfg: SolRLConfig, run_dir: Path) -> int:
 
         done = export(run_dir, run_dir / "export", cfg.export, force=True)
         print(f"exported checkpoint: {done['out']}\nmodel card: {done['card']}", flush=True)
+        if done["before_after"] is not None:
+            print(f"before / after training (same held-out prompts and seeds): {done['before_after']}", flush=True)
     return 0
 
 
