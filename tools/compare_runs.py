@@ -41,13 +41,9 @@ def wall_times(run: Path) -> dict[int, float]:
 def curve(run: Path, metric: str | None = None) -> list[tuple[float, float]]:
     """(cumulative training seconds, held-out score) at each in-training evaluation of a run; ``metric``
     is a metrics.jsonl key (default: the headline, eval_strict or eval_reward)."""
-    wall, out = 0.0, []
-    for m in rows(run):
-        wall += sum(v for k, v in m.items() if k.startswith("time_") and v is not None)
-        score = m.get(metric) if metric else m.get("eval_strict", m.get("eval_reward"))
-        if score is not None:
-            out.append((wall, score))
-    return out
+    wall = wall_times(run)
+    scores = ((m["step"], m.get(metric) if metric else m.get("eval_strict", m.get("eval_reward"))) for m in rows(run))
+    return [(wall[step], score) for step, score in scores if score is not None]
 
 
 def time_to(points: list[tuple[float, float]], target: float) -> float | None:

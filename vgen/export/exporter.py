@@ -491,10 +491,8 @@ def _samples(source: dict, policy, path: Path, steps: int | None, size: int | No
     (test-split) prompts x seed 0 from the exported weights. The prompts are the first 8 distinct ones of
     ``sample_prompts("test", ..., seed=0)`` (categories in turn): a repeated prompt with the same seed
     would only repeat a tile. Returns the settings and a caption."""
-    from vgen.world.grammar import sample_prompts
-
     s = _sampling(source, policy, steps, size)
-    prompts = list(dict.fromkeys(sample_prompts("test", 64, seed=0)))[:8]
+    prompts = _held_out_prompts(8)
     s["example_prompt"] = prompts[0]
     made = sorted((source["dir"] / "samples").glob("*.png")) if source["kind"] != "model" else []
     if made:
@@ -520,6 +518,14 @@ def _samples(source: dict, policy, path: Path, steps: int | None, size: int | No
 BEFORE_AFTER_PROMPTS, BEFORE_AFTER_SEEDS = 12, (0, 1)
 
 
+def _held_out_prompts(n: int) -> list[str]:
+    """The first ``n`` distinct prompts of ``sample_prompts("test", ..., seed=0)`` (categories in turn): the
+    held-out prompts of every export image (a repeated prompt with the same seed would only repeat a tile)."""
+    from vgen.world.grammar import sample_prompts
+
+    return list(dict.fromkeys(sample_prompts("test", 64, seed=0)))[:n]
+
+
 def _before_after(source: dict, policy, steps: int | None, size: int | None):
     """What a run changed, shown: the same held-out (test-split) prompts and seeds drawn by the base
     (now, while ``policy`` is still the base) and by the exported weights (when the returned function
@@ -532,11 +538,10 @@ def _before_after(source: dict, policy, steps: int | None, size: int | None):
     from vgen.engine import rollout
     from vgen.images import make_grid, to_uint8
     from vgen.io import save_png
-    from vgen.world.grammar import sample_prompts
     from vgen.world.verifier import verify
 
     s = _sampling(source, policy, steps, size)
-    distinct = list(dict.fromkeys(sample_prompts("test", 64, seed=0)))[:BEFORE_AFTER_PROMPTS]
+    distinct = _held_out_prompts(BEFORE_AFTER_PROMPTS)
     prompts = [p for p in distinct for _ in BEFORE_AFTER_SEEDS]
     seeds = [sd for _ in distinct for sd in BEFORE_AFTER_SEEDS]
 
