@@ -14,12 +14,18 @@ from test_solrl import _metrics
 from test_var_train import _one_thread, assert_same_metrics, kill_after_first_checkpoint, two_processes  # noqa: F401
 
 from vgen.cli import main
-from vgen.engine.scalewise import sample, teacher_forcing_inputs
+from vgen.engine.scalewise import filter_logits, sample, teacher_forcing_inputs
 from vgen.errors import UserError
 from vgen.eval.control import edge_f1, image_edges, mask_iou
 from vgen.models.var.var import block_causal_bias
-from vgen.scaleweaver.adapter import MODES, ControlRun, attach_control
-from vgen.scaleweaver.conditions import condition_image, control_run, read_condition, scene_conditions
+from vgen.scaleweaver.adapter import MODES, ControlRun, attach_control, condition_latent
+from vgen.scaleweaver.conditions import (
+    condition_guidance,
+    condition_image,
+    control_run,
+    read_condition,
+    scene_conditions,
+)
 
 PN = (1, 2, 3, 4)
 B = 3
@@ -65,7 +71,7 @@ def test_untrained_control_is_the_base_bit_for_bit(mode):
         want = sample(base, vae, labels.tolist(), [1, 2, 3], cfg=cfg, top_k=8, return_logits=True)
         keep = torch.ones(2 * B if cfg else B)
         got = sample(var, vae, labels.tolist(), [1, 2, 3], cfg=cfg, top_k=8, return_logits=True,
-                     control=ControlRun(var, cond, keep, PN, cfg_rows=bool(cfg)))
+                     control=ControlRun(var, cond, keep, PN, copies=2 if cfg else 1))
         assert all(torch.equal(a, b) for a, b in zip(got.logits, want.logits))
         assert torch.equal(got.images, want.images)
 
@@ -175,12 +181,105 @@ def test_cached_sampling_equals_recompute(mode, cfg):
     liven(var)
     keep = torch.tensor([1.0, 1.0, 1.0] + ([0.0, 0.0, 0.0] if cfg else []))
     out = [sample(var, vae, labels.tolist(), [4, 5, 6], cfg=cfg, top_k=8, return_logits=True, use_cache=cache,
-                  control=ControlRun(var, cond, keep, PN, cfg_rows=bool(cfg))) for cache in (True, False)]
+                  control=ControlRun(var, cond, keep, PN, copies=2 if cfg else 1)) for cache in (True, False)]
     for a, b in zip(out[0].logits, out[1].logits):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(out[0].tokens, out[1].tokens))
     plain = sample(base, vae, labels.tolist(), [4, 5, 6], cfg=cfg, top_k=8, return_logits=True)
     assert not torch.allclose(out[0].logits[-1], plain.logits[-1], atol=1e-3)  # the control acts
+
+
+# ---------------------------------------------------------------- multi-modal CFG
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_separate_condition_guidance_is_multimodal_cfg(mode):
+    """The sampler's log-probs under a condition guidance of its own equal, by three independent
+    teacher-forcing forwards, l(y,c) + t (l(y,c) - l(0,c)) + t_c (l(0,c) - l(0,0)) on the CFG ramp,
+    then top-k."""
+    vae, var, base, tokens, labels, cond = models(mode)
+    liven(var)
+    cfg, tc = 2.0, 5.0
+    keep = torch.tensor([1.0] * (2 * B) + [0.0] * B)
+    r = sample(var, vae, labels.tolist(), [4, 5, 6], cfg=cfg, top_k=8, return_logprobs=True,
+               control=ControlRun(var, cond, keep, PN, copies=3, cfg_control=tc))
+    null = torch.full_like(labels, var.num_classes)
+    with torch.no_grad():
+        yc = tf_logits(var, vae, r.tokens, labels, ControlRun(var, cond, torch.ones(B), PN))
+        nc = tf_logits(var, vae, r.tokens, null, ControlRun(var, cond, torch.ones(B), PN))
+        nn = tf_logits(base, vae, r.tokens, null)  # no condition: the base itself
+    assert not torch.allclose(nc, nn, atol=1e-3)  # the third term is not zero
+    start = 0
+    for si, pn in enumerate(PN):
+        at = slice(start, start + pn * pn)
+        start += pn * pn
+        t, t_c = cfg * si / (len(PN) - 1), tc * si / (len(PN) - 1)
+        mixed = yc[:, at] + t * (yc[:, at] - nc[:, at]) + t_c * (nc[:, at] - nn[:, at])
+        want = filter_logits(mixed.float(), 8).log_softmax(-1).gather(-1, r.tokens[si].unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(r.logprobs[si], want, atol=1e-4, rtol=1e-4)
+
+
+def test_condition_guidance_equal_or_zero_needs_two_copies_only(trained):
+    """Equal scales are one guidance on class and condition, a zero one guides the class alone: both
+    run the samples and their null twins only, and equal the three-copy form up to rounding."""
+    from vgen.models.load import load
+
+    m = load(trained / "model")
+    images, _ = scene_conditions([0, 10, 46], [5, 5, 5], "edges", 64)
+    latent = condition_latent(m.vqvae, images)
+    for tc, running in ((2.0, [0, 1, 2]), (0.0, None)):  # the rows that see the condition (None: all)
+        two = control_run(m.var, m.vqvae, images, 2.0, tc)
+        assert two.R == 6 and two.cfg_control is None
+        assert (two.on if two.on is None else two.on.tolist()) == running
+        three = ControlRun(m.var, latent, torch.tensor([1.0] * 6 + [0.0] * 3), m.var.patch_nums, copies=3,
+                           cfg_control=tc)
+        a, b = (sample(m.var, m.vqvae, [0, 10, 46], [3, 4, 5], cfg=2.0, top_k=40, return_logprobs=True, control=run)
+                for run in (two, three))
+        assert all(torch.equal(x, y) for x, y in zip(a.tokens, b.tokens))
+        for x, y in zip(a.logprobs, b.logprobs):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    assert control_run(m.var, m.vqvae, images, 2.0).R == 6  # default: the class's scale on both
+    assert control_run(m.var, m.vqvae, images, 2.0, 4.0).R == 9
+    assert control_run(m.var, m.vqvae, images, 0.0, 0.0).R == 3
+    with pytest.raises(UserError, match="finite and >= 0"):
+        control_run(m.var, m.vqvae, images, 2.0, float("nan"))
+
+
+@pytest.mark.parametrize("sampling, given, want", [
+    ({}, None, 2.0), ({"guide_control": False}, None, 0.0), ({"cfg_control": 5.0}, None, 5.0),
+    ({"cfg_control": 5.0, "guide_control": False}, None, 5.0), ({"cfg_control": 5.0}, 1.5, 1.5)])
+def test_condition_guidance_defaults(sampling, given, want):
+    assert condition_guidance(sampling, 2.0, given) == want
+
+
+def test_recipe_records_its_condition_guidance(tmp_path):
+    assert main(["train", *_args(tmp_path, "g", "iterations=1", "save_model=true", "sample_cfg_control=5")]) == 0
+    sampling = json.loads((tmp_path / "g" / "model" / "config.json").read_text())["sampling"]
+    assert sampling["cfg_control"] == 5.0 and sampling["guide_control"] is True
+
+
+def test_cfg_control_flags(trained, tmp_path, capsys):
+    model = str(trained / "model")
+    for name, extra in (("a", []), ("b", ["--cfg-control", "6"])):
+        assert main(["sample", "--model", model, "--classes", "0", "10", "46", "--control-seeds", "3",
+                     "--out", str(tmp_path / name), *extra]) == 0
+    a, b = (json.loads((tmp_path / n / "samples.json").read_text()) for n in "ab")
+    assert (a["cfg_control"], b["cfg_control"]) == (a["cfg"], 6.0)
+    assert main(["eval", "--model", model, "--classes", "0", "--seeds", "1000000", "--metrics", "control",
+                 "--cfg-control", "6", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "report.json").read_text())["control"]["cfg_control"] == 6.0
+    capsys.readouterr()
+    for args, message in (
+            (["sample", "--model", model, "--classes", "0", "--cfg-control", "3"], "give --control FILE"),
+            (["sample", "--model", model, "--classes", "0", "--control-seeds", "3", "--cfg-control", "-1"],
+             "cfg_control"),
+            (["sample", "--model", "assets/var-tiny-shapes", "--classes", "0", "--control-seeds", "3",
+              "--cfg-control", "3"], "no control adapter"),
+            (["eval", "--model", "assets/var-tiny-shapes", "--classes", "0", "--metrics", "control",
+              "--cfg-control", "3"], "needs a model with one")):
+        msg = user_error(capsys, *args, "--out", str(tmp_path / "x"))
+        assert message in msg, msg
+        assert not (tmp_path / "x").exists()
 
 
 def test_the_folder_keeps_the_adapter(tmp_path):

@@ -3,7 +3,8 @@ in the same frozen backbone, against the uncontrolled base, over several seeds.
 
     python tools/scaleweaver_compare.py [--config configs/scaleweaver/edges.yaml] [--seeds 0 1 2]
                                         [--eval-seeds 1000000-1000002] [--arms reference joint controlnet]
-                                        [--parallel 2 | --cores 1] [--out runs/scaleweaver-compare] [key=value ...]
+                                        [--parallel 2 | --cores 1] [--out runs/scaleweaver-compare]
+                                        [--cfg-control X --tag NAME] [key=value ...]
 
 Each arm trains the config with its own ``mode`` (``causal`` is reference attention with
 ``ref_scales=causal``; ``lr3e-3`` reference attention at three times the lr): the same base, data,
@@ -15,6 +16,11 @@ own condition map (the base without it: its chance level). It writes ``report.js
 ``vgen bench control`` cost table of the seed-0 models when ``--bench`` ran) and ``grid.png``
 (held-out scenes: condition, base, then each arm, same class and seed). Finished runs and
 evaluations are reused, so the script resumes.
+
+``--cfg-control X`` evaluates the arms with a guidance scale of the condition's own (multi-modal CFG;
+default: the config's CFG on class and condition together). ``--tag NAME`` keeps such evaluations
+apart (``ARM-sS-eval-NAME``, ``report-NAME.*``, ``grid-NAME.png``), e.g. a sweep of the scale on
+other held-out scenes (``--eval-seeds 2000000``) before one test evaluation at the chosen scale.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ def main() -> None:
     ap.add_argument("--cores", type=int, nargs="+", help="the cores to run on instead (one run per core)")
     ap.add_argument("--bench", action="store_true", help="also run `vgen bench control` on the seed-0 models")
     ap.add_argument("--out", default="runs/scaleweaver-compare")
+    ap.add_argument("--cfg-control", type=float, default=None, help="the arms' guidance scale of the condition")
+    ap.add_argument("--tag", default="", help="suffix of this evaluation's folders and report (e.g. a sweep)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of every arm's config")
     a = ap.parse_args()
     out = Path(a.out)
@@ -60,13 +68,17 @@ def main() -> None:
     cores = a.cores or list(range(a.parallel))
     kind = cfg.get("control", "edges")
 
+    tag = f"-{a.tag}" if a.tag else ""
+    guide = [] if a.cfg_control is None else ["--cfg-control", str(a.cfg_control)]
+
     def evaluation(model: str, name: str) -> list:
-        rep = out / f"{name}-eval"
+        rep = out / f"{name}-eval{tag}"
         if (rep / "report.json").is_file():
             return []
         return [(["eval", "--model", model, "--seeds", a.eval_seeds, "--metrics", "geneval", "fid", "control",
                   "--control-kind", kind, "--cfg", str(cfg.get("sample_cfg", 2.0)), "--top-k",
-                  str(cfg.get("sample_top_k", 40)), "--out", str(rep), "--force"], out / f"{rep.name}.log")]
+                  str(cfg.get("sample_top_k", 40)), "--out", str(rep), "--force", *([] if name == "base" else guide)],
+                 out / f"{rep.name}.log")]
 
     train, evals = [], evaluation(cfg["init"], "base")
     for s in a.seeds:
@@ -84,17 +96,19 @@ def main() -> None:
         run_all([(["bench", "control", f"model={cfg['init']}", f"models={models}", f"kind={kind}",
                    f"run.out_dir={out}", "run.name=bench"], out / "bench.log")], cores[:1])
 
-    table = {"base": scores(out / "base-eval")}
+    table = {"base": scores(out / f"base-eval{tag}")}
     for arm in a.arms:
-        table[arm] = [scores(out / f"{arm}-s{s}-eval") for s in a.seeds]
+        table[arm] = [scores(out / f"{arm}-s{s}-eval{tag}") for s in a.seeds]
     bench = json.loads((out / "bench" / "report.json").read_text()) if (out / "bench" / "report.json").is_file() \
         else None
     report = {"config": a.config, "overrides": a.overrides, "seeds": a.seeds, "eval_seeds": a.eval_seeds,
-              "kind": kind, "table": table, "bench": bench and bench["rows"]}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+              "kind": kind, "cfg_control": a.cfg_control, "table": table, "bench": bench and bench["rows"]}
+    (out / f"report{tag}.json").write_text(json.dumps(report, indent=1))
+    how = "" if a.cfg_control is None else \
+        f" The arms guide the condition at {a.cfg_control} (class: the config's CFG)."
     lines = [f"# ScaleWeaver control table: `{a.config}` {' '.join(a.overrides)}", "",
              f"Held-out world scenes: every class x seeds {a.eval_seeds}, each sampled under its own {kind} map "
-             f"(the base without it); mean +- std over training seeds {a.seeds}. Edge F1 at 1 px tolerance.", "",
+             f"(the base without it); mean +- std over training seeds {a.seeds}. Edge F1 at 1 px tolerance.{how}", "",
              "| variant | edge F1 | mask IoU | GenEval-Shapes strict | FID-shapes |", "|---|---|---|---|---|"]
 
     def ms(rows, key, pct=False, digits=3):
@@ -114,12 +128,13 @@ def main() -> None:
         from vgen.bench.control import _markdown
 
         lines += ["", _markdown(bench)]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / f"report{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    grid(out / "grid.png", cfg, a.arms, out, a.seeds[0], kind)
+    grid(out / f"grid{tag}.png", cfg, a.arms, out, a.seeds[0], kind, a.cfg_control)
 
 
-def grid(path: Path, cfg: dict, arms: list[str], out: Path, seed: int, kind: str, n: int = 8) -> None:
+def grid(path: Path, cfg: dict, arms: list[str], out: Path, seed: int, kind: str, cfg_control=None,
+         n: int = 8) -> None:
     """Rows of held-out scenes: condition | base sample | each arm's sample (same class and seed)."""
     import torch
     from PIL import Image, ImageDraw
@@ -137,7 +152,7 @@ def grid(path: Path, cfg: dict, arms: list[str], out: Path, seed: int, kind: str
     cols.append(sample(base.var, base.vqvae, classes, seeds, **settings).images)
     for arm in arms:
         m = load(out / f"{arm}-s{seed}" / "model")
-        run = control_run(m.var, m.vqvae, conds, settings["cfg"])
+        run = control_run(m.var, m.vqvae, conds, settings["cfg"], cfg_control)
         cols.append(sample(m.var, m.vqvae, classes, seeds, **settings, control=run).images)
     g = torch.cat([torch.cat(list(c.clamp(0, 1)), 1) for c in cols], 2)  # (3, n*64, cols*64)
     img = Image.fromarray((g.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).resize(

@@ -59,7 +59,8 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
 
 # `vgen sample` flags of one model kind (default None: not given); the other kind refuses them.
 _PIPELINE_FLAGS = ("prompts", "steps", "guidance", "shift", "height", "width", "chunk_size", "dtype")
-_VAR_FLAGS = ("classes", "cfg", "top_k", "top_p", "depth", "switch_scale", "control", "control_seeds", "control_kind")
+_VAR_FLAGS = ("classes", "cfg", "top_k", "top_p", "depth", "switch_scale", "control", "control_seeds", "control_kind",
+              "cfg_control")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if var:
             raise UserError(f"{flag} does not apply to {args.model!r}, a VAR model folder "
                             "(it takes --classes, --cfg, --top-k, --top-p, --depth, --switch-scale, --control, "
-                            "--control-seeds, --control-kind)")
+                            "--control-seeds, --control-kind, --cfg-control)")
         raise UserError(f"{flag} is for VAR model folders and {args.model!r} is not one (a pipeline takes --prompts)")
     items = args.classes if var else args.prompts
     if items is None:
@@ -125,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(seeds=parse_seeds(args.seeds), metrics=tuple(args.metrics), rewards=list(args.rewards),
                        n=args.n, steps=args.steps, guidance=args.guidance, resolution=args.resolution,
                        classes=args.classes, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, patch_nums=pns,
-                       control_kind=args.control_kind, control_tol=args.control_tol,
+                       control_kind=args.control_kind, control_tol=args.control_tol, cfg_control=args.cfg_control,
                        switch_scale=args.switch_scale, depth=args.depth,
                        inception_weights=args.inception_weights, ref_stats=args.ref_stats,
                        fid_reference=args.fid_reference, checkpoint=args.checkpoint)
@@ -241,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="VAR with a control adapter: condition = each class's world scene from these seeds")
     sm.add_argument("--control-kind", default=None, choices=["edges", "mask"],
                     help="with --control-seeds: which map of the scene (default: the model's)")
+    sm.add_argument("--cfg-control", type=float, default=None,
+                    help="VAR with a control adapter: a guidance scale of the condition's own (multi-modal CFG; "
+                    "default: the folder's, else --cfg: class and condition guided together)")
     sm.add_argument("--device", default="cpu")
     sm.set_defaults(func=cmd_sample)
 
@@ -255,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--control-kind", default=None, choices=["edges", "mask"],
                     help="VAR, metric control: the scenes' condition map (default: the model's)")
     ev.add_argument("--control-tol", type=int, default=1, help="VAR, metric control: edge F1 tolerance in pixels")
+    ev.add_argument("--cfg-control", type=float, default=None,
+                    help="VAR with a control adapter, metric control: the condition's own guidance scale "
+                    "(default: the model's, else --cfg)")
     ev.add_argument("--rewards", nargs="*", default=[], metavar="NAME[=PATH]",
                     help="registered rewards to average, e.g. jpeg_compressibility pickscore=/models/pickscore")
     ev.add_argument("--n", type=int, default=300, help="pipeline: test-split prompts (categories balanced)")

@@ -98,7 +98,8 @@ def sample(model: str, prompts: list[str], seeds: list[str], out: str, steps: in
 def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: float | None = None,
                top_k: int | None = None, top_p: float | None = None, device: str = "cpu", depth: int | None = None,
                switch_scale: int | None = None, control: list[str] | None = None,
-               control_seeds: list[str] | None = None, control_kind: str | None = None) -> int:
+               control_seeds: list[str] | None = None, control_kind: str | None = None,
+               cfg_control: float | None = None) -> int:
     """`vgen sample` for a VAR model (folder, run or official files): every (class, seed); CFG /
     top-k / top-p and VARiant's depth / switch scale default to the model's ``sampling`` settings,
     so a trained model samples as its recipe evaluated it.
@@ -106,7 +107,8 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
     ScaleWeaver (a model with a control adapter): ``control`` condition image files, or
     ``control_seeds``, the world's own scenes of each class from those seeds, whose ``control_kind``
     map (default: the folder's) is the condition; every (condition, class, seed) is sampled and the
-    condition images are written beside the samples (control-NNNN.png)."""
+    condition images are written beside the samples (control-NNNN.png). ``cfg_control``: a guidance
+    scale of its own on the condition (default: the folder's, else the class's ``cfg``)."""
     from vgen.engine.scalewise import sample as scalewise
     from vgen.models.load import load
 
@@ -114,6 +116,10 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
     prompts = described.classes
     class_ids, seed_list = parse_classes(classes, len(prompts)), parse_seeds(seeds)
     settings = var_settings({}, cfg, top_k, top_p)
+    if cfg_control is not None:
+        from vgen.models.var.folder import check_sampling
+
+        check_sampling({"cfg_control": cfg_control}, "the")
     if arch := described_arch(described):
         var_depth_plan(arch["depth"], len(arch["patch_nums"]), described.sampling, depth, switch_scale)
     if control is not None and control_seeds is not None:
@@ -122,6 +128,8 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
         raise UserError(f"{str(model)!r} has no control adapter (train one with the scaleweaver recipe)")
     if control_kind is not None and control_seeds is None:
         raise UserError("--control-kind applies to --control-seeds (the world's own maps)")
+    if cfg_control is not None and control is None and control_seeds is None:
+        raise UserError("--cfg-control guides the condition: give --control FILE or --control-seeds")
     pairs = [(c, s) for c in class_ids for s in seed_list]
     records = [{"class": c, "prompt": prompts[c], "seed": s} for c, s in pairs]
     conds = None
@@ -135,14 +143,17 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
     if plan is not None:
         settings["depth_plan"] = plan
     if conds is not None:
-        settings["control"] = control_run_for(m, conds, settings["cfg"])
+        from vgen.scaleweaver.conditions import condition_guidance, control_run
+
+        tc = condition_guidance(m.sampling, settings["cfg"], cfg_control)
+        settings["control"] = control_run(m.var, m.vqvae, conds, settings["cfg"], tc)
     t0 = time.perf_counter()
     r = scalewise(m.var, m.vqvae, [c for c, _ in pairs], [s for _, s in pairs], **settings)
     elapsed = time.perf_counter() - t0
     if conds is not None:
         for i, img in enumerate(to_uint8(conds)):
             save_png(Path(out) / f"control-{i:04d}.png", img)
-        settings["control"] = m.sampling.get("control", "edges") if control is None else "files"
+        settings.update(control=m.sampling.get("control", "edges") if control is None else "files", cfg_control=tc)
     write_samples(out, r.images, records, [f"{c}: {prompts[c]} ({s})" for c, s in pairs],
                   {"model": str(model), **settings, "resolution": m.resolution, "seconds": elapsed})
     return 0
@@ -168,12 +179,6 @@ def control_images(m, files, scene_seeds, kind, pairs, records):
     recs = {(r["class"], r["seed"]): r for r in records}
     return (torch.stack([img for img, *_ in rows]), [{**recs[(c, s)], **info} for _, info, c, s in rows],
             [(c, s) for *_, c, s in rows])
-
-
-def control_run_for(m, conds, cfg: float):
-    from vgen.scaleweaver.conditions import control_run
-
-    return control_run(m.var, m.vqvae, conds, cfg, bool(m.sampling.get("guide_control", True)))
 
 
 def load_var(model, device: str = "cpu"):

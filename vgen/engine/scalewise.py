@@ -76,12 +76,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> t
     return logits
 
 
-def cfg_mix(logits: torch.Tensor, B: int, cfg: float, si: int, num_scales: int) -> torch.Tensor:
-    """(1 + t) l_cond - t l_null with t = cfg * si / (K - 1); rows [:B] are cond, [B:2B] null."""
-    if not cfg:
-        return logits[:B]
-    t = cfg * si / (num_scales - 1) if num_scales > 1 else 0.0
-    return (1 + t) * logits[:B] - t * logits[B:2 * B]
+def cfg_mix(logits: torch.Tensor, B: int, cfg: float, si: int, num_scales: int,
+            cfg_control: float | None = None) -> torch.Tensor:
+    """(1 + t) l_cond - t l_null with t = cfg * si / (K - 1); rows [:B] are cond, [B:2B] null.
+    With ``cfg_control`` (ScaleWeaver's separate guidance on the condition), rows [2B:3B] drop the
+    condition too and t_c (l_null - l_none), t_c on the same ramp, is added."""
+    def t(scale: float) -> float:
+        return scale * si / (num_scales - 1) if num_scales > 1 else 0.0
+
+    out = logits[:B] if not cfg else (1 + t(cfg)) * logits[:B] - t(cfg) * logits[B:2 * B]
+    if cfg_control is not None:
+        out = out + t(cfg_control) * (logits[B:2 * B] - logits[2 * B:3 * B])
+    return out
 
 
 def draw(logits: torch.Tensor, seeds: list[int], si: int) -> torch.Tensor:
@@ -199,9 +205,9 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     axis, when not 1, spans the whole sampled sequence (L = sum pn^2 of the scales), as in the
     training forward; each scale uses its own rows. So a stream that differs per scale is one
     stream over all scales with a bias that shows each scale its part (``scale_ref_bias``).
-    ``control``: a ScaleWeaver ``ControlRun`` for these samples, made with ``cfg_rows`` = (cfg != 0)
-    (``vgen.scaleweaver.sampling.control_run`` makes one from condition images).
-    """
+    ``control``: a ScaleWeaver ``ControlRun`` for these samples, laid out for this ``cfg``
+    (``vgen.scaleweaver.conditions.control_run`` makes one from condition images); one made with a
+    ``cfg_control`` adds a third copy of the rows (null class, no condition) and its guidance term."""
     class_ids, seeds = [int(c) for c in class_ids], [int(s) for s in seeds]
     if len(class_ids) != len(seeds):
         raise UserError(f"got {len(class_ids)} class ids but {len(seeds)} seeds")
@@ -218,7 +224,8 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     if control is not None:
         if plan is not None or ref_kv is not None:
             raise UserError("a control condition cannot be combined with a depth plan or a reference stream")
-        if control.B != len(class_ids) or control.R != (2 if cfg else 1) * len(class_ids) or control.pns != pns:
+        copies = 3 if control.cfg_control is not None else 2 if cfg else 1
+        if control.B != len(class_ids) or control.R != copies * len(class_ids) or control.pns != pns:
             raise UserError(f"the control was prepared for {control.B} samples ({control.R} rows, scales "
                             f"{list(control.pns)}); sampling {len(class_ids)} with cfg {cfg} at {list(pns)}")
 
@@ -267,10 +274,11 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
             return_logits, inputs_override, decode_images, cache_stats=None, ref_kv=None,
             ref_bias=None, control=None, forced=None) -> ScaleSample:
     K, B = len(pns), len(class_ids)
-    # Model rows: the B samples, then (with CFG) the same B rows with the null class.
-    rows = labels
-    if cfg:
-        rows = torch.cat([rows, torch.full_like(rows, var.num_classes)])
+    # Model rows: the B samples, then (with CFG) the same B rows with the null class (and, with a
+    # control's own guidance, once more without the condition: the control's keep says which).
+    copies = control.R // B if control is not None else 2 if cfg else 1
+    tc = None if control is None else control.cfg_control
+    rows = torch.cat([labels] + [torch.full_like(labels, var.num_classes)] * (copies - 1))
     cond_BD, cond = var.condition(rows)
     if ref_kv is not None:  # the reference stream, laid out as the model rows (null rows: the same reference)
         ref_kv = [None if kv is None else tuple(ref_rows(t, B, cfg) for t in kv) for kv in ref_kv]
@@ -291,7 +299,7 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
                 if inp.shape != nxt.shape:
                     raise UserError(f"inputs_override[{si}] has shape {tuple(inp.shape)}, "
                                     f"expected {tuple(nxt.shape)}")
-            inp = inp.repeat(2 if cfg else 1, 1, 1)
+            inp = inp.repeat(copies, 1, 1)
             inputs.append(inp)
             x = var.embed_scale(inp, si, pns)
         if use_cache:
@@ -309,7 +317,7 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
         if cache_stats is not None:
             cache_stats["bytes"].append(cache_bytes(caches) + (control.state_bytes() if control is not None else 0))
             cache_stats["peak_bytes"] = max(cache_stats["bytes"])
-        mixed = cfg_mix(logits.float(), B, cfg, si, K)
+        mixed = cfg_mix(logits.float(), B, cfg, si, K, tc)
         guided = filter_logits(mixed, top_k, top_p)
         idx = draw(guided, seeds, si) if forced is None else forced[si].to(guided.device)
         tokens.append(idx)

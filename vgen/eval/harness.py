@@ -134,6 +134,7 @@ class EvalOptions:
     classes: list[str] | None = None           # VAR: ids / ranges / "all" (default: all)
     control_kind: str | None = None            # VAR, metric control: edges | mask (default: the model's)
     control_tol: int = 1                       # VAR, metric control: edge F1 tolerance, pixels
+    cfg_control: float | None = None           # VAR with a control: the condition's own guidance (default: the model's)
     cfg: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -150,6 +151,10 @@ class EvalOptions:
 
 def _check(opts: EvalOptions) -> None:
     check_metrics(opts.metrics)  # every request checked before the (long) generation
+    if opts.cfg_control is not None:
+        from vgen.models.var.folder import check_sampling
+
+        check_sampling({"cfg_control": opts.cfg_control}, "the")
     if opts.n < 1 or not opts.seeds:
         raise UserError("--n must be >= 1 and --seeds must name at least one seed")
     for what, path in (("Inception weights", opts.inception_weights), ("reference statistics", opts.ref_stats)):
@@ -174,7 +179,7 @@ def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict,
     if described.kind == "var":
         return evaluate_var_model(model, opts, described)
     var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "depth", "switch_scale", "ref_stats",
-                            "control_kind") if getattr(opts, k) is not None]
+                            "control_kind", "cfg_control") if getattr(opts, k) is not None]
     if "control" in opts.metrics:
         raise UserError(f"the control metric applies to VAR models; {model!r} is a diffusers pipeline")
     if var_only:
@@ -200,9 +205,10 @@ def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict,
 
 
 def var_images(var, vqvae, classes: list[int], seeds: list[int], settings: dict, batch: int = 64,
-               progress: bool = False, conditions=None, guide: bool = True) -> np.ndarray:
+               progress: bool = False, conditions=None, cfg_control: float | None = None) -> np.ndarray:
     """uint8 (len(classes) * len(seeds), H, W, 3) samples, class-major (class c, then each seed);
-    ``conditions`` (ScaleWeaver): one condition image per sample, in the same order."""
+    ``conditions`` (ScaleWeaver): one condition image per sample, in the same order, guided by
+    ``cfg_control`` (default: the class's cfg)."""
     from tqdm.auto import tqdm
 
     from vgen.engine.scalewise import sample
@@ -216,7 +222,7 @@ def var_images(var, vqvae, classes: list[int], seeds: list[int], settings: dict,
         if conditions is not None:
             from vgen.scaleweaver.conditions import control_run
 
-            extra["control"] = control_run(var, vqvae, conditions[lo:lo + len(part)], settings["cfg"], guide,
+            extra["control"] = control_run(var, vqvae, conditions[lo:lo + len(part)], settings["cfg"], cfg_control,
                                            settings.get("patch_nums"))
         r = sample(var, vqvae, [c for c, _ in part], [s for _, s in part], **settings, **extra)
         out.append(to_uint8(r.images))
@@ -259,12 +265,14 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
                                              control["kind"], resolution)
         conditions = cond_images if controlled else None
     t = time.perf_counter()
-    images = var_images(var, vqvae, classes, seeds, settings, batch, progress, conditions, control and control["guide"])
+    images = var_images(var, vqvae, classes, seeds, settings, batch, progress, conditions,
+                        (control or {}).get("cfg_control"))
     out["seconds"]["generate"] = time.perf_counter() - t
     prompts = [class_prompts[c] for c in classes for _ in seeds]
     if maps is not None:
         out["control"] = control_summary(images, maps, prompts, len(seeds), control["kind"], control["tol"],
                                          controlled)
+        out["control"]["cfg_control"] = control["cfg_control"] if controlled else None
     if "geneval" in metrics:
         if grammar:
             t = time.perf_counter()
@@ -306,6 +314,7 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     """`vgen eval` of a VAR model folder, VAR run or official checkpoint pair (see EvalOptions)."""
     from vgen.models.load import load
     from vgen.sample import described_arch, parse_classes, var_depth_plan, var_settings
+    from vgen.scaleweaver.conditions import condition_guidance
 
     pipeline_only = [k for k in ("steps", "guidance") if getattr(opts, k) is not None]
     if pipeline_only or opts.rewards:
@@ -315,6 +324,9 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     var_settings({}, opts.cfg, opts.top_k, opts.top_p)  # bad sampling flags first
     m = described or load(model, weights=False, checkpoint=opts.checkpoint)
     classes = parse_classes(opts.classes or ["all"], len(m.classes))
+    if opts.cfg_control is not None and not ("control" in opts.metrics and (described_arch(m) or {}).get("control")):
+        raise UserError("--cfg-control guides a control adapter's condition: it needs a model with one and "
+                        "--metrics control")
     if arch := described_arch(m):  # the depth flags checked before the weights load
         K = len(opts.patch_nums or arch["patch_nums"])
         var_depth_plan(arch["depth"], K, m.sampling, opts.depth, opts.switch_scale)
@@ -333,7 +345,8 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     control = None
     if "control" in opts.metrics:
         kind = opts.control_kind or m.sampling.get("control", "edges")
-        control = {"kind": kind, "tol": opts.control_tol, "guide": bool(m.sampling.get("guide_control", True))}
+        control = {"kind": kind, "tol": opts.control_tol,
+                   "cfg_control": condition_guidance(m.sampling, settings["cfg"], opts.cfg_control)}
     scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,
                                            opts.metrics, m.resolution, opts.batch, opts.progress, control)
     report = {"vgen_version": __version__, "model": str(model), "kind": "var", "source": m.source, "step": m.step,

@@ -136,6 +136,7 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     from vgen.images import sample_sheet
     from vgen.models.load import load
     from vgen.models.var.folder import write_var_files
+    from vgen.scaleweaver.conditions import condition_guidance
     from vgen.train.checkpoint import latest_eval
     from vgen.world.grammar import is_grammar_prompt
 
@@ -178,7 +179,7 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
         else:
             write_var_files(tmp, m.vqvae, m.var, m.classes, m.resolution, m.sampling, extra=extra, metadata=stamp)
         images = var_images(m.var, m.vqvae, shown, [0], {k: m.sampling[k] for k in ("cfg", "top_k", "top_p")},
-                            conditions=conditions, guide=bool(m.sampling.get("guide_control", True)))
+                            conditions=conditions, cfg_control=condition_guidance(m.sampling, m.sampling["cfg"]))
         verdicts = sample_sheet(tmp / "samples.png", images, [f"{c}: {m.classes[c]}" for c in shown],
                                 [m.classes[c] for c in shown], cols=6)
         note = (f"Classes 0-{len(shown) - 1}, seed 0, CFG {m.sampling['cfg']}, top-k {m.sampling['top_k']}, top-p "

@@ -181,8 +181,10 @@ def condition_latent(vqvae, images: torch.Tensor) -> torch.Tensor:
 
 class ControlRun:
     """The control of one forward or one sampling call: the condition of B samples laid out as the
-    model's R rows (R = B, or 2B with CFG: the samples, then their unconditional twins), which rows
-    keep it, and each mode's state (the reference keys, the joint stream, the ControlNet branch).
+    model's R = ``copies`` x B rows (B; 2B with CFG: the samples, then their null-class twins; 3B with
+    a separate condition guidance ``cfg_control``: then the null class without the condition too),
+    which rows keep it, and each mode's state (the reference keys, the joint stream, the ControlNet
+    branch).
 
     Only the rows that keep the condition (``keep`` != 0) run any of it: the others get an exact zero,
     so the unconditional CFG rows cost nothing extra in any mode.
@@ -190,12 +192,16 @@ class ControlRun:
     ``start(scales, lengths, pns)`` prepares a full-sequence forward (training, recompute);
     ``at_scale(si)`` one cached sampling step. ``side(j)`` is block j's hook for ``AdaLNSelfAttn``."""
 
-    def __init__(self, var, latent: torch.Tensor, keep: torch.Tensor, pns, cfg_rows: bool = False):
+    def __init__(self, var, latent: torch.Tensor, keep: torch.Tensor, pns, copies: int = 1,
+                 cfg_control: float | None = None):
         if getattr(var, "control", None) is None:
             raise UserError("this model has no control adapter: train one with the scaleweaver recipe")
-        self.var, self.ad = var, var.control
+        if (copies == 3) != (cfg_control is not None) or copies not in (1, 2, 3):
+            raise UserError(f"a control runs 1 or 2 copies of the samples, or 3 with cfg_control; got {copies} "
+                            f"copies and cfg_control {cfg_control}")
+        self.var, self.ad, self.cfg_control = var, var.control, cfg_control
         B = latent.shape[0]
-        self.B, self.R = B, 2 * B if cfg_rows else B
+        self.B, self.R = B, copies * B
         if keep.shape != (self.R,):
             raise UserError(f"keep must give one weight per model row ({self.R}), got shape {tuple(keep.shape)}")
         self.pns = tuple(pns)

@@ -9,6 +9,7 @@ resolution, grey or RGB.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,18 +63,37 @@ def read_condition(path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def control_run(var, vqvae, images: torch.Tensor, cfg: float, guide: bool = True, patch_nums=None):
-    """The ``ControlRun`` that samples B images under ``images`` (B, 3, H, W): with CFG the
-    unconditional rows drop the condition too when ``guide`` (guidance on class and condition
-    together), else keep it (guidance on the class only)."""
+def condition_guidance(sampling: dict, cfg: float, cfg_control: float | None = None) -> float:
+    """The guidance scale on the condition: ``cfg_control`` when given, else the model folder's
+    ``cfg_control``, else ``cfg`` (one guidance on class and condition together) unless the folder's
+    ``guide_control`` is false (the class alone: 0)."""
+    if cfg_control is not None:
+        return float(cfg_control)
+    if sampling.get("cfg_control") is not None:
+        return float(sampling["cfg_control"])
+    return float(cfg) if sampling.get("guide_control", True) else 0.0
+
+
+def control_run(var, vqvae, images: torch.Tensor, cfg: float, cfg_control: float | None = None, patch_nums=None):
+    """The ``ControlRun`` that samples B images under ``images`` (B, 3, H, W), with guidance ``cfg``
+    on the class and ``cfg_control`` (default: ``cfg``) on the condition, multi-modal CFG on the
+    sampler's ramp: l(y, c) + t (l(y, c) - l(0, c)) + t_c (l(0, c) - l(0, 0)), 0 the null class or no
+    condition. Equal scales, or a zero one, need only the samples and their null-class twins (2B rows,
+    l(0, 0) or l(0, c) as the null); other scales add a third copy of the rows."""
     from vgen.scaleweaver.adapter import ControlRun, condition_latent
 
     if images.dim() != 4 or images.shape[1] != 3:
         raise UserError(f"condition images must be (B, 3, H, W), got {tuple(images.shape)}")
+    tc = float(cfg if cfg_control is None else cfg_control)
+    if not (tc >= 0 and math.isfinite(tc)):
+        raise UserError(f"the condition's guidance (cfg_control) must be finite and >= 0, got {tc}")
     B = images.shape[0]
-    keep = torch.ones(2 * B if cfg else B)
-    if cfg and guide:
-        keep[B:] = 0
+    if tc == cfg or tc == 0:  # the null rows drop the condition when it is guided
+        copies, keep = (2 if cfg else 1), torch.ones(2 * B if cfg else B)
+        keep[B:] = 0.0 if tc else 1.0
+        tc = None
+    else:  # [class + condition, null + condition, null alone]
+        copies, keep = 3, torch.cat([torch.ones(2 * B), torch.zeros(B)])
     dev = var.head.weight.device
     lat = condition_latent(vqvae, images.to(dev))
-    return ControlRun(var, lat, keep.to(dev), var.check_patch_nums(patch_nums), cfg_rows=bool(cfg))
+    return ControlRun(var, lat, keep.to(dev), var.check_patch_nums(patch_nums), copies=copies, cfg_control=tc)

@@ -61,6 +61,9 @@ class ScaleWeaverConfig(VARTrainConfig):
                                                   "scale only, or of every scale up to theirs")
     control_drop: float = param(0.1, ge=0, le=1, help="share of samples trained without their condition (CFG)")
     guide_control: bool = param(True, help="sampling: the unconditional CFG rows also drop the condition")
+    sample_cfg_control: float | None = param(None, ge=0, le=50, help="sampling: a guidance scale of the condition's "
+                                             "own (multi-modal CFG; default: sample_cfg on class and condition "
+                                             "together, or 0 without guide_control)")
     eval_items: int = param(140, ge=0, help="held-out scenes sampled under their condition at each evaluation")
     control_tol: int = param(1, ge=0, le=8, help="edge F1 tolerance, pixels")
     lr: float = param(5e-4, gt=0, le=1.0, help="peak AdamW learning rate")
@@ -151,6 +154,13 @@ class ControlData:
         return rows
 
 
+def guidance(cfg: ScaleWeaverConfig) -> dict:
+    """The condition's guidance among the saved model's sampling defaults (vgen.scaleweaver.conditions.
+    condition_guidance reads them)."""
+    own = {} if cfg.sample_cfg_control is None else {"cfg_control": cfg.sample_cfg_control}
+    return {"guide_control": cfg.guide_control, **own}
+
+
 def drops(seed: int, step: int, batch: int, rate: float) -> np.ndarray:
     """Which samples of the global batch of ``step`` train without their condition (from (seed, step))."""
     if rate <= 0:
@@ -183,7 +193,7 @@ def control_objective(cfg: ScaleWeaverConfig, box: dict):
 
 @torch.no_grad()
 def control_eval(var, vqvae, class_ids, seeds, kind: str, resolution: int, sampling: dict, tol: int = 1,
-                 guide: bool = True, batch: int = 70):
+                 cfg_control: float | None = None, batch: int = 70):
     """Sample every (class, seed) scene under its own condition; per image edge F1, mask IoU and the
     verifier's strict verdict, with the images and condition images."""
     from vgen.engine.scalewise import sample
@@ -197,7 +207,7 @@ def control_eval(var, vqvae, class_ids, seeds, kind: str, resolution: int, sampl
     for lo in range(0, len(class_ids), batch):
         c, s = list(class_ids[lo:lo + batch]), list(seeds[lo:lo + batch])
         cimg, maps = scene_conditions(c, s, kind, resolution)
-        run = control_run(var, vqvae, cimg, sampling["cfg"], guide)
+        run = control_run(var, vqvae, cimg, sampling["cfg"], cfg_control)
         r = sample(var, vqvae, c, s, sampling["cfg"], sampling.get("top_k", 0), sampling.get("top_p", 0.0),
                    control=run)
         sc = control_scores(r.images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]),
@@ -227,6 +237,7 @@ def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
     on) sampled under their own maps; report and grid in eval/step-N/."""
     from vgen.engine.scalewise import evaluating
     from vgen.scaleweaver.adapter import ControlRun
+    from vgen.scaleweaver.conditions import condition_guidance
     from vgen.vartrain.losses import tf_forward, token_ce
 
     def evaluate(var, vqvae, step: int) -> dict:
@@ -251,7 +262,7 @@ def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
             sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
             with evaluating(var):
                 sc, images, conds = control_eval(var, vqvae, classes, seeds, cfg.control, cfg.resolution, sampling,
-                                                 cfg.control_tol, cfg.guide_control)
+                                                 cfg.control_tol, condition_guidance(guidance(cfg), cfg.sample_cfg))
             write_grid(folder / "control.png", conds, images)
             ev.update({"eval_edge_f1": float(sc["edge_f1"].mean()), "eval_mask_iou": float(sc["mask_iou"].mean()),
                        "eval_strict": float(sc["strict"].mean())})
@@ -308,5 +319,5 @@ def run(cfg: ScaleWeaverConfig, run_dir: Path) -> int:
             box["val_data"], box["val"] = val_data, ControlData(vqvae, val_data, cfg.control, cfg.control_data)
 
     return train(cfg, run_dir, RECIPE, control_objective(cfg, box), model_card,
-                 sampling_extra=lambda var: {"guide_control": cfg.guide_control, "control": cfg.control},
+                 sampling_extra=lambda var: {**guidance(cfg), "control": cfg.control},
                  evaluate=make_evaluate(cfg, run_dir, box), build=build, prepare=prepare)

@@ -149,29 +149,31 @@ def check_sampling(sampling, where: str) -> None:
     """A folder's sampling defaults, all optional: {"cfg": finite >= 0, "top_k": int >= 0, "top_p": in
     [0, 1], "depth": int >= 1 and "switch_scale": int >= 0 (VARiant's run-time depth; their range
     against the model is checked when a plan is made, vgen.sample.var_depth_plan), "control": edges |
-    mask and "guide_control": bool (ScaleWeaver: the kind of condition, whether CFG drops it)}."""
+    mask, "guide_control": bool and "cfg_control": finite >= 0 (ScaleWeaver: the kind of condition,
+    whether CFG drops it, or its own guidance scale)}."""
     import math
 
     if sampling is None:
         return
     if not isinstance(sampling, dict):
         raise UserError(f"{where} 'sampling' must be a mapping (cfg, top_k, top_p, depth, switch_scale, control, "
-                        "guide_control), "
+                        "guide_control, cfg_control), "
                         f"got {sampling!r}")
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     integer = lambda v, lo: isinstance(v, int) and not isinstance(v, bool) and v >= lo  # noqa: E731
     checks = {"cfg": lambda v: number(v) and v >= 0, "top_p": lambda v: number(v) and 0 <= v <= 1,
               "top_k": lambda v: integer(v, 0), "depth": lambda v: integer(v, 1),
               "switch_scale": lambda v: integer(v, 0), "control": lambda v: v in ("edges", "mask"),
-              "guide_control": lambda v: isinstance(v, bool)}
+              "guide_control": lambda v: isinstance(v, bool), "cfg_control": lambda v: number(v) and v >= 0}
     for key, v in sampling.items():
         if key not in checks:
             raise UserError(f"{where} 'sampling' has an unknown key {key!r} (cfg, top_k, top_p, depth, switch_scale, "
-                            "control, guide_control)")
+                            "control, guide_control, cfg_control)")
         if not checks[key](v):
             raise UserError(f"{where} sampling {key}={v!r}: cfg must be finite and >= 0, top_k must be >= 0 "
                             "(an integer), top_p must lie in [0, 1], depth must be an integer >= 1, "
-                            "switch_scale an integer >= 0, control edges or mask, guide_control true or false")
+                            "switch_scale an integer >= 0, control edges or mask, guide_control true or false, "
+                            "cfg_control finite and >= 0")
 
 
 def _build(kind, arch: dict, folder: Path):
