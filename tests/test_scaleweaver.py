@@ -31,7 +31,7 @@ PN = (1, 2, 3, 4)
 B = 3
 
 
-def models(mode, blocks=2, ref_scales="same", seed=4):
+def models(mode, blocks=2, ref_scales="same", seed=4, pos_bias=False):
     """A 4-block random VAR whose logits depend on every block, its tokens, and a control adapter."""
     vae, var = tiny_var_models(seed=seed, patch_nums=PN, depth=4)
     g = torch.Generator().manual_seed(6)
@@ -40,7 +40,7 @@ def models(mode, blocks=2, ref_scales="same", seed=4):
             p.add_(0.2 * torch.randn(p.shape, generator=g))
     var.eval()
     base = copy.deepcopy(var)
-    attach_control(var, mode=mode, blocks=blocks, rank=4, ref_scales=ref_scales)
+    attach_control(var, mode=mode, blocks=blocks, rank=4, ref_scales=ref_scales, pos_bias=pos_bias)
     tokens = [torch.randint(0, 32, (B, p * p), generator=g) for p in PN]
     cond = torch.rand(B, 8, 4, 4, generator=g)  # condition latents (B, Cvae, h, w)
     return vae, var.eval(), base, tokens, torch.tensor([0, 7, 70]), cond
@@ -61,9 +61,9 @@ def tf_logits(var, vae, tokens, labels, run=None):
 # ---------------------------------------------------------------- starts from the base
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_untrained_control_is_the_base_bit_for_bit(mode):
-    vae, var, base, tokens, labels, cond = models(mode)
+@pytest.mark.parametrize("mode, pos_bias", [(m, False) for m in MODES] + [("reference", True), ("joint", True)])
+def test_untrained_control_is_the_base_bit_for_bit(mode, pos_bias):
+    vae, var, base, tokens, labels, cond = models(mode, pos_bias=pos_bias)
     ref = tf_logits(base, vae, tokens, labels)
     for c in (cond, -3 * cond, torch.zeros_like(cond)):
         assert torch.equal(tf_logits(var, vae, tokens, labels, ControlRun(var, c, torch.ones(B), PN)), ref)
@@ -114,11 +114,25 @@ def merged_block(block, view):
     return out
 
 
-@pytest.mark.parametrize("ref_scales", ["same", "causal"])
-def test_reference_attention_by_hand(ref_scales):
-    """Block 0's output = base block with the term Z(softmax(q Kc^T s + M) Vc) added after attention, where
-    Kc, Vc come from the condition sequence through the LoRA-merged block under the null class."""
-    vae, var, base, tokens, labels, cond = models("reference", blocks=1, ref_scales=ref_scales)
+def position_bias_by_hand(w: torch.Tensor) -> torch.Tensor:
+    """(H, L, L) bias of pos_bias, query i over condition key j, by loops over the grids of PN."""
+    cells = [(k, r, c) for k, p in enumerate(PN) for r in range(p) for c in range(p)]
+    offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    out = torch.zeros(w.shape[0], len(cells), len(cells))
+    for i, (k, r, c) in enumerate(cells):
+        for j, (k2, r2, c2) in enumerate(cells):
+            if k == k2 and (r2 - r, c2 - c) in offsets:
+                out[:, i, j] = w[:, offsets.index((r2 - r, c2 - c))]
+    return out
+
+
+@pytest.mark.parametrize("ref_scales, pos_bias", [("same", False), ("causal", False), ("same", True),
+                                                  ("causal", True)])
+def test_reference_attention_by_hand(ref_scales, pos_bias):
+    """Block 0's output = base block with the term Z(softmax(q Kc^T s + M + P) Vc) added after attention, where
+    Kc, Vc come from the condition sequence through the LoRA-merged block under the null class and P is
+    pos_bias's learned bias of the keys around each query's own cell (zero without it)."""
+    vae, var, base, tokens, labels, cond = models("reference", blocks=1, ref_scales=ref_scales, pos_bias=pos_bias)
     liven(var)
     run = ControlRun(var, cond, torch.ones(B), PN)
     inputs = teacher_forcing_inputs(vae, tokens, PN)
@@ -146,6 +160,8 @@ def test_reference_attention_by_hand(ref_scales):
     h = x + blk.attn.proj(att.transpose(1, 2).reshape(B, -1, var.C)) * g1
     see = sid[:, None] == sid[None, :] if ref_scales == "same" else sid[:, None] >= sid[None, :]
     logits = q @ kc.transpose(-1, -2) * blk.attn.scale
+    if pos_bias:
+        logits = logits + position_bias_by_hand(var.control.pos[0].detach())
     o = logits.masked_fill(~see, -torch.inf).softmax(-1) @ vc
     h = h + var.control.out[0](o.transpose(1, 2).reshape(B, -1, var.C))
     want = h + blk.ffn(blk.ln_wo_grad(h) * (s2 + 1) + b2) * g2
@@ -174,10 +190,10 @@ def test_reference_condition_stream_ignores_the_image_and_joint_does_not():
         assert same == independent, mode
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode, pos_bias", [(m, False) for m in MODES] + [("reference", True), ("joint", True)])
 @pytest.mark.parametrize("cfg", [0.0, 2.5])
-def test_cached_sampling_equals_recompute(mode, cfg):
-    vae, var, base, tokens, labels, cond = models(mode)
+def test_cached_sampling_equals_recompute(mode, pos_bias, cfg):
+    vae, var, base, tokens, labels, cond = models(mode, pos_bias=pos_bias)
     liven(var)
     keep = torch.tensor([1.0, 1.0, 1.0] + ([0.0, 0.0, 0.0] if cfg else []))
     out = [sample(var, vae, labels.tolist(), [4, 5, 6], cfg=cfg, top_k=8, return_logits=True, use_cache=cache,
@@ -282,19 +298,22 @@ def test_cfg_control_flags(trained, tmp_path, capsys):
         assert not (tmp_path / "x").exists()
 
 
-def test_the_folder_keeps_the_adapter(tmp_path):
+@pytest.mark.parametrize("mode, pos_bias", [("controlnet", False), ("reference", True)])
+def test_the_folder_keeps_the_adapter(tmp_path, mode, pos_bias):
     from vgen.models.load import load
     from vgen.models.var.folder import save_var_model
     from vgen.world.datasets import CLASS_PROMPTS
 
-    vae, var, base, tokens, labels, cond = models("controlnet")
+    vae, var, base, tokens, labels, cond = models(mode, pos_bias=pos_bias)
     liven(var)
     folder = save_var_model(tmp_path / "m", vae, var, CLASS_PROMPTS, 16)
     m = load(folder)
-    assert m.var.control.mode == "controlnet" and m.var.control.blocks == 2
+    assert m.var.control.mode == mode and m.var.control.blocks == 2 and (m.var.control.pos is not None) == pos_bias
     run = lambda v: ControlRun(v, cond, torch.ones(B), PN)  # noqa: E731
-    assert torch.equal(tf_logits(m.var, m.vqvae, tokens, labels, run(m.var)), tf_logits(var, vae, tokens, labels,
-                                                                                        run(var)))
+    # the same weights; the LoRA views of a loaded model may round differently (about 1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(m.var.state_dict().values(), var.state_dict().values()))
+    torch.testing.assert_close(tf_logits(m.var, m.vqvae, tokens, labels, run(m.var)),
+                               tf_logits(var, vae, tokens, labels, run(var)), rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- conditions and metrics
@@ -370,6 +389,8 @@ def test_bad_adapters_and_combinations_are_refused():
         attach_control(var, mode="cross")
     with pytest.raises(UserError, match="blocks must be 1..4"):
         attach_control(var, blocks=5)
+    with pytest.raises(UserError, match="not controlnet"):
+        attach_control(var, mode="controlnet", pos_bias=True)
     vae, var, base, tokens, labels, cond = models("reference")
     with pytest.raises(UserError, match="cannot be combined"):
         var(labels, teacher_forcing_inputs(vae, tokens, PN), control=ControlRun(var, cond, torch.ones(B), PN),

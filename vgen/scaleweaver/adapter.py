@@ -26,6 +26,13 @@ for any condition (tested).
 
 Rows that train or sample without the condition (condition dropout; the unconditional rows of
 classifier-free guidance) get ``keep = 0``: their control term is exactly zero.
+
+``pos_bias`` (a vgen option, reference and joint modes): a learnable bias per block, head and
+offset on the condition keys at and around the query's own position (3 x 3, same scale), zero at
+start. VAR attends by cosine similarity at a temperature of about 4 and knows positions only
+through the absolute embedding added at the input, so an image query cannot single out the
+condition token under itself; Infinity, the paper's base, rotates queries and keys by their 2-D
+position (RoPE), which gives reference attention that relative signal.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from vgen.models.var.var import block_causal_bias, scale_ids
 from vgen.models.var.vqvae import area
 
 MODES = ("reference", "joint", "controlnet")
+OFFSETS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]  # pos_bias: condition key - query, in grid cells
 LORA_TARGETS = ["attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2"]
 
 
@@ -79,7 +87,7 @@ class ControlAdapter(nn.Module):
     :func:`attach_control`. Its ``arch`` dict is what a model folder records."""
 
     def __init__(self, var, mode: str = "reference", blocks: int = 2, rank: int = 8, alpha: float | None = None,
-                 ref_scales: str = "same"):
+                 ref_scales: str = "same", pos_bias: bool = False):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"control mode {mode!r} is not one of {', '.join(MODES)}")
@@ -89,12 +97,18 @@ class ControlAdapter(nn.Module):
             raise UserError(f"ref_scales must be 'same' or 'causal', got {ref_scales!r}")
         if rank < 1:
             raise UserError(f"LoRA rank must be >= 1, got {rank}")
+        if pos_bias and mode == "controlnet":
+            raise UserError("pos_bias biases the attention of image queries over condition keys: reference or joint "
+                            "mode, not controlnet")
         self.mode, self.blocks, self.rank, self.ref_scales = mode, blocks, rank, ref_scales
         self.alpha = float(alpha if alpha is not None else rank)
         self.arch = {"mode": mode, "blocks": blocks, "rank": rank, "alpha": self.alpha, "ref_scales": ref_scales}
+        if pos_bias:  # recorded only when on: folders written before it load unchanged
+            self.arch["pos_bias"] = True
         dev = var.head.weight.device
         with torch.device(dev):
             self.out = nn.ModuleList([_zero_linear(var.C) for _ in range(blocks)])
+            self.pos = nn.Parameter(torch.zeros(blocks, var.num_heads, len(OFFSETS))) if pos_bias else None
             if mode == "controlnet":
                 self.branch = nn.ModuleList([copy.deepcopy(var.blocks[j]) for j in range(blocks)])
                 self.branch_in = _zero_linear(var.C)
@@ -169,6 +183,17 @@ def load_adapter(var, folder) -> ControlAdapter:
     path = folder / "adapter.safetensors"
     load_state(adapter, read_state_dict(path), path)
     return adapter
+
+
+def grid_positions(sid: torch.Tensor, pns) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of each token of a sequence laid out scale by scale, from its scale ids ``sid``."""
+    L = len(sid)
+    at = torch.arange(L, device=sid.device)
+    first = torch.ones(L, dtype=torch.bool, device=sid.device)
+    first[1:] = sid[1:] != sid[:-1]
+    idx = at - torch.cummax(torch.where(first, at, 0), 0).values  # index within its scale
+    pn = torch.as_tensor(pns, device=sid.device)[sid]
+    return idx // pn, idx % pn
 
 
 @torch.no_grad()
@@ -296,17 +321,25 @@ class ControlRun:
 
     def _set_ref_bias(self, c_sid: torch.Tensor) -> None:
         """The mask of image queries (``q_sid``) over condition keys of scales ``c_sid``, made once per
-        forward or sampling step and shared by every injected block (controlnet has no such attention)."""
+        forward or sampling step and shared by every injected block (controlnet has no such attention);
+        with ``pos_bias``, which key lies at which offset from which query (same scale)."""
         if self.ad.mode == "controlnet":
             return
         q, r = self.q_sid, c_sid
         see = q[:, None] == r[None, :] if self.ad.ref_scales == "same" else q[:, None] >= r[None, :]
         self.ref_bias = torch.where(see, 0.0, -torch.inf).to(self.keep.dtype).view(1, 1, len(q), len(r))
+        if self.ad.pos is not None:
+            (qr, qc), (kr, kc) = grid_positions(q, self.pns), grid_positions(r, self.pns)
+            same = q[:, None] == r[None, :]
+            self.offsets = torch.stack([same & (kr[None] - qr[:, None] == dr) & (kc[None] - qc[:, None] == dc)
+                                        for dr, dc in OFFSETS]).to(self.keep.dtype)  # (9, Lq, Lc)
 
     def _attend(self, j: int, q, kc, vc, bias) -> torch.Tensor:
         """Image queries over condition keys (their own softmax), heads merged, through the zero-init
         projection, times keep."""
         B, H, L, hd = q.shape
+        if self.ad.pos is not None:
+            bias = bias + torch.einsum("ho,oqc->hqc", self.ad.pos[j], self.offsets).unsqueeze(0)
         o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=bias, scale=self.var.blocks[j].attn.scale)
         return self.ad.out[j](o.transpose(1, 2).reshape(B, L, H * hd)) * self.keep
 

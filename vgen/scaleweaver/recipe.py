@@ -59,6 +59,8 @@ class ScaleWeaverConfig(VARTrainConfig):
     lora_rank: int = param(8, ge=1, le=1024, help="reference / joint: LoRA rank of the condition branch")
     ref_scales: Literal["same", "causal"] = param("same", help="image queries attend to the condition of their own "
                                                   "scale only, or of every scale up to theirs")
+    pos_bias: bool = param(False, help="reference / joint: a learnable bias per head on the condition keys at and "
+                           "around each query's own position (vgen's option; VAR has no relative position signal)")
     control_drop: float = param(0.1, ge=0, le=1, help="share of samples trained without their condition (CFG)")
     guide_control: bool = param(True, help="sampling: the unconditional CFG rows also drop the condition")
     sample_cfg_control: float | None = param(None, ge=0, le=50, help="sampling: a guidance scale of the condition's "
@@ -152,6 +154,15 @@ class ControlData:
             flips = torch.tensor([d.ds.flip_for(d.ids[j], d.flip_seed, step) for j in idx])
             rows = torch.where(flips[:, None, None, None], self.flipped[idx], rows)
         return rows
+
+
+def adapter_arch(cfg: ScaleWeaverConfig, depth: int) -> dict:
+    """The adapter the config asks for on a base of ``depth`` blocks (attach_control's arguments)."""
+    blocks = cfg.blocks or max(1, depth // 2)
+    if blocks > depth:
+        raise UserError(f"blocks = {blocks} but the base has {depth} blocks")
+    return {"mode": cfg.mode, "blocks": blocks, "rank": cfg.lora_rank, "ref_scales": cfg.ref_scales,
+            "pos_bias": cfg.pos_bias}
 
 
 def guidance(cfg: ScaleWeaverConfig) -> dict:
@@ -285,7 +296,8 @@ def model_card(cfg: ScaleWeaverConfig, var, history: dict) -> str:
 Base `{cfg.init}` (frozen) with a `{ad.mode}` control adapter on its first {ad.blocks} of {var.depth} blocks
 ({ad.trainable():,} trainable parameters; LoRA rank {ad.rank} on the condition branch for reference / joint),
 condition: the scene's `{cfg.control}` drawn as ink on the world's background. Image queries attend to the
-condition of {"their own scale" if ad.ref_scales == "same" else "every scale up to theirs"}.
+condition of {"their own scale" if ad.ref_scales == "same" else "every scale up to theirs"}{
+    ", with a learned bias on the keys at and around their own position" if ad.pos is not None else ""}.
 
 Trained {cfg.iterations} steps, batch {cfg.batch}, AdamW lr {cfg.lr}, label dropout {cfg.cond_drop_rate}, condition
 dropout {cfg.control_drop}, seed {cfg.run.seed}.
@@ -305,10 +317,7 @@ def run(cfg: ScaleWeaverConfig, run_dir: Path) -> int:
         var = build_model(c, vqvae, num_classes, device)
         if getattr(var, "control", None) is not None:
             raise UserError(f"init {cfg.init!r} already has a control adapter; start from its base")
-        blocks = cfg.blocks or max(1, var.depth // 2)
-        if blocks > var.depth:
-            raise UserError(f"blocks = {blocks} but the base has {var.depth} blocks")
-        attach_control(var, mode=cfg.mode, blocks=blocks, rank=cfg.lora_rank, ref_scales=cfg.ref_scales)
+        attach_control(var, **adapter_arch(cfg, var.depth))
         return var.train()
 
     box: dict = {}

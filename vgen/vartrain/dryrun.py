@@ -100,13 +100,12 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
     trained = f"transformer {n_var / 1e6:.1f}M (trained)"
     if hasattr(cfg, "lora_rank"):  # scaleweaver: the frozen base and its adapter
         from vgen.scaleweaver.adapter import attach_control
+        from vgen.scaleweaver.recipe import adapter_arch
 
-        recipe, blocks = "scaleweaver", cfg.blocks or max(1, D // 2)
-        if blocks > D:
-            raise UserError(f"blocks = {blocks} but the base has {D} blocks")
+        arch = adapter_arch(cfg, D)
+        recipe, blocks = "scaleweaver", arch["blocks"]
         with torch.device("meta"):
-            n_ad = attach_control(var, mode=cfg.mode, blocks=blocks, rank=cfg.lora_rank,
-                                  ref_scales=cfg.ref_scales).trainable()
+            n_ad = attach_control(var, **arch).trainable()
         weights = n_vae * 4 + n_var * 4 + n_ad * 16
         act += b * L * C * blocks * per_token
         trained = f"transformer {n_var / 1e6:.1f}M (frozen), {cfg.mode} adapter {n_ad / 1e6:.3f}M (trained)"
