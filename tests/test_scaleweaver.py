@@ -550,6 +550,10 @@ def test_bench_control_reports_every_mode(tmp_path):
     tiny = load("assets/var-tiny-shapes").var
     extra = 3 * 2 * tiny.L * tiny.C * 4
     assert rows["reference"]["peak_state_bytes_per_image"] == rows["base"]["peak_state_bytes_per_image"] + extra
+    assert main(["bench", "control", "batch=4", "per_condition=2", "train_batch=2", "repeats=1", "pos_bias=true",
+                 "modes=[reference]", f"run.out_dir={tmp_path}", "run.name=p"]) == 0
+    pos = json.loads((tmp_path / "p" / "report.json").read_text())["rows"]["reference"]["trainable_params"]
+    assert pos == rows["reference"]["trainable_params"] + 3 * tiny.num_heads * 9  # a bias per block, head, offset
 
 
 def test_dry_run_counts_the_adapter(capsys):

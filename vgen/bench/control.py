@@ -46,6 +46,7 @@ class ControlBenchConfig:
                                    "adapters on the base)")
     blocks: int | None = param(None, ge=1, help="injected blocks of fresh adapters (default: half the depth)")
     lora_rank: int = param(8, ge=1, le=1024, help="LoRA rank of fresh reference / joint adapters")
+    pos_bias: bool = param(False, help="fresh reference / joint adapters with pos_bias (the recipe's option)")
     kind: str = param("edges", help="condition map: edges or mask")
     batch: int = param(64, ge=1, le=4096, help="images per sampling call")
     per_condition: int = param(4, ge=1, le=4096, help="samples of each condition in the batch (sample seeds differ)")
@@ -97,7 +98,8 @@ def run(cfg: ControlBenchConfig, run_dir: Path) -> int:
                 raise UserError(f"models[{mode!r}] = {cfg.models[mode]!r} is not a {mode} control model")
         else:
             var = load_var(cfg.model).var
-            attach_control(var, mode=mode, blocks=blocks, rank=cfg.lora_rank)
+            attach_control(var, mode=mode, blocks=blocks, rank=cfg.lora_rank,
+                           pos_bias=cfg.pos_bias and mode != "controlnet")
             g = torch.Generator().manual_seed(cfg.run.seed)
             with torch.no_grad():
                 for p in var.control.parameters():
