@@ -556,6 +556,16 @@ def test_bench_control_reports_every_mode(tmp_path):
     assert pos == rows["reference"]["trainable_params"] + 3 * tiny.num_heads * 9  # a bias per block, head, offset
 
 
+def test_bench_control_benches_named_folders_too(trained, tmp_path, capsys):
+    assert main(["bench", "control", "batch=4", "per_condition=2", "train_batch=2", "repeats=1", "modes=[joint]",
+                 f"models={{mine: {trained / 'model'}}}", f"run.out_dir={tmp_path}", "run.name=b"]) == 0
+    rows = json.loads((tmp_path / "b" / "report.json").read_text())["rows"]
+    assert set(rows) == {"base", "joint", "mine"} and rows["mine"]["blocks"] == 3
+    msg = user_error(capsys, "bench", "control", "repeats=1", f"models={{joint: {trained / 'model'}}}",
+                     f"run.out_dir={tmp_path}", "run.name=c")
+    assert "is not a joint control model" in msg
+
+
 def test_dry_run_counts_the_adapter(capsys):
     for mode, n in (("reference", "0.099M"), ("controlnet", "0.956M")):
         assert main(["train", TINY_YAML, f"mode={mode}", "--dry-run"]) == 0

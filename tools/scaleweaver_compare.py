@@ -8,7 +8,7 @@ in the same frozen backbone, against the uncontrolled base, over several seeds.
 
 Each arm trains the config with its own ``mode`` (``causal`` is reference attention with
 ``ref_scales=causal``; ``lr3e-3`` reference attention at three times the lr; ``reference-pos`` and
-``joint-pos`` with ``pos_bias``): the same base, data,
+``joint-pos`` with ``pos_bias``; ``reference-pos-b6`` and ``controlnet-b6`` in all 6 blocks): the same base, data,
 steps, lr and seeds, so they differ only in how the condition enters. Then ``vgen eval --metrics
 geneval fid control`` scores the base and every final model on held-out world scenes: every class x
 ``--eval-seeds`` (training scenes use seeds below the config's data_size), each sampled under its
@@ -41,7 +41,9 @@ ARMS = {"reference": ["mode=reference"], "joint": ["mode=joint"], "controlnet": 
         "causal": ["mode=reference", "ref_scales=causal"],
         "lr3e-3": ["mode=reference", "lr=0.003"],  # post hoc: is reference attention only slower to train?
         "reference-pos": ["mode=reference", "pos_bias=true"],  # post hoc: the learned bias on the query's own cell
-        "joint-pos": ["mode=joint", "pos_bias=true"]}
+        "joint-pos": ["mode=joint", "pos_bias=true"],
+        "reference-pos-b6": ["mode=reference", "pos_bias=true", "blocks=6"],  # ... injected into every block
+        "controlnet-b6": ["mode=controlnet", "blocks=6"]}  # its baseline at the same depth
 
 
 def scores(report_dir: Path) -> dict:

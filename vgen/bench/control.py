@@ -19,7 +19,8 @@ variants of one edge map) with the base's own CFG / top-k / top-p:
 
 The adapters are made fresh on the base (``blocks`` and ``lora_rank`` as the recipe's) with
 their zero parts moved off zero, unless ``models`` names trained folders (mode -> folder): speed
-and memory do not depend on the values of the weights.
+and memory do not depend on the values of the weights. Other names in ``models`` are benched as
+well, each as its folder's adapter (say, one with pos_bias or more blocks beside the three modes).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class ControlBenchConfig:
     modes: list[str] = param(default_factory=lambda: ["reference", "joint", "controlnet"], min_len=1, max_len=3,
                              help="control modes to compare")
     models: dict[str, str] = param(default_factory=dict, help="trained model folders by mode (default: fresh "
-                                   "adapters on the base)")
+                                   "adapters on the base); other names are benched too, as their folder's adapter")
     blocks: int | None = param(None, ge=1, help="injected blocks of fresh adapters (default: half the depth)")
     lora_rank: int = param(8, ge=1, le=1024, help="LoRA rank of fresh reference / joint adapters")
     pos_bias: bool = param(False, help="fresh reference / joint adapters with pos_bias (the recipe's option)")
@@ -79,8 +80,9 @@ def run(cfg: ControlBenchConfig, run_dir: Path) -> int:
     from vgen.vartrain.losses import tf_forward, token_ce, tokenize
     from vgen.world.datasets import ShapesClassDataset
 
-    if bad := [m for m in [*cfg.modes, *cfg.models] if m not in MODES]:
+    if bad := [m for m in cfg.modes if m not in MODES]:
         raise UserError(f"unknown control mode {bad[0]!r}; choose from {', '.join(MODES)}")
+    variants = [*cfg.modes, *(n for n in cfg.models if n not in cfg.modes)]
     if cfg.kind not in KINDS:
         raise UserError(f"kind must be one of {', '.join(KINDS)}, got {cfg.kind!r}")
     torch.manual_seed(cfg.run.seed)
@@ -91,11 +93,12 @@ def run(cfg: ControlBenchConfig, run_dir: Path) -> int:
     vqvae, dev = base.vqvae, base.var.head.weight.device
     blocks = cfg.blocks or max(1, base.var.depth // 2)
     models = {"base": base.var}
-    for mode in cfg.modes:
+    for mode in variants:
         if mode in cfg.models:
             var = load_var(cfg.models[mode]).var
-            if getattr(var, "control", None) is None or var.control.mode != mode:
-                raise UserError(f"models[{mode!r}] = {cfg.models[mode]!r} is not a {mode} control model")
+            if getattr(var, "control", None) is None or (mode in MODES and var.control.mode != mode):
+                raise UserError(f"models[{mode!r}] = {cfg.models[mode]!r} is not a "
+                                f"{mode if mode in MODES else 'ScaleWeaver'} control model")
         else:
             var = load_var(cfg.model).var
             attach_control(var, mode=mode, blocks=blocks, rank=cfg.lora_rank,
@@ -130,7 +133,7 @@ def run(cfg: ControlBenchConfig, run_dir: Path) -> int:
     timgs, _ = scene_conditions([int(c) for c in labels], [ds.seed * 2**32 + i for i in range(cfg.train_batch)],
                                 cfg.kind, base.resolution)
     latent = condition_latent(vqvae, timgs.to(dev))
-    opts = {n: torch.optim.AdamW([p for p in models[n].control.parameters()], lr=1e-6) for n in cfg.modes}
+    opts = {n: torch.optim.AdamW([p for p in models[n].control.parameters()], lr=1e-6) for n in variants}
 
     def step(name):
         var = models[name]
@@ -142,7 +145,7 @@ def run(cfg: ControlBenchConfig, run_dir: Path) -> int:
         opts[name].zero_grad(set_to_none=True)
         var.eval()
 
-    train_s = best_times({n: (lambda n=n: step(n)) for n in cfg.modes}, cfg.repeats)
+    train_s = best_times({n: (lambda n=n: step(n)) for n in variants}, cfg.repeats)
     rows = {}
     for n in models:
         row = {"images_per_s": cfg.batch / speed[n], "sample_vs_base": speed["base"] / speed[n],
