@@ -479,6 +479,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     (["control=depth"], "'control'"),
     (["init=null"], "set init"),
     (["data=some/folder"], "needs control_data"),
+    (["mode=controlnet", "pos_bias=true"], "not controlnet"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
     msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))

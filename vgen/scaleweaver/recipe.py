@@ -85,6 +85,9 @@ class ScaleWeaverConfig(VARTrainConfig):
         if self.data != "shapes" and self.control_data is None:
             raise ConfigError("an image folder (data) needs control_data: a folder of condition images at the same "
                               "CLASS/IMAGE paths")
+        if self.pos_bias and self.mode == "controlnet":
+            raise ConfigError("pos_bias biases the attention of image queries over condition keys: mode reference or "
+                              "joint, not controlnet")
         if self.data == "shapes" and self.control_data is not None:
             raise ConfigError("control_data pairs an image folder (data); the shapes world draws its own conditions")
         super().check()
