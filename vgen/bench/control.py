@@ -93,21 +93,21 @@ def run(cfg: ControlBenchConfig, run_dir: Path) -> int:
     vqvae, dev = base.vqvae, base.var.head.weight.device
     blocks = cfg.blocks or max(1, base.var.depth // 2)
     models = {"base": base.var}
-    for mode in variants:
-        if mode in cfg.models:
-            var = load_var(cfg.models[mode]).var
-            if getattr(var, "control", None) is None or (mode in MODES and var.control.mode != mode):
-                raise UserError(f"models[{mode!r}] = {cfg.models[mode]!r} is not a "
-                                f"{mode if mode in MODES else 'ScaleWeaver'} control model")
+    for name in variants:  # a mode (fresh adapter unless models names a folder) or a named folder
+        if name in cfg.models:
+            var = load_var(cfg.models[name]).var
+            if getattr(var, "control", None) is None or (name in MODES and var.control.mode != name):
+                raise UserError(f"models[{name!r}] = {cfg.models[name]!r} is not a "
+                                f"{name if name in MODES else 'ScaleWeaver'} control model")
         else:
             var = load_var(cfg.model).var
-            attach_control(var, mode=mode, blocks=blocks, rank=cfg.lora_rank,
-                           pos_bias=cfg.pos_bias and mode != "controlnet")
+            attach_control(var, mode=name, blocks=blocks, rank=cfg.lora_rank,
+                           pos_bias=cfg.pos_bias and name != "controlnet")
             g = torch.Generator().manual_seed(cfg.run.seed)
             with torch.no_grad():
                 for p in var.control.parameters():
                     p.add_(0.02 * torch.randn(p.shape, generator=g).to(p))
-        models[mode] = var.eval()
+        models[name] = var.eval()
 
     k = cfg.per_condition
     classes, seeds = [(i // k) % 70 for i in range(cfg.batch)], list(range(cfg.batch))
