@@ -510,7 +510,8 @@ def test_export_adapter_round_trip(trained, tmp_path, capsys):
     assert main(["export", str(trained / "model"), str(tmp_path / "ad"), "--format", "adapter"]) == 0
     files = {p.name for p in (tmp_path / "ad").iterdir()}
     assert {"adapter_config.json", "adapter.safetensors", "README.md", "samples.png"} <= files
-    assert "var.safetensors" not in files and "load_adapter" in (tmp_path / "ad" / "README.md").read_text()
+    card = (tmp_path / "ad" / "README.md").read_text()
+    assert "var.safetensors" not in files and "load_adapter" in card and "--adapter ad" in card
     full, base = load(trained / "model"), load("assets/var-tiny-shapes")
     load_adapter(base.var, tmp_path / "ad")
     conds, _ = scene_conditions([0, 10], [5, 5], "edges", 64)
@@ -522,6 +523,48 @@ def test_export_adapter_round_trip(trained, tmp_path, capsys):
     deep = load("assets/var-deep-shapes")
     with pytest.raises(UserError, match="fits a base with depth=6"):
         load_adapter(deep.var, tmp_path / "ad")
+
+
+def test_sample_and_eval_put_an_exported_adapter_on_its_base(trained, tmp_path, capsys):
+    """`--adapter` on the base samples and scores exactly as the trained model folder does."""
+    from vgen.models.load import load
+
+    ad = tmp_path / "ad"
+    assert main(["export", str(trained / "model"), str(ad), "--format", "adapter"]) == 0
+    for name, extra in (("full", ["--model", str(trained / "model")]),
+                        ("put", ["--model", "assets/var-tiny-shapes", "--adapter", str(ad)])):
+        assert main(["sample", *extra, "--classes", "0", "10", "--seeds", "3", "--control-seeds", "5",
+                     "--out", str(tmp_path / f"s-{name}")]) == 0
+        assert main(["eval", *extra, "--classes", "0", "10", "--seeds", "1000000", "--metrics", "geneval", "control",
+                     "--out", str(tmp_path / f"e-{name}")]) == 0
+    full, put = (json.loads((tmp_path / f"s-{n}" / "samples.json").read_text()) for n in ("full", "put"))
+    assert put["adapter"] == str(ad) and [r["file"] for r in put["samples"]] == [r["file"] for r in full["samples"]]
+    for r in full["samples"]:
+        a, b = (np.asarray(__import__("PIL.Image").Image.open(tmp_path / f"s-{n}" / r["file"]))
+                for n in ("full", "put"))
+        assert np.array_equal(a, b)
+    full, put = (json.loads((tmp_path / f"e-{n}" / "report.json").read_text()) for n in ("full", "put"))
+    assert put["adapter"] == str(ad) and put["control"]["controlled"]
+    assert put["control"]["edge_f1"] == full["control"]["edge_f1"]
+    assert put["geneval_shapes"]["overall"] == full["geneval_shapes"]["overall"]
+    assert "with the control adapter" in (tmp_path / "e-put" / "report.md").read_text()
+    m = load("assets/var-tiny-shapes", adapter=ad)  # the base's own weights are untouched, the adapter's added
+    base = load("assets/var-tiny-shapes")
+    own = dict(base.var.state_dict())
+    assert all(torch.equal(v, own[k]) for k, v in m.var.state_dict().items() if not k.startswith("control."))
+    assert m.sampling["control"] == "edges" and m.var.control is not None
+    assert base.var_config["var"].get("control") is None
+    capsys.readouterr()
+    for model, adapter, want in (
+            ("assets/var-deep-shapes", ad, "fits a base with depth=6"),
+            (str(trained / "model"), ad, "already has a control adapter"),
+            ("assets/sd3-tiny-shapes", ad, "pipeline"),
+            ("assets/var-tiny-shapes", tmp_path / "nothing", "is not a control adapter folder"),
+            ("assets/var-tiny-shapes", trained / "model", "is not a control adapter folder")):
+        for cmd in (["sample", "--classes", "0", "--seeds", "1"], ["eval", "--classes", "0", "--seeds", "1"]):
+            msg = user_error(capsys, *cmd, "--model", model, "--adapter", str(adapter), "--out", str(tmp_path / "x"))
+            assert want in msg, (cmd, msg)
+            assert not (tmp_path / "x").exists()
 
 
 def test_shared_conditions_run_once_and_match_separate_runs():

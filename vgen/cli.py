@@ -60,7 +60,7 @@ def _job(table: dict, name: str, config: str | None, overrides: list[str], kind:
 # `vgen sample` flags of one model kind (default None: not given); the other kind refuses them.
 _PIPELINE_FLAGS = ("prompts", "steps", "guidance", "shift", "height", "width", "chunk_size", "dtype")
 _VAR_FLAGS = ("classes", "cfg", "top_k", "top_p", "depth", "switch_scale", "control", "control_seeds", "control_kind",
-              "cfg_control")
+              "cfg_control", "adapter")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -81,7 +81,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if var:
             raise UserError(f"{flag} does not apply to {args.model!r}, a VAR model folder "
                             "(it takes --classes, --cfg, --top-k, --top-p, --depth, --switch-scale, --control, "
-                            "--control-seeds, --control-kind, --cfg-control)")
+                            "--control-seeds, --control-kind, --cfg-control, --adapter)")
         raise UserError(f"{flag} is for VAR model folders and {args.model!r} is not one (a pipeline takes --prompts)")
     items = args.classes if var else args.prompts
     if items is None:
@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        control_kind=args.control_kind, control_tol=args.control_tol, cfg_control=args.cfg_control,
                        switch_scale=args.switch_scale, depth=args.depth,
                        inception_weights=args.inception_weights, ref_stats=args.ref_stats,
-                       fid_reference=args.fid_reference, checkpoint=args.checkpoint)
+                       fid_reference=args.fid_reference, checkpoint=args.checkpoint, adapter=args.adapter)
     out = run_eval(args.model, args.out, opts, args.force)
     print(f"evaluation written to {out} (report.json, report.md, samples.png)")
     return 0
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--cfg-control", type=float, default=None,
                     help="VAR with a control adapter: a guidance scale of the condition's own (multi-modal CFG; "
                     "default: the folder's, else --cfg: class and condition guided together)")
+    sm.add_argument("--adapter", default=None, metavar="DIR",
+                    help="VAR: put this control adapter (vgen export --format adapter) on --model, its base")
     sm.add_argument("--device", default="cpu")
     sm.set_defaults(func=cmd_sample)
 
@@ -252,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="pipeline folder, VAR model folder, vgen run directory (newest "
                     "checkpoint), or official VAR files 'VAE.pth,VAR.pth'")
     ev.add_argument("--checkpoint", default=None, help="run: evaluate this checkpoint (step-000500 or 500)")
+    ev.add_argument("--adapter", default=None, metavar="DIR",
+                    help="VAR: put this control adapter (vgen export --format adapter) on --model, its base")
     ev.add_argument("--metrics", nargs="+", default=["geneval", "fid"],
                     help="geneval, fid (FID-shapes + KID) and, for VAR models, control (edge F1 / mask IoU against "
                          "each class x seed world scene, sampled under its condition when the model has a control "

@@ -99,7 +99,7 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
                top_k: int | None = None, top_p: float | None = None, device: str = "cpu", depth: int | None = None,
                switch_scale: int | None = None, control: list[str] | None = None,
                control_seeds: list[str] | None = None, control_kind: str | None = None,
-               cfg_control: float | None = None) -> int:
+               cfg_control: float | None = None, adapter: str | None = None) -> int:
     """`vgen sample` for a VAR model (folder, run or official files): every (class, seed); CFG /
     top-k / top-p and VARiant's depth / switch scale default to the model's ``sampling`` settings,
     so a trained model samples as its recipe evaluated it.
@@ -112,7 +112,7 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
     from vgen.engine.scalewise import sample as scalewise
     from vgen.models.load import load
 
-    described = load(model, weights=False)  # classes, seeds and flags are checked before the weights load
+    described = load(model, weights=False, adapter=adapter)  # classes, seeds, flags checked before the weights
     prompts = described.classes
     class_ids, seed_list = parse_classes(classes, len(prompts)), parse_seeds(seeds)
     settings = var_settings({}, cfg, top_k, top_p)
@@ -137,7 +137,7 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
         scene_seeds = parse_seeds(control_seeds, "control seed") if control_seeds is not None else None
         conds, records, pairs = control_images(described, control, scene_seeds, control_kind, pairs, records)
     prepare_out_dir(out)
-    m = load_var(model, device)
+    m = load_var(model, device, adapter)
     settings = var_settings(m.sampling, cfg, top_k, top_p)
     plan = var_depth_plan(m.var.depth, len(m.var.patch_nums), m.sampling, depth, switch_scale)
     if plan is not None:
@@ -155,7 +155,8 @@ def sample_var(model: str, classes: list[str], seeds: list[str], out: str, cfg: 
             save_png(Path(out) / f"control-{i:04d}.png", img)
         settings.update(control=m.sampling.get("control", "edges") if control is None else "files", cfg_control=tc)
     write_samples(out, r.images, records, [f"{c}: {prompts[c]} ({s})" for c, s in pairs],
-                  {"model": str(model), **settings, "resolution": m.resolution, "seconds": elapsed})
+                  {"model": str(model), **({"adapter": str(adapter)} if adapter else {}), **settings,
+                   "resolution": m.resolution, "seconds": elapsed})
     return 0
 
 
@@ -181,11 +182,11 @@ def control_images(m, files, scene_seeds, kind, pairs, records):
             [(c, s) for *_, c, s in rows])
 
 
-def load_var(model, device: str = "cpu"):
+def load_var(model, device: str = "cpu", adapter=None):
     """The loaded VAR model (vgen.models.load.Loaded) that can sample: not a tokenizer-only folder."""
     from vgen.models.load import load
 
-    m = load(model, device=device)
+    m = load(model, device=device, adapter=adapter)
     if m.kind != "var":
         raise UserError(f"{str(model)!r} is a diffusers pipeline, not a VAR model")
     if m.var is None:

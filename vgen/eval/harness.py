@@ -145,6 +145,7 @@ class EvalOptions:
     ref_stats: str | None = None               # VAR: ADM-style reference .npz (Inception mu / sigma)
     fid_reference: int = 2000
     checkpoint: str | None = None              # run: a named checkpoint instead of the newest
+    adapter: str | None = None                 # VAR: a control adapter folder put on the model
     batch: int = 64
     progress: bool = True
 
@@ -175,7 +176,7 @@ def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict,
     from vgen.models.load import load
 
     _check(opts)
-    described = described or load(model, weights=False, checkpoint=opts.checkpoint)
+    described = described or load(model, weights=False, checkpoint=opts.checkpoint, adapter=opts.adapter)
     if described.kind == "var":
         return evaluate_var_model(model, opts, described)
     var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "depth", "switch_scale", "ref_stats",
@@ -322,7 +323,7 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
         raise UserError(f"--{flag} applies to diffusers pipelines; {model!r} is a VAR model (it takes --cfg, "
                         "--top-k, --top-p, --classes)")
     var_settings({}, opts.cfg, opts.top_k, opts.top_p)  # bad sampling flags first
-    m = described or load(model, weights=False, checkpoint=opts.checkpoint)
+    m = described or load(model, weights=False, checkpoint=opts.checkpoint, adapter=opts.adapter)
     classes = parse_classes(opts.classes or ["all"], len(m.classes))
     if opts.cfg_control is not None and not ("control" in opts.metrics and (described_arch(m) or {}).get("control")):
         raise UserError("--cfg-control guides a control adapter's condition: it needs a model with one and "
@@ -332,7 +333,7 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
         var_depth_plan(arch["depth"], K, m.sampling, opts.depth, opts.switch_scale)
     if ("fid" in opts.metrics or opts.ref_stats) and len(classes) * len(opts.seeds) < 2:
         raise UserError("FID needs at least two generated images: give more --classes or --seeds")
-    m = load(model, checkpoint=opts.checkpoint)
+    m = load(model, checkpoint=opts.checkpoint, adapter=opts.adapter)
     if m.var is None:
         raise UserError(f"{str(model)!r} holds a tokenizer only: there is no VAR transformer to evaluate")
     settings = var_settings(m.sampling, opts.cfg, opts.top_k, opts.top_p)
@@ -349,7 +350,9 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
                    "cfg_control": condition_guidance(m.sampling, settings["cfg"], opts.cfg_control)}
     scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,
                                            opts.metrics, m.resolution, opts.batch, opts.progress, control)
-    report = {"vgen_version": __version__, "model": str(model), "kind": "var", "source": m.source, "step": m.step,
+    report = {"vgen_version": __version__, "model": str(model), **({"adapter": str(opts.adapter)} if opts.adapter
+                                                                   else {}),
+              "kind": "var", "source": m.source, "step": m.step,
               "classes": classes, "n_classes": len(classes), "seeds": list(opts.seeds), **settings,
               "patch_nums": list(pns), "flex": bool(m.var.flex), "resolution": m.resolution,
               "threads": torch.get_num_threads(), **scores}
@@ -368,7 +371,8 @@ def _pct(s: dict) -> str:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Evaluation of {r.get('model', 'images')}", ""]
+    adapter = f" with the control adapter {r['adapter']}" if r.get("adapter") else ""
+    lines = [f"# Evaluation of {r.get('model', 'images')}{adapter}", ""]
     if r.get("kind") == "var":
         plan = "" if not r.get("depth_plan") else f", depth plan (blocks per scale) {r['depth_plan']}"
         lines.append(f"{r['n_classes']} classes x {len(r['seeds'])} seeds, CFG {r['cfg']}, top-k {r['top_k']}, "
@@ -440,14 +444,15 @@ def run_eval(model: str, out: str | None, opts: EvalOptions, force: bool = False
     from vgen.models.load import load
 
     _check(opts)
-    m = load(model, weights=False, checkpoint=opts.checkpoint)  # what it is, read once
+    m = load(model, weights=False, checkpoint=opts.checkpoint, adapter=opts.adapter)  # what it is, read once
     given = out is not None
     if not given:
-        if m.source == "run":
+        if m.source == "run" and m.adapter is None:  # a run's own evaluations are of the run's model alone
             run = Path(model) if not Path(model).parent.name == "checkpoints" else Path(model).parent.parent
             out = run / "eval" / f"step-{m.step:06d}"
         else:
-            name = Path(model).name if m.source == "model" else "var-official"
+            name = Path(model).name if m.source != "official" else "var-official"
+            name += f"+{m.adapter.name}" if m.adapter is not None else ""
             out = Path("runs") / f"eval-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     # a bad --out is found before the generation, not after
     out = prepare_out_dir(out, empty_or_force=force if given else None)

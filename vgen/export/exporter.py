@@ -130,7 +130,8 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
     ``fmt="adapter"`` (a model with a ScaleWeaver control adapter): only the adapter, as
     ``adapter_config.json`` (the control's arch, the base's arch and scales it fits, the sampling
     defaults) and ``adapter.safetensors`` (its weights), with samples made under held-out world
-    scenes' conditions; ``vgen.scaleweaver.adapter.load_adapter`` puts it back on the base."""
+    scenes' conditions; `vgen sample / eval --adapter` (or ``vgen.scaleweaver.adapter.load_adapter``) puts it
+    back on the base."""
     from vgen.eval.harness import var_images
     from vgen.export.card import WORLD_DATASET, build_card
     from vgen.images import sample_sheet
@@ -212,6 +213,10 @@ def export_var(src: Path, out: Path, fmt: str = "var", merge_lora: bool = False,
                      ("adapter.safetensors", "the adapter's weights (LoRA of the condition branch, projections"
                       + (", the branch copy" if control.mode == "controlnet" else "") + ")")]
             snippet = "\n".join([
+                "```bash",
+                f"vgen sample --model BASE_MODEL_FOLDER --adapter {out.name} --classes 0 5 --control-seeds 7 --out s",
+                f"vgen eval --model BASE_MODEL_FOLDER --adapter {out.name} --metrics geneval control",
+                "```", "", "or in Python:", "",
                 "```python", "from vgen.models.load import load", "from vgen.engine.scalewise import sample",
                 "from vgen.scaleweaver.adapter import load_adapter",
                 "from vgen.scaleweaver.conditions import control_run, scene_conditions", "",

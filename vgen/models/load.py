@@ -54,6 +54,7 @@ class Loaded:
     step: int | None = None                     # run: its step
     eval: dict | None = None                    # run: its newest evaluation report
     var_config: dict | None = None              # var: the model folder's config.json
+    adapter: Path | None = None                 # var: a control adapter folder put on it (load(adapter=...))
 
     @property
     def name(self) -> str:
@@ -106,8 +107,14 @@ def _checkpoint_in(run: Path, checkpoint: str | int | None) -> Path:
 
 
 def load(spec, *, device: str = "cpu", dtype: str = "float32", checkpoint: str | int | None = None,
-         weights: bool = True, tokenizer_only: bool = False) -> Loaded:
-    """Load what ``spec`` names (see the module docstring)."""
+         weights: bool = True, tokenizer_only: bool = False, adapter=None) -> Loaded:
+    """Load what ``spec`` names (see the module docstring); ``adapter``: a ScaleWeaver control adapter
+    folder (`vgen export --format adapter`) to put on it, a VAR model."""
+    out = _load(spec, device, dtype, checkpoint, weights, tokenizer_only)
+    return out if adapter is None else _with_adapter(out, Path(adapter), weights)
+
+
+def _load(spec, device: str, dtype: str, checkpoint, weights: bool, tokenizer_only: bool) -> Loaded:
     pair = _official_pair(spec)
     if pair is not None:
         return _load_official(pair, device, weights)
@@ -126,6 +133,29 @@ def load(spec, *, device: str = "cpu", dtype: str = "float32", checkpoint: str |
         return _load_run(path, checkpoint, device, dtype, weights, tokenizer_only)
     raise UserError(f"{str(path)!r} is neither a model folder (no model_index.json, nor a VAR model's config.json) "
                     "nor a vgen run (no config.yaml)")
+
+
+def _with_adapter(out: Loaded, folder: Path, weights: bool) -> Loaded:
+    """``out`` with the control adapter in ``folder`` attached: the base's weights untouched (the adapter
+    adds its own parameters), its folder arch gaining ``control``, and the adapter's recorded sampling
+    (CFG, condition kind and guidance, as its recipe evaluated it) over the base's."""
+    from vgen.scaleweaver.adapter import check_fit, load_adapter, read_adapter
+
+    if out.kind != "var" or out.var_config is None:
+        what = "a diffusers pipeline" if out.kind == "pipeline" else "official checkpoint files"
+        raise UserError(f"--adapter puts a ScaleWeaver control adapter on a VAR model folder or run; "
+                        f"{str(out.path)!r} is {what}")
+    config = read_adapter(folder)
+    arch = dict(out.var_config.get("var") or {})
+    if arch.get("control"):
+        raise UserError(f"{str(out.path)!r} already has a control adapter; --adapter goes on its base")
+    check_fit(config, arch, folder)
+    if weights and out.var is not None:
+        load_adapter(out.var, folder)
+    out.var_config = {**out.var_config, "var": {**arch, "control": dict(config["control"])}}
+    out.sampling = {**out.sampling, **config["sampling"]}
+    out.adapter = folder
+    return out
 
 
 def _pipeline_sampling(folder: Path) -> dict:

@@ -160,13 +160,11 @@ def save_adapter(folder, var, class_prompts, resolution: int, sampling: dict, me
     save_file(state, str(folder / "adapter.safetensors"), metadata={"format": "pt", **(metadata or {})})
 
 
-def load_adapter(var, folder) -> ControlAdapter:
-    """Attach the adapter saved in ``folder`` (``save_adapter``; `vgen export --format adapter`) to the base
-    ``var``; a base it does not fit, or a damaged folder, is a one-line error."""
+def read_adapter(folder) -> dict:
+    """The checked adapter_config.json of an adapter folder (``save_adapter``); a missing or damaged
+    one is a one-line error."""
     import json
     from pathlib import Path
-
-    from vgen.models.var.official import load_state, read_state_dict
 
     folder = Path(folder)
     try:
@@ -174,14 +172,31 @@ def load_adapter(var, folder) -> ControlAdapter:
     except (OSError, ValueError) as e:
         raise UserError(f"{str(folder)!r} is not a control adapter folder (adapter_config.json: "
                         f"{getattr(e, 'strerror', None) or e})") from None
-    if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT:
+    if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT or not all(
+            isinstance(config.get(k), dict) for k in ("control", "base", "sampling")):
         raise UserError(f"{str(folder)!r}: adapter_config.json is not a vgen control adapter")
-    have = {k: (list(v) if isinstance(v, tuple) else v) for k, v in getattr(var, "arch", {}).items() if k in BASE_KEYS}
+    return config
+
+
+def check_fit(config: dict, arch: dict, folder) -> None:
+    """The adapter (its ``read_adapter`` config) fits a base of constructor arguments ``arch``."""
+    have = {k: (list(v) if isinstance(v, tuple) else v) for k, v in arch.items() if k in BASE_KEYS}
     if diff := [k for k, v in config["base"].items() if have.get(k) != v]:
         raise UserError(f"the adapter in {str(folder)!r} fits a base with {diff[0]}={config['base'][diff[0]]!r}; "
                         f"this model has {have.get(diff[0])!r}")
+
+
+def load_adapter(var, folder) -> ControlAdapter:
+    """Attach the adapter saved in ``folder`` (``save_adapter``; `vgen export --format adapter`) to the base
+    ``var``; a base it does not fit, or a damaged folder, is a one-line error."""
+    from pathlib import Path
+
+    from vgen.models.var.official import load_state, read_state_dict
+
+    config = read_adapter(folder)
+    check_fit(config, getattr(var, "arch", {}), folder)
     adapter = attach_control(var, **config["control"])
-    path = folder / "adapter.safetensors"
+    path = Path(folder) / "adapter.safetensors"
     load_state(adapter, read_state_dict(path), path)
     return adapter
 
