@@ -363,6 +363,28 @@ def test_a_rendered_scene_matches_its_own_condition():
     assert image_edges(images).shape == (3, 64, 64)
 
 
+def test_condition_targets_read_the_maps_back_from_condition_images():
+    """An image folder's condition files are scored against their ink: on the world's own condition
+    images that is exactly the map each was drawn from, and the other map is close to the exact one."""
+    from vgen.eval.control import condition_targets
+    from vgen.world.datasets import CLASS_PROMPTS
+    from vgen.world.scene import condition_maps, sample_scene
+
+    maps = [condition_maps(sample_scene(CLASS_PROMPTS[c], 11), 64) for c in (0, 10, 25, 46, 66)]
+    edges, masks = np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] > 0 for m in maps])
+    for kind in ("edges", "mask"):
+        imgs = torch.stack([condition_image(m, kind) for m in maps])
+        e, k = condition_targets(imgs, kind)
+        assert np.array_equal(e if kind == "edges" else k, edges if kind == "edges" else masks)
+        assert np.array_equal(condition_targets((imgs.permute(0, 2, 3, 1) * 255).round().byte().numpy(), kind)[0], e)
+        other = k if kind == "edges" else e
+        want = masks if kind == "edges" else edges
+        if kind == "edges":
+            assert min(mask_iou(a, b) for a, b in zip(other, want)) > 0.8
+        else:
+            assert min(edge_f1(a, b, 1) for a, b in zip(other, want)) > 0.8
+
+
 def test_condition_files_are_checked(tmp_path):
     from PIL import Image
 
@@ -645,10 +667,13 @@ def test_image_folder_mode_pairs_each_image_with_its_condition(tmp_path, capsys)
     save_var_model(tmp_path / "base2", tiny.vqvae, var, ["circle", "square"], 64)
     common = [f"init={tmp_path / 'base2'}", f"data={tmp_path / 'img'}", f"control_data={tmp_path / 'ctl'}",
               "iterations=2", "flip=true",
-              "eval_every=2", "val_size=4", "sample_classes=[0,1]"]
+              "eval_every=2", "val_size=4", "eval_items=4", "sample_classes=[0,1]"]
     assert main(["train", *_args(tmp_path, "f", *common)]) == 0
     m = _metrics(tmp_path / "f", VOLATILE)
-    assert "val_loss" in m[2] and "eval_edge_f1" not in m[2]  # no world maps for a folder: the loss only
+    # the held-out images' condition files are the targets: the real images score near the top on them
+    assert {"val_loss", "eval_edge_f1", "eval_mask_iou", "eval_edge_f1_real"} <= m[2].keys()
+    assert "eval_strict" not in m[2] and m[2]["eval_edge_f1_real"] > 0.9 and m[2]["eval_mask_iou_real"] > 0.8
+    assert (tmp_path / "f" / "eval" / "step-000002" / "control.png").is_file()
     # the latents are those of the files at the images' own paths, flipped with the image
     from vgen.data.imagefolder import ImageFolderClasses
     from vgen.scaleweaver.adapter import condition_latent

@@ -210,12 +210,18 @@ def var_images(var, vqvae, classes: list[int], seeds: list[int], settings: dict,
     """uint8 (len(classes) * len(seeds), H, W, 3) samples, class-major (class c, then each seed);
     ``conditions`` (ScaleWeaver): one condition image per sample, in the same order, guided by
     ``cfg_control`` (default: the class's cfg)."""
+    return var_pair_images(var, vqvae, [(c, s) for c in classes for s in seeds], settings, batch, progress, conditions,
+                           cfg_control)
+
+
+def var_pair_images(var, vqvae, pairs: list[tuple[int, int]], settings: dict, batch: int = 64,
+                    progress: bool = False, conditions=None, cfg_control: float | None = None) -> np.ndarray:
+    """uint8 (len(pairs), H, W, 3) samples of (class, seed) pairs, in batches (see ``var_images``)."""
     from tqdm.auto import tqdm
 
     from vgen.engine.scalewise import sample
     from vgen.images import to_uint8
 
-    pairs = [(c, s) for c in classes for s in seeds]
     out = []
     for lo in tqdm(range(0, len(pairs), batch), desc="generate", unit="batch", disable=not progress):
         part = pairs[lo:lo + batch]

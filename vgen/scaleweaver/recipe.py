@@ -16,9 +16,10 @@ One iteration (the VAR family's loop, ``vgen.vartrain.recipe.train``):
    drawn from (run.seed, step) for the global batch: a dropped condition contributes exactly zero,
    so the model also learns the unconditioned rows classifier-free guidance needs;
 3. teacher forcing under the control, CE over every scale, one AdamW step on the adapter only;
-4. every ``eval_every`` steps: the held-out teacher-forcing loss under the control and, on the
-   shapes world, ``eval_items`` held-out scenes sampled under their own conditions and scored
-   (edge F1, mask IoU, GenEval-Shapes strict), a grid condition | sample in ``eval/step-N/``.
+4. every ``eval_every`` steps: the held-out teacher-forcing loss under the control and
+   ``eval_items`` held-out items sampled under their own conditions and scored (edge F1, mask IoU;
+   on the shapes world also GenEval-Shapes strict, in an image folder also the real images' own
+   scores), a grid condition | sample in ``eval/step-N/``.
 
 The saved model folder is the base plus its adapter (``config.json`` records the control), so
 ``vgen sample --model RUN/model --control FILE`` and ``vgen eval --metrics control`` load it.
@@ -205,35 +206,6 @@ def control_objective(cfg: ScaleWeaverConfig, box: dict):
 # ---------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def control_eval(var, vqvae, class_ids, seeds, kind: str, resolution: int, sampling: dict, tol: int = 1,
-                 cfg_control: float | None = None, batch: int = 70):
-    """Sample every (class, seed) scene under its own condition; per image edge F1, mask IoU and the
-    verifier's strict verdict, with the images and condition images."""
-    from vgen.engine.scalewise import sample
-    from vgen.eval.control import control_scores
-    from vgen.scaleweaver.conditions import control_run, scene_conditions
-    from vgen.world.datasets import CLASS_PROMPTS
-    from vgen.world.verifier import verify
-
-    out = {"edge_f1": [], "mask_iou": [], "strict": []}
-    images, conds = [], []
-    for lo in range(0, len(class_ids), batch):
-        c, s = list(class_ids[lo:lo + batch]), list(seeds[lo:lo + batch])
-        cimg, maps = scene_conditions(c, s, kind, resolution)
-        run = control_run(var, vqvae, cimg, sampling["cfg"], cfg_control)
-        r = sample(var, vqvae, c, s, sampling["cfg"], sampling.get("top_k", 0), sampling.get("top_p", 0.0),
-                   control=run)
-        sc = control_scores(r.images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]),
-                            tol)
-        out["edge_f1"] += sc["edge_f1"].tolist()
-        out["mask_iou"] += sc["mask_iou"].tolist()
-        out["strict"] += [float(v.strict) for v in verify(r.images.cpu(), [CLASS_PROMPTS[i] for i in c])]
-        images.append(r.images.cpu())
-        conds.append(cimg)
-    return {k: np.array(v) for k, v in out.items()}, torch.cat(images), torch.cat(conds)
-
-
 def write_grid(path: Path, conds: torch.Tensor, images: torch.Tensor, n: int = 12) -> None:
     """Condition | sample pairs, side by side (PNG)."""
     from PIL import Image
@@ -246,13 +218,22 @@ def write_grid(path: Path, conds: torch.Tensor, images: torch.Tensor, n: int = 1
 
 
 def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
-    """The loop's evaluation: the held-out teacher-forcing loss under each item's condition and, on the
-    shapes world, the control scores of ``eval_items`` held-out scenes (data_seed + 1, never trained
-    on) sampled under their own maps; report and grid in eval/step-N/."""
+    """The loop's evaluation: the held-out teacher-forcing loss under each item's condition and the
+    control scores of ``eval_items`` held-out items sampled under their own conditions, with a grid
+    condition | sample in eval/step-N/. On the shapes world the items are scenes (data_seed + 1, never
+    trained on), scored against their exact maps, with GenEval-Shapes strict; in an image folder they
+    are the held-out images' condition files, scored against the files' ink (vgen.eval.control), and
+    the real held-out images are scored against the same files (``*_real``): the ceiling of the
+    metric on that data (the world's object test finds their edges; it fits images on a plain light
+    background, and the real images' score says how well)."""
     from vgen.engine.scalewise import evaluating
+    from vgen.eval.control import condition_targets, control_scores
+    from vgen.eval.harness import var_pair_images
     from vgen.scaleweaver.adapter import ControlRun
-    from vgen.scaleweaver.conditions import condition_guidance
+    from vgen.scaleweaver.conditions import condition_guidance, scene_conditions
     from vgen.vartrain.losses import tf_forward, token_ce
+    from vgen.world.datasets import CLASS_PROMPTS
+    from vgen.world.verifier import verify
 
     def evaluate(var, vqvae, step: int) -> dict:
         val, cond = box["val_data"], box["val"]
@@ -270,16 +251,29 @@ def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
         ev = {"val_loss": ce / n, "val_acc": acc / n}
         folder = run_dir / "eval" / f"step-{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        if cfg.eval_items and cfg.data == "shapes":
-            k = min(cfg.eval_items, n)
-            classes, seeds = [val.label(j) for j in range(k)], [val.ds.seed * 2**32 + val.ids[j] for j in range(k)]
+        if cfg.eval_items:
+            k, world = min(cfg.eval_items, n), cfg.data == "shapes"
+            pairs = [(val.label(j), val.ds.seed * 2**32 + val.ids[j] if world else val.ids[j]) for j in range(k)]
+            if world:
+                conds, maps = scene_conditions(*zip(*pairs), cfg.control, cfg.resolution)
+                targets = np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps])
+            else:
+                conds = torch.stack([cond.image(j) for j in range(k)])
+                targets = condition_targets(conds, cfg.control)
             sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p}
-            with evaluating(var):
-                sc, images, conds = control_eval(var, vqvae, classes, seeds, cfg.control, cfg.resolution, sampling,
-                                                 cfg.control_tol, condition_guidance(guidance(cfg), cfg.sample_cfg))
-            write_grid(folder / "control.png", conds, images)
-            ev.update({"eval_edge_f1": float(sc["edge_f1"].mean()), "eval_mask_iou": float(sc["mask_iou"].mean()),
-                       "eval_strict": float(sc["strict"].mean())})
+            with evaluating(var), torch.no_grad():
+                images = var_pair_images(var, vqvae, pairs, sampling, 70, conditions=conds,
+                                         cfg_control=condition_guidance(guidance(cfg), cfg.sample_cfg))
+            sc = control_scores(images, *targets, cfg.control_tol)
+            ev.update({"eval_edge_f1": float(sc["edge_f1"].mean()), "eval_mask_iou": float(sc["mask_iou"].mean())})
+            if world:
+                prompts = [CLASS_PROMPTS[c] for c, _ in pairs]
+                ev["eval_strict"] = float(np.mean([v.strict for v in verify(images, prompts)]))
+            else:
+                real = control_scores(torch.stack([val.image(j) for j in range(k)]), *targets, cfg.control_tol)
+                ev.update({"eval_edge_f1_real": float(real["edge_f1"].mean()),
+                           "eval_mask_iou_real": float(real["mask_iou"].mean())})
+            write_grid(folder / "control.png", conds, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
         from vgen.io import atomic_write_json
 
         atomic_write_json(folder / "report.json", {"step": step, "items": n, "tol": cfg.control_tol, **ev})
@@ -291,9 +285,14 @@ def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
 def model_card(cfg: ScaleWeaverConfig, var, history: dict) -> str:
     ad = var.control
     last = history["eval"][-1] if history["eval"] else {}
-    scores = (f"Held-out scenes ({cfg.eval_items}, step {last['step']}): edge F1 {last['eval_edge_f1']:.3f} "
-              f"(tolerance {cfg.control_tol} px), mask IoU {last['eval_mask_iou']:.3f}, GenEval-Shapes strict "
-              f"{last['eval_strict']:.1%}.\n" if "eval_edge_f1" in last else "")
+    scores = ""
+    if "eval_edge_f1" in last:
+        k = min(cfg.eval_items, cfg.val_size)
+        scores = (f"Held-out {'scenes' if 'eval_strict' in last else 'images'} ({k}, step {last['step']}): edge F1 "
+                  f"{last['eval_edge_f1']:.3f} (tolerance {cfg.control_tol} px), mask IoU {last['eval_mask_iou']:.3f}")
+        scores += (f", GenEval-Shapes strict {last['eval_strict']:.1%}.\n" if "eval_strict" in last else
+                   f" (the real held-out images against their own conditions: {last['eval_edge_f1_real']:.3f} / "
+                   f"{last['eval_mask_iou_real']:.3f}).\n")
     return f"""# ScaleWeaver control trained by `vgen train` (recipe scaleweaver)
 
 Base `{cfg.init}` (frozen) with a `{ad.mode}` control adapter on its first {ad.blocks} of {var.depth} blocks
