@@ -8,8 +8,8 @@ in the same frozen backbone, against the uncontrolled base, over several seeds.
 
 Each arm trains the config with its own ``mode`` (``causal`` is reference attention with
 ``ref_scales=causal``; ``lr3e-3`` reference attention at three times the lr; ``reference-pos`` and
-``joint-pos`` with ``pos_bias``; ``reference-pos-b6`` and ``controlnet-b6`` in all 6 blocks, ``reference-pos-b6-r32``
-also at LoRA rank 32): the same base, data,
+``joint-pos`` with ``pos_bias``; ``reference-pos-b6``, ``joint-pos-b6`` and ``controlnet-b6`` in all 6 blocks):
+the same base, data,
 steps, lr and seeds, so they differ only in how the condition enters. Then ``vgen eval --metrics
 geneval fid control`` scores the base and every final model on held-out world scenes: every class x
 ``--eval-seeds`` (training scenes use seeds below the config's data_size), each sampled under its
@@ -45,7 +45,7 @@ ARMS = {"reference": ["mode=reference"], "joint": ["mode=joint"], "controlnet": 
         "joint-pos": ["mode=joint", "pos_bias=true"],
         "reference-pos-b6": ["mode=reference", "pos_bias=true", "blocks=6"],  # ... injected into every block
         "controlnet-b6": ["mode=controlnet", "blocks=6"],  # its baseline at the same depth
-        "reference-pos-b6-r32": ["mode=reference", "pos_bias=true", "blocks=6", "lora_rank=32"]}  # post hoc: rank
+        "joint-pos-b6": ["mode=joint", "pos_bias=true", "blocks=6"]}
 
 
 def scores(report_dir: Path) -> dict:
