@@ -39,11 +39,15 @@ def instance_edges(labels: np.ndarray) -> np.ndarray:
     return (c != p[:-2, 1:-1]) | (c != p[2:, 1:-1]) | (c != p[1:-1, :-2]) | (c != p[1:-1, 2:])
 
 
+def object_edges(masks: np.ndarray) -> np.ndarray:
+    """(B, H, W) bool borders of the 8-connected parts of (B, H, W) bool masks."""
+    eight = np.ones((3, 3), bool)
+    return np.stack([instance_edges(ndimage.label(m, structure=eight)[0]) for m in masks])
+
+
 def image_edges(images) -> np.ndarray:
     """(B, H, W) bool edges of generated images (borders of their 8-connected foreground objects)."""
-    fg = foreground(images)
-    eight = np.ones((3, 3), bool)
-    return np.stack([instance_edges(ndimage.label(f, structure=eight)[0]) for f in fg])
+    return object_edges(foreground(images))
 
 
 def edge_f1(pred: np.ndarray, target: np.ndarray, tol: int = 1) -> float:
@@ -76,7 +80,6 @@ def condition_targets(conditions, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(edges, masks), (B, H, W) bool, read from condition images of ``kind`` (edges | mask) drawn as
     dark ink on a light background."""
     ink = as_uint8_batch(conditions).astype(np.float32).mean(-1) < 127.5
-    eight = np.ones((3, 3), bool)
     if kind == "edges":
         return ink, np.stack([ndimage.binary_fill_holes(e) for e in ink])
-    return np.stack([instance_edges(ndimage.label(m, structure=eight)[0]) for m in ink]), ink
+    return object_edges(ink), ink
