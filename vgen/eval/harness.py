@@ -356,12 +356,12 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
                    "cfg_control": condition_guidance(m.sampling, settings["cfg"], opts.cfg_control)}
     scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,
                                            opts.metrics, m.resolution, opts.batch, opts.progress, control)
-    report = {"vgen_version": __version__, "model": str(model), **({"adapter": str(opts.adapter)} if opts.adapter
-                                                                   else {}),
-              "kind": "var", "source": m.source, "step": m.step,
+    report = {"vgen_version": __version__, "model": str(model), "kind": "var", "source": m.source, "step": m.step,
               "classes": classes, "n_classes": len(classes), "seeds": list(opts.seeds), **settings,
               "patch_nums": list(pns), "flex": bool(m.var.flex), "resolution": m.resolution,
               "threads": torch.get_num_threads(), **scores}
+    if opts.adapter:
+        report["adapter"] = str(opts.adapter)
     if opts.ref_stats:
         from vgen.eval.fid import fid_against_ref_stats
 

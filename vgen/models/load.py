@@ -139,7 +139,7 @@ def _with_adapter(out: Loaded, folder: Path, weights: bool) -> Loaded:
     """``out`` with the control adapter in ``folder`` attached: the base's weights untouched (the adapter
     adds its own parameters), its folder arch gaining ``control``, and the adapter's recorded sampling
     (CFG, condition kind and guidance, as its recipe evaluated it) over the base's."""
-    from vgen.scaleweaver.adapter import check_fit, load_adapter, read_adapter
+    from vgen.scaleweaver.adapter import attach_saved, check_fit, read_adapter
 
     if out.kind != "var" or out.var_config is None:
         what = "a diffusers pipeline" if out.kind == "pipeline" else "official checkpoint files"
@@ -151,7 +151,7 @@ def _with_adapter(out: Loaded, folder: Path, weights: bool) -> Loaded:
         raise UserError(f"{str(out.path)!r} already has a control adapter; --adapter goes on its base")
     check_fit(config, arch, folder)
     if weights and out.var is not None:
-        load_adapter(out.var, folder)
+        attach_saved(out.var, folder, config)  # read and checked once, above
     out.var_config = {**out.var_config, "var": {**arch, "control": dict(config["control"])}}
     out.sampling = {**out.sampling, **config["sampling"]}
     out.adapter = folder

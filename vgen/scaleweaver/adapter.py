@@ -189,12 +189,17 @@ def check_fit(config: dict, arch: dict, folder) -> None:
 def load_adapter(var, folder) -> ControlAdapter:
     """Attach the adapter saved in ``folder`` (``save_adapter``; `vgen export --format adapter`) to the base
     ``var``; a base it does not fit, or a damaged folder, is a one-line error."""
+    config = read_adapter(folder)
+    check_fit(config, getattr(var, "arch", {}), folder)
+    return attach_saved(var, folder, config)
+
+
+def attach_saved(var, folder, config: dict) -> ControlAdapter:
+    """Attach the adapter of ``folder`` whose config ``read_adapter`` returned and ``check_fit`` passed."""
     from pathlib import Path
 
     from vgen.models.var.official import load_state, read_state_dict
 
-    config = read_adapter(folder)
-    check_fit(config, getattr(var, "arch", {}), folder)
     adapter = attach_control(var, **config["control"])
     path = Path(folder) / "adapter.safetensors"
     load_state(adapter, read_state_dict(path), path)

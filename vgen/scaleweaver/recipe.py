@@ -233,7 +233,7 @@ def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
     from vgen.scaleweaver.conditions import condition_guidance, scene_conditions
     from vgen.vartrain.losses import tf_forward, token_ce
     from vgen.world.datasets import CLASS_PROMPTS
-    from vgen.world.verifier import verify
+    from vgen.world.verifier import scores as verifier_scores
 
     def evaluate(var, vqvae, step: int) -> dict:
         val, cond = box["val_data"], box["val"]
@@ -267,8 +267,8 @@ def make_evaluate(cfg: ScaleWeaverConfig, run_dir: Path, box: dict):
             sc = control_scores(images, *targets, cfg.control_tol)
             ev.update({"eval_edge_f1": float(sc["edge_f1"].mean()), "eval_mask_iou": float(sc["mask_iou"].mean())})
             if world:
-                prompts = [CLASS_PROMPTS[c] for c, _ in pairs]
-                ev["eval_strict"] = float(np.mean([v.strict for v in verify(images, prompts)]))
+                strict = verifier_scores(images, [CLASS_PROMPTS[c] for c, _ in pairs])[1]
+                ev["eval_strict"] = float(strict.mean(dtype=np.float64))
             else:
                 real = control_scores(torch.stack([val.image(j) for j in range(k)]), *targets, cfg.control_tol)
                 ev.update({"eval_edge_f1_real": float(real["edge_f1"].mean()),
