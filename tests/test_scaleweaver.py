@@ -528,6 +528,44 @@ def test_vgen_eval_reports_control_for_the_model_and_the_base(trained, tmp_path)
     assert plain["geneval_shapes"]["overall"] == b["geneval_shapes"]["overall"]
 
 
+def test_vgen_eval_scores_control_on_a_folder_of_condition_files(trained, tmp_path, capsys):
+    from PIL import Image
+
+    from vgen.world.datasets import CLASS_PROMPTS
+
+    model, seed = str(trained / "model"), 1000000
+    classes = sorted([0, 10, 46], key=lambda c: CLASS_PROMPTS[c])  # the folder's order: by class folder name
+    conds, _ = scene_conditions(classes, [seed] * 3, "edges", 64)
+    for c, img in zip(classes, conds):
+        (tmp_path / "conds" / CLASS_PROMPTS[c]).mkdir(parents=True)
+        Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(
+            tmp_path / "conds" / CLASS_PROMPTS[c] / "scene.png")
+    common = ["eval", "--model", model, "--metrics", "control", "--seeds", str(seed)]
+    assert main([*common, "--control-data", str(tmp_path / "conds"), "--out", str(tmp_path / "f")]) == 0
+    assert main([*common, "--classes", *map(str, classes), "--out", str(tmp_path / "w")]) == 0
+    f, w = (json.loads((tmp_path / n / "report.json").read_text()) for n in "fw")
+    fc, wc = f["control"], w["control"]
+    assert fc["controlled"] and (fc["n_files"], fc["n_images"]) == (3, 3) and f["classes"] == sorted(classes)
+    assert set(fc["per_class"]) == {CLASS_PROMPTS[c] for c in classes}
+    # the world's own condition files, each sampled at its scene's seed: the same samples as the scene
+    # path, scored against the files' ink, which is exactly the scenes' edges (the mask, filled from
+    # the edges, is close)
+    assert fc["edge_f1"]["per_seed"] == pytest.approx(wc["edge_f1"]["per_seed"], abs=1e-9)
+    assert abs(fc["mask_iou"]["mean"] - wc["mask_iou"]["mean"]) < 0.1
+    assert "condition file in" in (tmp_path / "f" / "report.md").read_text()
+    (tmp_path / "conds" / "not a class").mkdir()
+    Image.new("L", (64, 64), 255).save(tmp_path / "conds" / "not a class" / "x.png")
+    capsys.readouterr()
+    for args, message in (
+            (["--control-data", str(tmp_path / "conds")], "'not a class' is not a class of the model"),
+            (["--control-data", str(tmp_path / "nowhere")], "is not a folder"),
+            (["--control-data", str(tmp_path / "conds"), "--classes", "0"], "control metric alone"),
+            (["--control-data", str(tmp_path / "conds"), "--metrics", "geneval", "control"], "control metric alone")):
+        msg = user_error(capsys, *common, *args, "--out", str(tmp_path / "x"))
+        assert message in msg, msg
+        assert not (tmp_path / "x").exists()
+
+
 def test_export_adapter_round_trip(trained, tmp_path, capsys):
     from vgen.models.load import load
     from vgen.scaleweaver.adapter import load_adapter

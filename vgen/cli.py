@@ -127,6 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        n=args.n, steps=args.steps, guidance=args.guidance, resolution=args.resolution,
                        classes=args.classes, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, patch_nums=pns,
                        control_kind=args.control_kind, control_tol=args.control_tol, cfg_control=args.cfg_control,
+                       control_data=args.control_data,
                        switch_scale=args.switch_scale, depth=args.depth,
                        inception_weights=args.inception_weights, ref_stats=args.ref_stats,
                        fid_reference=args.fid_reference, checkpoint=args.checkpoint, adapter=args.adapter)
@@ -263,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--control-kind", default=None, choices=["edges", "mask"],
                     help="VAR, metric control: the scenes' condition map (default: the model's)")
     ev.add_argument("--control-tol", type=int, default=1, help="VAR, metric control: edge F1 tolerance in pixels")
+    ev.add_argument("--control-data", default=None, metavar="DIR",
+                    help="VAR, metric control alone: condition files in CLASS/IMAGE folders (the class folder names "
+                         "are the model's class names) instead of the world's scenes; each is sampled for every seed "
+                         "under its class and scored against its own ink")
     ev.add_argument("--cfg-control", type=float, default=None,
                     help="VAR with a control adapter, metric control: the condition's own guidance scale "
                     "(default: the model's, else --cfg)")

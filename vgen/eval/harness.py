@@ -12,11 +12,14 @@
   that seed; a model with a ScaleWeaver adapter samples under the scene's condition map, any other
   model without one (its chance level), and edge F1 / mask IoU against the scene's maps are
   reported (vgen.eval.control). Training scenes use seeds below ``data_size`` (20,000 by default),
-  so seeds from 1,000,000 are held out.
+  so seeds from 1,000,000 are held out. With ``control_data`` (a folder of condition files in
+  CLASS/IMAGE folders, as a ScaleWeaver recipe's ``control_data``) every file is sampled for every
+  seed instead, under its class, and scored against the file's own ink (``folder_control``).
 
 report.json keys: ``vgen_version``, ``model``, ``source`` (model | run), ``step``, ``split``,
 ``n_prompts``, ``seeds``, ``steps``, ``guidance``, ``resolution``, ``geneval_shapes``, ``control``
-(``kind``, ``tol``, ``controlled``, ``edge_f1`` / ``mask_iou`` as the GenEval figures, ``per_category``)
+(``kind``, ``tol``, ``controlled``, ``edge_f1`` / ``mask_iou`` as the GenEval figures, ``per_category``;
+with ``control_data`` also ``folder``, ``n_files`` and ``per_class``)
 (``overall`` / ``per_category`` -> ``strict`` / ``score`` -> ``mean``, ``ci95``, ``per_seed``,
 ``per_seed_std``), ``fid_shapes`` (``fid_shapes``, ``kid_shapes_mean``, ``kid_shapes_std``,
 ``n_real``, ``n_fake``), ``fid_inception`` (same with ``inception``), ``rewards`` (name ->
@@ -135,6 +138,7 @@ class EvalOptions:
     control_kind: str | None = None            # VAR, metric control: edges | mask (default: the model's)
     control_tol: int = 1                       # VAR, metric control: edge F1 tolerance, pixels
     cfg_control: float | None = None           # VAR with a control: the condition's own guidance (default: the model's)
+    control_data: str | None = None            # VAR, metric control: condition files (CLASS/IMAGE) for the scenes
     cfg: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -180,7 +184,7 @@ def evaluate_model(model: str, opts: EvalOptions, described=None) -> tuple[dict,
     if described.kind == "var":
         return evaluate_var_model(model, opts, described)
     var_only = [k for k in ("classes", "cfg", "top_k", "top_p", "patch_nums", "depth", "switch_scale", "ref_stats",
-                            "control_kind", "cfg_control") if getattr(opts, k) is not None]
+                            "control_kind", "cfg_control", "control_data") if getattr(opts, k) is not None]
     if "control" in opts.metrics:
         raise UserError(f"the control metric applies to VAR models; {model!r} is a diffusers pipeline")
     if var_only:
@@ -257,6 +261,8 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
     the model has a control adapter. Returns (scores, images, prompts), images class-major."""
     from vgen.world.grammar import is_grammar_prompt
 
+    if control and control.get("folder"):
+        return folder_control(var, vqvae, class_prompts, seeds, settings, control, resolution, batch, progress)
     out: dict = {"seconds": {}}
     grammar = all(is_grammar_prompt(class_prompts[c]) for c in classes)
     conditions = maps = None
@@ -297,6 +303,46 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
     return out, images, prompts
 
 
+def folder_control(var, vqvae, class_prompts: list[str], seeds: list[int], settings: dict, control: dict,
+                   resolution: int = 64, batch: int = 64, progress: bool = False) -> tuple[dict, np.ndarray, list[str]]:
+    """The control metric on a user's condition files: every file of ``control["folder"]`` (CLASS/IMAGE,
+    the class folder names being the model's class names; cropped and resized as training reads them)
+    is sampled for every seed under its class, with the file as its condition when the model has a
+    control adapter, and scored against the file's own ink (vgen.eval.control.condition_targets), so a
+    control trained on an image folder is measured on held-out files of the same kind. Returns (scores,
+    images, prompts), file-major."""
+    from vgen.data.imagefolder import ImageFolderClasses
+    from vgen.eval.control import condition_targets, control_scores
+
+    ds = ImageFolderClasses(control["folder"], resolution)
+    ids = {name: i for i, name in enumerate(class_prompts)}
+    unknown = [c for c in ds.classes if c not in ids]
+    if unknown:
+        raise UserError(f"condition folder {str(control['folder'])!r}: class folder {unknown[0]!r} is not a class of "
+                        f"the model (name the class folders as its classes, e.g. {class_prompts[0]!r})")
+    conds = torch.stack([ds.item(i)["image"] for i in range(len(ds))])
+    edges, masks = condition_targets(conds, control["kind"])
+    n = len(seeds)
+    labels = np.array([ids[ds.classes[ds.label(i)]] for i in range(len(ds))])
+    pairs = [(int(c), s) for c in labels for s in seeds]
+    controlled = getattr(var, "control", None) is not None
+    t = time.perf_counter()
+    images = var_pair_images(var, vqvae, pairs, settings, batch, progress,
+                             conds.repeat_interleave(n, 0) if controlled else None, control["cfg_control"])
+    seconds = {"generate": time.perf_counter() - t}
+    sc = control_scores(images, np.repeat(edges, n, 0), np.repeat(masks, n, 0), control["tol"])
+    out = {"kind": control["kind"], "tol": control["tol"], "controlled": controlled,
+           "cfg_control": control["cfg_control"] if controlled else None, "folder": str(control["folder"]),
+           "n_files": len(ds), "n_images": len(pairs), "per_category": {}, "per_class": {}}
+    for key in ("edge_f1", "mask_iou"):
+        v = sc[key].reshape(len(ds), n)
+        out[key] = summarize(v)
+        for c in np.unique(labels):
+            out["per_class"].setdefault(class_prompts[c], {})[key] = summarize(v[labels == c])
+    return ({"control": out, "classes": sorted(set(labels.tolist())), "seconds": seconds}, images,
+            [class_prompts[c] for c, _ in pairs])
+
+
 def control_summary(images, maps: list[dict], prompts: list[str], n_seeds: int, kind: str, tol: int,
                     controlled: bool) -> dict:
     """Edge F1 and mask IoU of class-major images against their scenes' maps, summarised as the
@@ -328,6 +374,11 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
         flag = pipeline_only[0] if pipeline_only else "rewards"
         raise UserError(f"--{flag} applies to diffusers pipelines; {model!r} is a VAR model (it takes --cfg, "
                         "--top-k, --top-p, --classes)")
+    if opts.control_data is not None and (tuple(opts.metrics) != ("control",) or opts.classes or opts.ref_stats):
+        raise UserError("--control-data scores the control metric alone, on its files' classes: give --metrics "
+                        "control only, and no --classes or --ref-stats")
+    if opts.control_data is not None and not Path(opts.control_data).is_dir():
+        raise UserError(f"--control-data {opts.control_data!r} is not a folder (CLASS/IMAGE condition files)")
     var_settings({}, opts.cfg, opts.top_k, opts.top_p)  # bad sampling flags first
     m = described or load(model, weights=False, checkpoint=opts.checkpoint, adapter=opts.adapter)
     classes = parse_classes(opts.classes or ["all"], len(m.classes))
@@ -352,10 +403,11 @@ def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[d
     control = None
     if "control" in opts.metrics:
         kind = opts.control_kind or m.sampling.get("control", "edges")
-        control = {"kind": kind, "tol": opts.control_tol,
+        control = {"kind": kind, "tol": opts.control_tol, "folder": opts.control_data,
                    "cfg_control": condition_guidance(m.sampling, settings["cfg"], opts.cfg_control)}
     scores, images, prompts = evaluate_var(m.var, m.vqvae, m.classes, classes, list(opts.seeds), settings,
                                            opts.metrics, m.resolution, opts.batch, opts.progress, control)
+    classes = scores.pop("classes", classes)  # a condition folder's own classes
     report = {"vgen_version": __version__, "model": str(model), "kind": "var", "source": m.source, "step": m.step,
               "classes": classes, "n_classes": len(classes), "seeds": list(opts.seeds), **settings,
               "patch_nums": list(pns), "flex": bool(m.var.flex), "resolution": m.resolution,
@@ -406,10 +458,13 @@ def markdown(r: dict) -> str:
                       f"- KID-{label}: {f[f'kid_{label}_mean']:.5f} ± {f[f'kid_{label}_std']:.5f}"]
     if r.get("control"):
         c = r["control"]
-        how = "sampled under each scene's" if c["controlled"] else "sampled WITHOUT (no control adapter) the scene's"
+        source = f"condition file in {c['folder']} ({c['n_files']} files)" if c.get("folder") else "scene's"
+        how = f"sampled under each {source}" if c["controlled"] else \
+            f"sampled WITHOUT (no control adapter) each {source}"
         lines += ["", f"## Control ({how} {c['kind']} map; edge tolerance {c['tol']} px)", "",
                   "| category | edge F1 | mask IoU |", "|---|---|---|"]
-        rows = [(k, c["per_category"][k]) for k in CATEGORIES if k in c["per_category"]] + [("overall", c)]
+        rows = [(k, c["per_category"][k]) for k in CATEGORIES if k in c["per_category"]]
+        rows += [(k, v) for k, v in c.get("per_class", {}).items()] + [("overall", c)]
         for k, v in rows:
             lines.append(f"| {k} | {v['edge_f1']['mean']:.3f} [{v['edge_f1']['ci95'][0]:.3f}, "
                          f"{v['edge_f1']['ci95'][1]:.3f}] | {v['mask_iou']['mean']:.3f} "
