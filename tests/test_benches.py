@@ -59,7 +59,7 @@ def test_bench_quant_reports_cpu_figures_and_skips_gpu_part(model_dir, tmp_path,
 
 
 def test_bench_var_reports_speeds_and_the_kv_cache_peak(var_model_dir, tmp_path, capsys):
-    rc = main(["bench", "var", f"model={var_model_dir}", "batch=3", "repeats=1", f"run.out_dir={tmp_path}",
+    rc = main(["bench", "var", f"model={var_model_dir}", "batch=3", "repeats=3", f"run.out_dir={tmp_path}",
                "run.name=v"])
     assert rc == 0
     r = json.loads((tmp_path / "v" / "report.json").read_text())
@@ -71,7 +71,7 @@ def test_bench_var_reports_speeds_and_the_kv_cache_peak(var_model_dir, tmp_path,
     md = (tmp_path / "v" / "report.md").read_text()
     assert "closed form" in md and "plain official procedure" in md
     # batch 1 and 16 beside the plain official procedure: no model call is padded, so batch 1 pays no
-    # 16x tax (a loose bound: timings on a shared CI machine are noisy)
+    # 16x tax (a loose bound on the best of 3 timed calls: one call on a shared CI machine can stall)
     per = r["seconds_per_image"]
     assert set(per) == {"1", "16"} and all(set(t) == {"vgen", "plain", "ratio"} for t in per.values())
     assert 0 < per["1"]["vgen"] < 4 * per["1"]["plain"]
