@@ -283,9 +283,14 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
     out["seconds"]["generate"] = time.perf_counter() - t
     prompts = [class_prompts[c] for c in classes for _ in seeds]
     if maps is not None:
-        out["control"] = control_summary(images, maps, prompts, len(seeds), control["kind"], control["tol"],
-                                         controlled)
-        out["control"]["cfg_control"] = control["cfg_control"] if controlled else None
+        from vgen.world.grammar import parse
+
+        overall, per_category = control_summary(
+            images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]),
+            [parse(class_prompts[c]).category for c in classes], len(seeds), control["tol"])
+        out["control"] = {"kind": control["kind"], "tol": control["tol"], "controlled": controlled,
+                          "n_images": len(prompts), "per_category": per_category, **overall,
+                          "cfg_control": control["cfg_control"] if controlled else None}
     if "geneval" in metrics:
         if grammar:
             t = time.perf_counter()
@@ -312,7 +317,7 @@ def folder_control(var, vqvae, class_prompts: list[str], seeds: list[int], setti
     control trained on an image folder is measured on held-out files of the same kind. Returns (scores,
     images, prompts), file-major."""
     from vgen.data.imagefolder import ImageFolderClasses
-    from vgen.eval.control import condition_targets, control_scores
+    from vgen.eval.control import condition_targets
 
     ds = ImageFolderClasses(control["folder"], resolution)
     ids = {name: i for i, name in enumerate(class_prompts)}
@@ -330,37 +335,31 @@ def folder_control(var, vqvae, class_prompts: list[str], seeds: list[int], setti
     images = var_pair_images(var, vqvae, pairs, settings, batch, progress,
                              conds.repeat_interleave(n, 0) if controlled else None, control["cfg_control"])
     seconds = {"generate": time.perf_counter() - t}
-    sc = control_scores(images, np.repeat(edges, n, 0), np.repeat(masks, n, 0), control["tol"])
+    overall, per_class = control_summary(images, np.repeat(edges, n, 0), np.repeat(masks, n, 0),
+                                         [class_prompts[c] for c in labels], n, control["tol"])
     out = {"kind": control["kind"], "tol": control["tol"], "controlled": controlled,
            "cfg_control": control["cfg_control"] if controlled else None, "folder": str(control["folder"]),
-           "n_files": len(ds), "n_images": len(pairs), "per_category": {}, "per_class": {}}
-    for key in ("edge_f1", "mask_iou"):
-        v = sc[key].reshape(len(ds), n)
-        out[key] = summarize(v)
-        for c in np.unique(labels):
-            out["per_class"].setdefault(class_prompts[c], {})[key] = summarize(v[labels == c])
+           "n_files": len(ds), "n_images": len(pairs), "per_category": {}, "per_class": per_class, **overall}
     return ({"control": out, "classes": sorted(set(labels.tolist())), "seconds": seconds}, images,
             [class_prompts[c] for c, _ in pairs])
 
 
-def control_summary(images, maps: list[dict], prompts: list[str], n_seeds: int, kind: str, tol: int,
-                    controlled: bool) -> dict:
-    """Edge F1 and mask IoU of class-major images against their scenes' maps, summarised as the
-    GenEval figures (mean, 95% bootstrap interval over classes, per-seed spread), overall and per category."""
+def control_summary(images, edges: np.ndarray, masks: np.ndarray, groups: list[str], n_seeds: int,
+                    tol: int) -> tuple[dict, dict]:
+    """Edge F1 and mask IoU of slot-major images (slot i, then each seed) against their target maps,
+    summarised as the GenEval figures (mean, 95% bootstrap interval over slots, per-seed spread):
+    overall, and per group of slots (``groups``: one name per slot, a scene's category or a file's class)."""
     from vgen.eval.control import control_scores
-    from vgen.world.grammar import parse
 
-    sc = control_scores(images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]), tol)
-    shape = (len(prompts) // n_seeds, n_seeds)
-    cats = np.array([parse(p).category for p in prompts]).reshape(shape)[:, 0]
-    out = {"kind": kind, "tol": tol, "controlled": controlled, "n_images": len(prompts), "per_category": {}}
+    sc = control_scores(images, edges, masks, tol)
+    groups = np.asarray(groups)
+    overall, per_group = {}, {}
     for key in ("edge_f1", "mask_iou"):
-        v = sc[key].reshape(shape)
-        out[key] = summarize(v)
-        for c in CATEGORIES:
-            if (cats == c).any():
-                out["per_category"].setdefault(c, {})[key] = summarize(v[cats == c])
-    return out
+        v = sc[key].reshape(len(groups), n_seeds)
+        overall[key] = summarize(v)
+        for g in dict.fromkeys(groups.tolist()):
+            per_group.setdefault(g, {})[key] = summarize(v[groups == g])
+    return overall, per_group
 
 
 def evaluate_var_model(model: str, opts: EvalOptions, described=None) -> tuple[dict, np.ndarray, list[str], int]:
