@@ -3,6 +3,7 @@
     python tools/solrl_var_compare.py [--seeds 0 1 2] [--out runs/solrl-var] [--test-seeds 10]
                                       [--sol configs/solrl_var/learn.yaml]
                                       [--baseline configs/solrl_var/learn_kink.yaml]
+                                      [--families sol_rl k_in_k] [--checkpoints N ...] [key=value ...]
 
 For each seed it trains the Sol-RL config and the baseline config side by side, each pinned to
 its own core with one thread (so machine noise hits both alike), then runs ``vgen eval`` on the
@@ -18,7 +19,11 @@ It writes ``report.json`` / ``report.md`` and ``curves.png`` into ``--out``:
   Sol-RL takes to first reach its paired baseline's final score and best score, over the time
   the baseline itself first reached that score; the ratio per pair, the mean and a 95% bootstrap
   interval over pairs, for strict accuracy and the mean verifier score;
-* the per-phase time of one iteration of each family (mean over the run).
+* the per-phase time of one iteration of each family (mean over the run), and each run's training minutes.
+
+``--families sol_rl`` trains and scores one family alone (no speed section: it needs pairs);
+``key=value`` overrides apply to every training run (``iterations=240``: a longer run);
+``--checkpoints 135`` also scores each run's checkpoint of that iteration on the test seeds.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from compare_runs import PHASES, curve, fmt_ratio, phases, plot_pairs, rows, speed, summarise  # noqa: E402
+from compare_runs import PHASES, curve, fmt_ratio, phases, plot_pairs, rows, speed, summarise, wall_times  # noqa: E402
 from solrl_learning import read_config, run_all, vgen  # noqa: E402
 
 TEST_SEED = 2_000_000
@@ -41,7 +46,7 @@ TEST_SEED = 2_000_000
 def evaluate(model: str, out: Path, seeds: list[int]) -> dict:
     if not (out / "report.json").is_file():
         proc = vgen("eval", "--model", model, "--metrics", "geneval", "fid", "--seeds", *map(str, seeds),
-                    "--out", str(out), "--force", log=out.with_suffix(".log"))
+                    "--out", str(out), "--force", core=0, log=out.with_suffix(".log"))  # one thread, as the card
         if proc.wait():
             raise SystemExit(f"vgen eval of {model} failed; see {out.with_suffix('.log')}")
     r = json.loads((out / "report.json").read_text())
@@ -64,12 +69,16 @@ def main() -> None:
     ap.add_argument("--test-seeds", type=int, default=10, help="test seeds per class (2,000,000 + i)")
     ap.add_argument("--out", default="runs/solrl-var")
     ap.add_argument("--no-train", action="store_true", help="evaluate and report the runs already in --out")
+    ap.add_argument("--families", nargs="+", choices=["sol_rl", "k_in_k"], default=["sol_rl", "k_in_k"])
+    ap.add_argument("--checkpoints", type=int, nargs="*", default=[],
+                    help="also score each run's checkpoint of these iterations on the test seeds")
+    ap.add_argument("overrides", nargs="*", help="key=value for every training run")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    arms = {"sol_rl": a.sol, "k_in_k": a.baseline}
-    jobs = [(["train", cfg, f"run.seed={s}", f"run.out_dir={out}", f"run.name={arm}-s{s}"], out / f"{arm}-s{s}.log")
-            for s in a.seeds for arm, cfg in arms.items()]
+    arms = {arm: cfg for arm, cfg in (("sol_rl", a.sol), ("k_in_k", a.baseline)) if arm in a.families}
+    jobs = [(["train", cfg, f"run.seed={s}", *a.overrides, f"run.out_dir={out}", f"run.name={arm}-s{s}"],
+             out / f"{arm}-s{s}.log") for s in a.seeds for arm, cfg in arms.items()]
     if not a.no_train:
         run_all(jobs, [0, 1])  # each pair side by side, one core each
 
@@ -79,33 +88,44 @@ def main() -> None:
     for s in a.seeds:
         for arm in arms:
             results[f"{arm}-s{s}"] = evaluate(str(out / f"{arm}-s{s}"), out / f"eval-{arm}-s{s}", seeds)
+            for it in a.checkpoints:
+                results[f"{arm}-s{s}@{it}"] = evaluate(str(out / f"{arm}-s{s}" / "checkpoints" / f"step-{it:06d}"),
+                                                       out / f"eval-{arm}-s{s}@{it}", seeds)
     base = results["base"]
     learning = {}
     for arm in arms:
-        d = [100 * (results[f"{arm}-s{s}"]["strict"] - base["strict"]) for s in a.seeds]
-        learning[arm] = {"delta_points": d, "mean": float(np.mean(d)), "std": float(np.std(d, ddof=1)) if len(d) > 1
-                         else 0.0}
+        for tag in ["", *(f"@{it}" for it in a.checkpoints)]:
+            d = [100 * (results[f"{arm}-s{s}{tag}"]["strict"] - base["strict"]) for s in a.seeds]
+            learning[arm + tag] = {"delta_points": d, "mean": float(np.mean(d)),
+                                   "std": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0}
+    paired = len(arms) == 2
     speeds = {m: {s: speed(curve(out / f"sol_rl-s{s}", m), curve(out / f"k_in_k-s{s}", m)) for s in a.seeds}
-              for m in ("eval_strict", "eval_score")}
+              for m in ("eval_strict", "eval_score")} if paired else {}
     summary = {f"{m}/{target}": v for m, per in speeds.items() for target, v in summarise(per).items()}
     split = {arm: {s: phases(out / f"{arm}-s{s}") for s in a.seeds} for arm in arms}
+    minutes = {arm: {s: max(wall_times(out / f"{arm}-s{s}").values()) / 60 for s in a.seeds} for arm in arms}
     per_update = {arm: {s: by_iteration(out / f"{arm}-s{s}", "eval_strict") for s in a.seeds} for arm in arms}
-    report = {"configs": arms, "seeds": a.seeds, "test_seeds": seeds, "results": results, "learning": learning,
+    report = {"configs": arms, "overrides": a.overrides, "seeds": a.seeds, "test_seeds": seeds, "results": results,
+              "learning": learning,
               "speed": {m: {str(s): {k: v for k, v in p.items() if not k.endswith("curve")} for s, p in per.items()}
                         for m, per in speeds.items()}, "speed_summary": summary, "phases": split,
-              "per_update": per_update}
+              "train_minutes": minutes, "per_update": per_update}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for m, path, label in (("eval_strict", "curves.png", "held-out GenEval-Shapes strict"),
                            ("eval_score", "curves_score.png", "held-out verifier score")):
-        plot_pairs({f"seed {s}": sp for s, sp in speeds[m].items()}, out / path, label)
-    (out / "report.md").write_text(markdown(report, a) + "\n")
+        if paired:
+            plot_pairs({f"seed {s}": sp for s, sp in speeds[m].items()}, out / path, label)
+    (out / "report.md").write_text(markdown(report) + "\n")
     print((out / "report.md").read_text())
 
 
-def markdown(rep: dict, a) -> str:
+def markdown(rep: dict) -> str:
     res, base = rep["results"], rep["results"]["base"]
     cats = list(base["per_category"])
-    lines = [f"# RL on the VAR token policy: Sol-RL ({a.sol}) vs k-in-k ({a.baseline})", "",
+    names = {"sol_rl": "Sol-RL", "k_in_k": "k-in-k"}
+    title = " vs ".join(f"{names[arm]} ({cfg})" for arm, cfg in rep["configs"].items())
+    lines = [f"# RL on the VAR token policy: {title}", "",
+             *([f"Every training run with {' '.join(rep['overrides'])}.", ""] if rep["overrides"] else []),
              f"Test: 70 classes x seeds {rep['test_seeds'][0]}..{rep['test_seeds'][-1]} "
              f"({70 * len(rep['test_seeds'])} images per model), the model's sampling settings.", "",
              "| model | strict | change (points) | score | FID-shapes | " + " | ".join(cats) + " |",
@@ -117,14 +137,35 @@ def markdown(rep: dict, a) -> str:
                 + " | ".join(f"{r['per_category'][c]:.1%}" for c in cats) + " |")
 
     lines.append(row("base", base))
-    for arm in ("sol_rl", "k_in_k"):
-        for s in rep["seeds"]:
-            r = res[f"{arm}-s{s}"]
-            lines.append(row(f"{arm} seed {s}", r, f"{100 * (r['strict'] - base['strict']):+.1f}"))
+    # per family: each run's final checkpoint, then the earlier ones scored (keys RUN@ITERATION)
+    for key in sorted((k for k in res if k != "base"), key=lambda k: (k.rpartition("-s")[0], "@" in k, k)):
+        arm, _, rest = key.rpartition("-s")
+        seed, _, it = rest.partition("@")
+        name = f"{arm} seed {seed}" + (f" (iteration {it})" if it else "")
+        lines.append(row(name, res[key], f"{100 * (res[key]['strict'] - base['strict']):+.1f}"))
     for arm, lr in rep["learning"].items():
         lines.append(f"\n{arm}: change over the base {lr['mean']:+.1f} +- {lr['std']:.1f} points (mean +- std, "
                      f"{len(rep['seeds'])} seeds)")
-    lines += ["", "## Speed: time to the k-in-k baseline's score (held-out curve, training wall time)", "",
+    if rep["speed_summary"]:
+        lines += speed_lines(rep)
+    shared = sorted(set.intersection(*(set(v) for per in rep["per_update"].values() for v in per.values())))
+    lines += ["", "## Held-out strict accuracy by iteration (progress per update, mean over seeds)", "",
+              "| family | " + " | ".join(f"it {i}" for i in shared) + " |", "|---|" + "---|" * len(shared)]
+    for arm, per in rep["per_update"].items():
+        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([v[i] for v in per.values()]):.1%}" for i in shared)
+                     + " |")
+    lines += ["", "## Per-phase time of one iteration (s, mean over the run, one core) and training minutes", "",
+              "| family | seed | " + " | ".join(PHASES) + " | total | training min |",
+              "|---|---|" + "---|" * (len(PHASES) + 2)]
+    for arm, per in rep["phases"].items():
+        for s, ph in per.items():
+            lines.append(f"| {arm} | {s} | " + " | ".join(f"{ph[p]:.2f}" for p in PHASES)
+                         + f" | {sum(ph.values()):.2f} | {rep['train_minutes'][arm][s]:.1f} |")
+    return "\n".join(lines)
+
+
+def speed_lines(rep: dict) -> list[str]:
+    lines = ["", "## Speed: time to the k-in-k baseline's score (held-out curve, training wall time)", "",
               "| metric | target | " + " | ".join(f"pair {s}" for s in rep["seeds"]) + " | mean | 95% bootstrap |",
               "|---|---|" + "---|" * (len(rep["seeds"]) + 2)]
     for key, sm in rep["speed_summary"].items():
@@ -134,19 +175,7 @@ def markdown(rep: dict, a) -> str:
         lines.append(f"| {m} | baseline {target} | {cells} | {sm['mean']:.2f}x"
                      f"{'' if sm['all_reached'] else ' (bounds included)'} | {sm['ci95'][0]:.2f} - "
                      f"{sm['ci95'][1]:.2f} |")
-    shared = sorted(set.intersection(*(set(v) for per in rep["per_update"].values() for v in per.values())))
-    lines += ["", "## Held-out strict accuracy by iteration (progress per update, mean over seeds)", "",
-              "| family | " + " | ".join(f"it {i}" for i in shared) + " |", "|---|" + "---|" * len(shared)]
-    for arm, per in rep["per_update"].items():
-        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([v[i] for v in per.values()]):.1%}" for i in shared)
-                     + " |")
-    lines += ["", "## Per-phase time of one iteration (s, mean over the run, one core)", "",
-              "| family | seed | " + " | ".join(PHASES) + " | total |", "|---|---|" + "---|" * (len(PHASES) + 1)]
-    for arm, per in rep["phases"].items():
-        for s, ph in per.items():
-            lines.append(f"| {arm} | {s} | " + " | ".join(f"{ph[p]:.2f}" for p in PHASES)
-                         + f" | {sum(ph.values()):.2f} |")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
