@@ -4,6 +4,7 @@
                                       [--sol configs/solrl_var/learn.yaml]
                                       [--baseline configs/solrl_var/learn_kink.yaml]
                                       [--families sol_rl k_in_k] [--checkpoints N ...] [key=value ...]
+                                      [--sol-set key=value ...] [--baseline-set key=value ...]
 
 For each seed it trains the Sol-RL config and the baseline config side by side, each pinned to
 its own core with one thread (so machine noise hits both alike), then runs ``vgen eval`` on the
@@ -22,7 +23,8 @@ It writes ``report.json`` / ``report.md`` and ``curves.png`` into ``--out``:
 * the per-phase time of one iteration of each family (mean over the run), and each run's training minutes.
 
 ``--families sol_rl`` trains and scores one family alone (no speed section: it needs pairs);
-``key=value`` overrides apply to every training run (``iterations=240``: a longer run);
+``key=value`` overrides apply to every training run, ``--sol-set`` / ``--baseline-set`` ones to one
+family's (``--sol-set iterations=240 --baseline-set iterations=267``: longer runs, still matched in time);
 ``--checkpoints 135`` also scores each run's checkpoint of that iteration on the test seeds.
 """
 
@@ -73,11 +75,14 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, nargs="*", default=[],
                     help="also score each run's checkpoint of these iterations on the test seeds")
     ap.add_argument("overrides", nargs="*", help="key=value for every training run")
+    ap.add_argument("--sol-set", nargs="*", default=[], help="key=value for the Sol-RL runs")
+    ap.add_argument("--baseline-set", nargs="*", default=[], help="key=value for the baseline runs")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     arms = {arm: cfg for arm, cfg in (("sol_rl", a.sol), ("k_in_k", a.baseline)) if arm in a.families}
-    jobs = [(["train", cfg, f"run.seed={s}", *a.overrides, f"run.out_dir={out}", f"run.name={arm}-s{s}"],
+    sets = {"sol_rl": a.overrides + a.sol_set, "k_in_k": a.overrides + a.baseline_set}
+    jobs = [(["train", cfg, f"run.seed={s}", *sets[arm], f"run.out_dir={out}", f"run.name={arm}-s{s}"],
              out / f"{arm}-s{s}.log") for s in a.seeds for arm, cfg in arms.items()]
     if not a.no_train:
         run_all(jobs, [0, 1])  # each pair side by side, one core each
@@ -105,8 +110,8 @@ def main() -> None:
     split = {arm: {s: phases(out / f"{arm}-s{s}") for s in a.seeds} for arm in arms}
     minutes = {arm: {s: max(wall_times(out / f"{arm}-s{s}").values()) / 60 for s in a.seeds} for arm in arms}
     per_update = {arm: {s: by_iteration(out / f"{arm}-s{s}", "eval_strict") for s in a.seeds} for arm in arms}
-    report = {"configs": arms, "overrides": a.overrides, "seeds": a.seeds, "test_seeds": seeds, "results": results,
-              "learning": learning,
+    report = {"configs": arms, "overrides": {arm: sets[arm] for arm in arms}, "seeds": a.seeds, "test_seeds": seeds,
+              "results": results, "learning": learning,
               "speed": {m: {str(s): {k: v for k, v in p.items() if not k.endswith("curve")} for s, p in per.items()}
                         for m, per in speeds.items()}, "speed_summary": summary, "phases": split,
               "train_minutes": minutes, "per_update": per_update}
@@ -124,8 +129,8 @@ def markdown(rep: dict) -> str:
     cats = list(base["per_category"])
     names = {"sol_rl": "Sol-RL", "k_in_k": "k-in-k"}
     title = " vs ".join(f"{names[arm]} ({cfg})" for arm, cfg in rep["configs"].items())
-    lines = [f"# RL on the VAR token policy: {title}", "",
-             *([f"Every training run with {' '.join(rep['overrides'])}.", ""] if rep["overrides"] else []),
+    settings = [f"{names[arm]} runs with {' '.join(o)}." for arm, o in rep["overrides"].items() if o]
+    lines = [f"# RL on the VAR token policy: {title}", "", *(settings + [""] if settings else []),
              f"Test: 70 classes x seeds {rep['test_seeds'][0]}..{rep['test_seeds'][-1]} "
              f"({70 * len(rep['test_seeds'])} images per model), the model's sampling settings.", "",
              "| model | strict | change (points) | score | FID-shapes | " + " | ".join(cats) + " |",
