@@ -116,10 +116,10 @@ def main() -> None:
                         for m, per in speeds.items()}, "speed_summary": summary, "phases": split,
               "train_minutes": minutes, "per_update": per_update}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    for m, path, label in (("eval_strict", "curves.png", "held-out GenEval-Shapes strict"),
-                           ("eval_score", "curves_score.png", "held-out verifier score")):
-        if paired:
-            plot_pairs({f"seed {s}": sp for s, sp in speeds[m].items()}, out / path, label)
+    plots = {"eval_strict": ("curves.png", "held-out GenEval-Shapes strict"),
+             "eval_score": ("curves_score.png", "held-out verifier score")}
+    for m, per in speeds.items():  # none without pairs
+        plot_pairs({f"seed {s}": sp for s, sp in per.items()}, out / plots[m][0], plots[m][1])
     (out / "report.md").write_text(markdown(report) + "\n")
     print((out / "report.md").read_text())
 
