@@ -288,9 +288,7 @@ def evaluate_var(var, vqvae, class_prompts: list[str], classes: list[int], seeds
         overall, per_category = control_summary(
             images, np.stack([m["edges"] > 0 for m in maps]), np.stack([m["mask"] for m in maps]),
             [parse(class_prompts[c]).category for c in classes], len(seeds), control["tol"])
-        out["control"] = {"kind": control["kind"], "tol": control["tol"], "controlled": controlled,
-                          "n_images": len(prompts), "per_category": per_category, **overall,
-                          "cfg_control": control["cfg_control"] if controlled else None}
+        out["control"] = control_report(control, controlled, len(prompts), overall, per_category=per_category)
     if "geneval" in metrics:
         if grammar:
             t = time.perf_counter()
@@ -337,11 +335,16 @@ def folder_control(var, vqvae, class_prompts: list[str], seeds: list[int], setti
     seconds = {"generate": time.perf_counter() - t}
     overall, per_class = control_summary(images, np.repeat(edges, n, 0), np.repeat(masks, n, 0),
                                          [class_prompts[c] for c in labels], n, control["tol"])
-    out = {"kind": control["kind"], "tol": control["tol"], "controlled": controlled,
-           "cfg_control": control["cfg_control"] if controlled else None, "folder": str(control["folder"]),
-           "n_files": len(ds), "n_images": len(pairs), "per_category": {}, "per_class": per_class, **overall}
+    out = control_report(control, controlled, len(pairs), overall, per_category={}, per_class=per_class,
+                         folder=str(control["folder"]), n_files=len(ds))
     return ({"control": out, "classes": sorted(set(labels.tolist())), "seconds": seconds}, images,
             [class_prompts[c] for c, _ in pairs])
+
+
+def control_report(control: dict, controlled: bool, n_images: int, overall: dict, **groups) -> dict:
+    """The report's ``control`` entry, whichever conditions were scored: the settings and the figures."""
+    return {"kind": control["kind"], "tol": control["tol"], "controlled": controlled,
+            "cfg_control": control["cfg_control"] if controlled else None, "n_images": n_images, **groups, **overall}
 
 
 def control_summary(images, edges: np.ndarray, masks: np.ndarray, groups: list[str], n_seeds: int,
