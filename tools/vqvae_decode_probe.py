@@ -3,7 +3,8 @@
     python tools/vqvae_decode_probe.py [assets/var-deep-shapes] [--batch 64] [--threads 1]
 
 VARiant's smallest subnet gains less images/s than tokens/s because the decode costs the same at
-every depth. This decodes one batch of random latents (best of 5 timed calls after a warm-up):
+every depth. This decodes one batch of random latents (best of 5 timed calls after a warm-up, the
+three ways interleaved so that the machine's noise hits them alike):
 
 * fp32 as the sampler decodes, and the share of that time spent in convolutions (torch.profiler);
 * channels-last fp32 and channels-last bf16 autocast: speed-up over fp32 and the largest pixel
@@ -15,22 +16,11 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
-
-def best(fn, n: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -41,6 +31,7 @@ def main() -> None:
     a = ap.parse_args()
     from torch.profiler import profile
 
+    from vgen.bench.timing import best_times
     from vgen.sample import load_var
 
     torch.set_num_threads(a.threads)
@@ -55,17 +46,19 @@ def main() -> None:
 
     with torch.inference_mode():
         ref = vq.fhat_to_img(f)
-        t_ref = best(lambda: vq.fhat_to_img(f))
+        ways = {"fp32": lambda: vq.fhat_to_img(f), "channels-last fp32": lambda: cl.fhat_to_img(f_cl),
+                "channels-last bf16": bf16}
+        t = best_times(ways, 5)
         with profile() as prof:
             vq.fhat_to_img(f)
         ev = prof.key_averages()
         conv = sum(e.self_cpu_time_total for e in ev if "convolution" in e.key)
         share = conv / sum(e.self_cpu_time_total for e in ev)
         print(f"{a.model}: decode of {a.batch} latents, {a.threads} thread(s)")
-        print(f"fp32: {t_ref:.3f} s, convolutions {share:.0%} of the op time")
-        for name, fn in (("channels-last fp32", lambda: cl.fhat_to_img(f_cl)), ("channels-last bf16", bf16)):
-            err = (fn().float() - ref).abs().max().item()
-            print(f"{name}: {t_ref / best(fn):.2f}x fp32, largest pixel difference {err:.2g}")
+        print(f"fp32: {t['fp32']:.3f} s, convolutions {share:.0%} of the op time")
+        for name in ("channels-last fp32", "channels-last bf16"):
+            err = (ways[name]().float() - ref).abs().max().item()
+            print(f"{name}: {t['fp32'] / t[name]:.2f}x fp32, largest pixel difference {err:.2g}")
 
 
 if __name__ == "__main__":
