@@ -94,7 +94,8 @@ def main() -> None:
 
     def ms(rows, key, pct=False):
         x = np.array([r[key] for r in rows]) * (100 if pct else 1)
-        return f"{x.mean():.{1 if pct else 2}f}{'%' if pct else ''} +- {x.std(ddof=1):.{1 if pct else 2}f}"
+        mean = f"{x.mean():.{1 if pct else 2}f}{'%' if pct else ''}"
+        return mean if len(x) < 2 else f"{mean} +- {x.std(ddof=1):.{1 if pct else 2}f}"  # one seed: no spread
 
     for d in depths:
         b, f, p = table["base"][str(d)], table["fixed"][str(d)], table["progressive"][str(d)]
@@ -129,7 +130,8 @@ def plot(path: Path, table: dict, depths: list[int], kv: dict, D: int) -> None:
         ax.plot(x, [table["base"][str(d)][key] for d in depths], "k--o", label="base (no supernet training)")
         for arm, colour in (("fixed", "tab:blue"), ("progressive", "tab:red")):
             v = np.array([[r[key] for r in table[arm][str(d)]] for d in depths])
-            ax.errorbar(x, v.mean(1), yerr=v.std(1, ddof=1), color=colour, marker="o", capsize=3,
+            spread = v.std(1, ddof=1) if v.shape[1] > 1 else None
+            ax.errorbar(x, v.mean(1), yerr=spread, color=colour, marker="o", capsize=3,
                         label=f"{arm} ({v.shape[1]} seeds)")
         ax.set(xticks=x, xticklabels=[f"d={d}{' (full)' if d == D else ''}\nKV {kv[str(d)]:.0%}" for d in depths],
                ylabel=label, title=label)
