@@ -337,24 +337,3 @@ def test_explore_copy_is_bf16_and_refreshes_from_the_policy():
     s = sample(ex_var, ex_vae, [0, 1], [0, 1], cfg=2.0, top_k=40)
     assert s.images.shape == (2, 3, 64, 64)
 
-
-def test_explore_rows_decode_as_the_sampler_would_and_do_not_depend_on_the_other_rows():
-    """The explore copy decodes a class row per call instead of one image at a time: a row's images
-    are the same whatever else is explored with it (so any sharding of the rows gives them), and
-    equal the sampler's own per-image bf16 decode up to bf16 rounding."""
-    from vgen.engine.scalewise import decode
-    from vgen.images import to_uint8
-    from vgen.models.load import load
-    from vgen.solrl.var_recipe import Policy, _explore_copy, _generate
-
-    m = load("assets/var-tiny-shapes")
-    pol = Policy(m.var, m.vqvae, m.classes, 64, {"cfg": 2.0, "top_k": 40, "top_p": 0.0}, [], False)
-    ex_var, ex_vae = _explore_copy(pol, "bf16")
-    seeds = np.arange(40, 64).reshape(4, 6)
-    all_rows = _generate(ex_var, ex_vae, [0, 10, 20, 46], seeds, pol.sampling, logprobs=False, batch=10)
-    two_rows = _generate(ex_var, ex_vae, [20, 46], seeds[2:], pol.sampling, logprobs=False, batch=5)
-    assert np.array_equal(all_rows.images[2:], two_rows.images)
-    s = sample(ex_var, ex_vae, [20] * 6, seeds[2].tolist(), **pol.sampling, decode_images=False)
-    per_image = to_uint8(decode(ex_vae, s.f_hat))
-    diff = np.abs(per_image.astype(int) - all_rows.images[2].astype(int))
-    assert diff.max() <= 8 and diff.mean() < 0.5  # bf16 rounding, not another image

@@ -169,7 +169,7 @@ def _setup(cfg: SolRLVARConfig, dist, ckpt: Path | None, state: dict | None) -> 
 def _explore_copy(policy: Policy, backend: str):
     """(transformer, VQ-VAE) of the explore role: the transformer at the backend's precision, the
     VQ-VAE (its next-scale inputs and the decode, half of the tiny base's sampling time) in bf16
-    unless the backend is fp32 (``_generate`` then decodes a class row per call)."""
+    unless the backend is fp32."""
     import copy
 
     from vgen.quant.explore import explore_copy
@@ -177,17 +177,6 @@ def _explore_copy(policy: Policy, backend: str):
     var = explore_copy(policy.var, backend, policy.var.class_emb.weight.device)
     vqvae = policy.vqvae if var.vgen_backend == "fp32" else copy.deepcopy(policy.vqvae).to(torch.bfloat16)
     return var, vqvae
-
-
-def _decode_rows(vqvae, f_hat: torch.Tensor, n: int) -> torch.Tensor:
-    """Images in [0, 1] of the explore copy's (P * n, C, h, w) latents, one class row of ``n`` per
-    decoder call. The sampler decodes one image at a time so that a sample never depends on its
-    batch; a row is never split between processes, so decoding it whole keeps 2 processes = 1 and
-    costs under half of the bf16 per-image decode on CPU. Contiguous, not channels-last: that
-    layout is faster still but rounds some batch sizes differently at different thread counts."""
-    dtype = next(vqvae.parameters()).dtype
-    rows = [vqvae.fhat_to_img(f_hat[i:i + n].to(dtype).contiguous()) for i in range(0, len(f_hat), n)]
-    return (torch.cat(rows).float() + 1) / 2
 
 
 def _classes(cfg: SolRLVARConfig, n_classes: int, step: int, n: int) -> list[int]:
@@ -226,23 +215,18 @@ class Rollout:
 def _generate(var, vqvae, classes: list[int], seeds: np.ndarray, sampling: dict, logprobs: bool,
               batch: int = 128) -> Rollout:
     """Sample every (class, seed) pair of the (P, n) ``seeds``."""
-    from vgen.engine.scalewise import evaluating, sample
+    from vgen.engine.scalewise import sample
     from vgen.images import to_uint8
 
     p, n = seeds.shape
     flat_c = [c for c in classes for _ in range(n)]
     flat_s = seeds.ravel().tolist()
-    by_row = next(vqvae.parameters()).dtype != torch.float32  # the explore copy's VQ-VAE
     toks, lps, images = [], [], []
     for lo in range(0, len(flat_c), batch):
-        r = sample(var, vqvae, flat_c[lo:lo + batch], flat_s[lo:lo + batch], return_logprobs=logprobs,
-                   decode_images=not by_row, **sampling)
+        r = sample(var, vqvae, flat_c[lo:lo + batch], flat_s[lo:lo + batch], return_logprobs=logprobs, **sampling)
         toks.append(r.tokens)
         lps.append(r.logprobs)
-        images.append(r.f_hat if by_row else to_uint8(r.images))
-    if by_row:
-        with torch.inference_mode(), evaluating(vqvae):
-            images = [to_uint8(_decode_rows(vqvae, torch.cat(images), n))]
+        images.append(to_uint8(r.images))
     K = len(toks[0])
 
     def joined(parts):
