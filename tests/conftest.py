@@ -4,6 +4,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_session():
+    """Every test runs on one torch thread, like the `vgen` subprocesses the tests compare with
+    (OMP_NUM_THREADS=1) and faster for the tiny models than two contended threads. Stated once
+    here, so no result depends on which test file happened to set it first."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
     """A genuine StableDiffusion3Pipeline with random weights, small enough for CPU tests."""
     from diffusers import (

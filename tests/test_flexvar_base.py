@@ -20,7 +20,6 @@ UNSEEN = (1, 2, 3, 4, 5, 6, 7, 8)  # all eight sizes: never a training list (fle
 
 @pytest.fixture(scope="module")
 def base():
-    torch.set_num_threads(1)
     return load(BASE)
 
 
