@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from test_cli import user_error
 from test_solrl import _metrics
-from test_var_train import VOLATILE, _args, _one_thread, _train, kill_after_first_checkpoint  # noqa: F401
+from test_var_train import VOLATILE, _args, _train, kill_after_first_checkpoint
 
 from vgen.cli import main
 from vgen.engine.scalewise import sample

@@ -44,15 +44,6 @@ def _weights(path) -> dict:
     return load_file(str(path))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models run several times faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- the recipe end to end
 
 

@@ -10,7 +10,7 @@ from conftest import tiny_var_models
 from safetensors.torch import load_file
 from test_cli import user_error
 from test_solrl import _metrics
-from test_var_train import _one_thread, assert_same_metrics, kill_after_first_checkpoint, two_processes  # noqa: F401
+from test_var_train import assert_same_metrics, kill_after_first_checkpoint, two_processes
 
 from vgen.cli import main
 from vgen.engine.scalewise import sample, teacher_forcing_inputs
