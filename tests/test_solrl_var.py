@@ -336,4 +336,3 @@ def test_explore_copy_is_bf16_and_refreshes_from_the_policy():
     assert torch.equal(ex_var.head.bias, var.head.bias.bfloat16())
     s = sample(ex_var, ex_vae, [0, 1], [0, 1], cfg=2.0, top_k=40)
     assert s.images.shape == (2, 3, 64, 64)
-

@@ -35,12 +35,11 @@ def main() -> None:
     from vgen.engine.scalewise import evaluating, sample
     from vgen.images import to_uint8
     from vgen.models.load import load
+    from vgen.sample import var_settings
     from vgen.solrl.var_recipe import Policy, _explore_copy, _generate
 
     m = load(a.model)
-    s = m.sampling
-    pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution,
-                 {"cfg": s.get("cfg", 1.5), "top_k": s.get("top_k", 0), "top_p": s.get("top_p", 0.0)}, [], False)
+    pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution, var_settings(m.sampling), [], False)
     var, vqvae = _explore_copy(pol, "bf16")
     n = a.candidates
     classes = [i % len(m.classes) for i in range(a.classes)]
