@@ -18,8 +18,9 @@ CFG / top-k / top-p (CFG overridable), images decoded:
   the equidistant subnet of d blocks (``switch_plan``) and the caches of the dropped blocks are
   freed at the switch, which lowers the peak. Cached images/s of the full network and every depth
   are timed interleaved (one call of each per round), so their ratios are fair on a noisy
-  machine, with the images decoded and again without decoding (the VQ-VAE decode costs the same at
-  every depth); the peak KV bytes per image of each come from the sampler's own accounting.
+  machine, with the images decoded and without decoding in the same rounds. The VQ-VAE decode costs
+  the same at every depth, so their difference bounds what any depth can gain (``speed_ceiling``);
+  the peak KV bytes per image of each come from the sampler's own accounting.
 
 Each speed is the best of ``repeats`` timed calls after a warm-up.
 """
@@ -141,14 +142,20 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
     from vgen.engine.scalewise import sample
 
     runs = {"full": None, **{f"d{d}": p for d, p in plans.items()}}
-    timed = best_times({k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, **settings)
-                        for k, p in runs.items()}, repeats)
-    # the same without decoding the images: the part of sampling that depth changes (the VQ-VAE decode
-    # costs the same at every depth)
-    tokens = best_times({k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, decode_images=False,
-                                               **settings) for k, p in runs.items()}, repeats)
+    # decoded, and not decoded (the part of sampling that depth changes: the VQ-VAE decode costs the same
+    # at every depth), in the same rounds
+    t = best_times({**{k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, **settings)
+                       for k, p in runs.items()},
+                    **{f"{k} tokens": lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p,
+                                                         decode_images=False, **settings) for k, p in runs.items()}},
+                   repeats)
+    timed, tokens = {k: t[k] for k in runs}, {k: t[f"{k} tokens"] for k in runs}
+    # a subnet that cost nothing but the decode would reach this images/s ratio: the ceiling of every
+    # depth (none when the decode is lost in the timing noise)
+    decode = timed["full"] - tokens["full"]
     rows = {"full_images_per_s": len(classes) / timed["full"],
-            "full_token_maps_per_s": len(classes) / tokens["full"], "depths": {}}
+            "full_token_maps_per_s": len(classes) / tokens["full"], "decode_share": max(decode, 0) / timed["full"],
+            "speed_ceiling": timed["full"] / decode if decode > 0 else None, "depths": {}}
     for d, plan in plans.items():
         stats: dict = {}
         freed = sample(var, vqvae, classes, seeds, depth_plan=plan, cache_stats=stats, **settings).freed
@@ -197,4 +204,8 @@ def _markdown(r: dict) -> str:
             lines.append(f"| {d} | {x['subnet']} | {x['images_per_s']:.1f} | {x['speed_vs_full']:.2f}x | "
                          f"{x['token_maps_per_s']:.1f} | {x['token_speed_vs_full']:.2f}x | "
                          f"{x['kv_peak_bytes_per_image'] / 1024:.1f} | {x['peak_vs_full']:.2f} | {freed} |")
+        if v["speed_ceiling"] is not None:
+            lines += ["", f"- the VQ-VAE decode (decoded minus not decoded) is {v['decode_share']:.0%} of the full "
+                      f"network's time and the same at every depth: a subnet that cost nothing else would reach "
+                      f"{v['speed_ceiling']:.2f}x the full network's images/s, and no depth can pass that"]
     return "\n".join(lines) + "\n"
