@@ -7,6 +7,10 @@ noise. Used for the official-size rows of `vgen bench var` in the README:
 
     python tools/random_var_folder.py /tmp/var-d8 --depth 8
     vgen bench var model=/tmp/var-d8 batch=1 repeats=2
+
+``--like FOLDER`` keeps that folder's tokenizer, classes, sampling settings and transformer layout and
+changes only the depth (random weights): what a deeper base of the same kind would cost to sample,
+before anyone trains it (sampling speed does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -23,8 +27,18 @@ def main() -> None:
     ap.add_argument("folder")
     ap.add_argument("--depth", type=int, default=8, choices=range(1, 41), metavar="1..40")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--like", metavar="FOLDER", help="a VAR model folder to copy all but the depth and weights from")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    if args.like:
+        from vgen.models.load import load
+
+        m = load(args.like)
+        var = build_var({**m.var.arch, "depth": args.depth}).eval()
+        var.init_weights()
+        save_var_model(args.folder, m.vqvae, var, list(m.classes), m.resolution, sampling=dict(m.sampling))
+        print(f"wrote {args.folder}: {args.like} at depth {var.depth} with random weights")
+        return
     vae = build_vqvae({}).eval()
     var = build_var({"depth": args.depth, "num_classes": 1000}).eval()
     var.init_weights()
