@@ -376,7 +376,8 @@ tags: [var, visual-autoregressive, class-conditional, shapes-world, tiny]
 
 A tiny class-conditional {"FlexVAR" if info.get("flex") else "VAR"} (next-scale prediction) model of the vgen
 shapes world, built on CPU by `python tools/build_var_tiny.py{" --flex" if info.get("flex") else ""}{
-    f" --tokenizer {info['tokenizer_from']} --var-config {info['var_config']} --out {where}"
+    f" --tokenizer {info['tokenizer_from']} --var-config {info['var_config']}"
+    + (" --var-overrides " + " ".join(info["var_overrides"]) if info.get("var_overrides") else "") + f" --out {where}"
     if info.get("tokenizer_from") else ""}` in
 {info["minutes"]:.0f} minutes ({info['threads']} threads, torch {info['torch']}){resumed_note(info)}.
 Classes: the {len(CLASS_PROMPTS)} prompts listed in `config.json` (`class_prompts`), covering GenEval's six
