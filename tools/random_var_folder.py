@@ -34,16 +34,15 @@ def main() -> None:
         from vgen.models.load import load
 
         m = load(args.like)
-        var = build_var({**m.var.arch, "depth": args.depth}).eval()
-        var.init_weights()
-        save_var_model(args.folder, m.vqvae, var, list(m.classes), m.resolution, sampling=dict(m.sampling))
-        print(f"wrote {args.folder}: {args.like} at depth {var.depth} with random weights")
-        return
-    vae = build_vqvae({}).eval()
-    var = build_var({"depth": args.depth, "num_classes": 1000}).eval()
+        vae, arch, classes, size = m.vqvae, {**m.var.arch, "depth": args.depth}, list(m.classes), m.resolution
+        sampling = dict(m.sampling)
+    else:
+        vae, arch = build_vqvae({}).eval(), {"depth": args.depth, "num_classes": 1000}
+        classes, size = [f"class {i}" for i in range(1000)], 256
+        sampling = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}  # the official demo's settings
+    var = build_var(arch).eval()
     var.init_weights()
-    sampling = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}  # the official demo's settings
-    save_var_model(args.folder, vae, var, [f"class {i}" for i in range(1000)], 256, sampling=sampling)
+    save_var_model(args.folder, vae, var, classes, size, sampling=sampling)
     print(f"wrote {args.folder}: depth {var.depth}, width {var.C}, {var.L} tokens, scales {list(var.patch_nums)}")
 
 
