@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from vgen.errors import UserError
 from vgen.models.var import VAR, VQVAE, load_official, subnet_indices, switch_plan
 from vgen.models.var.official import read_state_dict
-from vgen.models.var.vqvae import VectorQuantizer, area, phi_index
+from vgen.models.var.vqvae import VectorQuantizer, area, phi_index, upsample_nearest_2x
 
 PN = (1, 2, 3, 4)
 OFFICIAL_PN = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -302,6 +302,14 @@ def test_flexvar_tokenizer_quantizes_each_scale_independently():
     nxt = F.interpolate(vae.quantize.embed(idx[1], 2), size=(3, 3), mode="bicubic").flatten(2).transpose(1, 2)
     assert torch.allclose(inp[:, 4:13], nxt, atol=1e-6)  # scale 2's input: scale 1's code map, upsampled
     assert torch.allclose(vae.idx_to_img(idx), vae.fhat_to_img(vae.quantize.embed(idx[-1], 4)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 4, 7), (2, 16, 8, 8)])
+def test_decoder_upsample_is_torch_nearest(shape):
+    """The decoder's 2x upsample is the official ``F.interpolate(nearest)``, bit for bit, on any layout."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3)):
+        assert torch.equal(upsample_nearest_2x(t), F.interpolate(t, scale_factor=2, mode="nearest"))
 
 
 def test_vqvae_training_forward_reaches_encoder_and_codebook():

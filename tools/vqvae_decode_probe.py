@@ -6,7 +6,11 @@ VARiant's smallest subnet gains less images/s than tokens/s because the decode c
 every depth. This decodes one batch of random latents (best of 5 timed calls after a warm-up, the
 three ways interleaved so that the machine's noise hits them alike):
 
-* fp32 as the sampler decodes, and the share of that time spent in convolutions (torch.profiler);
+* fp32 as the sampler decodes (``engine.scalewise.decode``: batch-invariant, one image per
+  convolution), the same with the decoder's upsample done by ``F.interpolate(mode="nearest")`` as
+  the official code does (the same numbers; vgen's broadcast copy replaced it for speed), and fp32
+  in one batch as the models' own ``fhat_to_img`` (what batch invariance costs);
+* the share of the batch decode's time spent in convolutions (torch.profiler);
 * channels-last fp32 and channels-last bf16 autocast: speed-up over fp32 and the largest pixel
   difference from the fp32 images (images in [-1, 1]), i.e. what each would change in every sample.
 """
@@ -31,7 +35,9 @@ def main() -> None:
     a = ap.parse_args()
     from torch.profiler import profile
 
+    import vgen.models.var.vqvae as vqvae_module
     from vgen.bench.timing import best_times
+    from vgen.engine.scalewise import decode
     from vgen.sample import load_var
 
     torch.set_num_threads(a.threads)
@@ -44,18 +50,32 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return cl.fhat_to_img(f_cl).float()
 
+    def sampler_torch_nearest():
+        ours = vqvae_module.upsample_nearest_2x
+        vqvae_module.upsample_nearest_2x = lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        try:
+            return decode(vq, f)
+        finally:
+            vqvae_module.upsample_nearest_2x = ours
+
     with torch.inference_mode():
         ref = vq.fhat_to_img(f)
-        ways = {"fp32": lambda: vq.fhat_to_img(f), "channels-last fp32": lambda: cl.fhat_to_img(f_cl),
+        ways = {"sampler": lambda: decode(vq, f), "sampler, torch nearest": sampler_torch_nearest,
+                "fp32": lambda: vq.fhat_to_img(f), "channels-last fp32": lambda: cl.fhat_to_img(f_cl),
                 "channels-last bf16": bf16}
         t = best_times(ways, 5)
+        same = torch.equal(decode(vq, f), sampler_torch_nearest())
+        print(f"{a.model}: decode of {a.batch} latents, {a.threads} thread(s)")
+        slow = t["sampler, torch nearest"]
+        print(f"sampler's decode: {t['sampler']:.3f} s; with torch's nearest upsample {slow:.3f} s "
+              f"({slow / t['sampler']:.2f}x slower, images {'identical' if same else 'DIFFER'})")
         with profile() as prof:
             vq.fhat_to_img(f)
         ev = prof.key_averages()
         conv = sum(e.self_cpu_time_total for e in ev if "convolution" in e.key)
         share = conv / sum(e.self_cpu_time_total for e in ev)
-        print(f"{a.model}: decode of {a.batch} latents, {a.threads} thread(s)")
-        print(f"fp32: {t['fp32']:.3f} s, convolutions {share:.0%} of the op time")
+        print(f"fp32 in one batch: {t['fp32']:.3f} s ({t['sampler'] / t['fp32']:.2f}x faster than the sampler's), "
+              f"convolutions {share:.0%} of the op time")
         for name in ("channels-last fp32", "channels-last bf16"):
             err = (ways[name]().float() - ref).abs().max().item()
             print(f"{name}: {t['fp32'] / t[name]:.2f}x fp32, largest pixel difference {err:.2g}")

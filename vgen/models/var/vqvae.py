@@ -111,7 +111,14 @@ class Upsample2x(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return self.conv(upsample_nearest_2x(x))
+
+
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="nearest")`` as a broadcast copy: the same numbers, and on
+    CPU several times faster (PyTorch 2.x's nearest kernel was a quarter of the decoder's time)."""
+    B, C, H, W = x.shape
+    return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
 
 
 class Encoder(nn.Module):
