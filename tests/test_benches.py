@@ -1,6 +1,7 @@
 """The benchmarks run end to end and report every figure (speeds not asserted)."""
 
 import json
+import statistics
 
 import torch
 from conftest import tiny_var_models
@@ -95,7 +96,7 @@ def test_bench_var_shows_each_depth_lowering_the_peak(tmp_path, capsys):
     vae, var = tiny_var_models(patch_nums=(1, 2, 3, 4))
     deep = build_var({**var.arch, "depth": 6}).eval()
     save_var_model(tmp_path / "deep", vae, deep, CLASS_PROMPTS, 16)
-    rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "batch=2", "repeats=1", "depths=[4,2]",
+    rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "batch=2", "repeats=2", "depths=[4,2]",
                "switch_scale=2", "per_image_batches=[]", f"run.out_dir={tmp_path}", "run.name=v"])
     assert rc == 0
     r = json.loads((tmp_path / "v" / "report.json").read_text())
@@ -108,11 +109,19 @@ def test_bench_var_shows_each_depth_lowering_the_peak(tmp_path, capsys):
         assert v["depths"][str(d)]["kv_peak_bytes"] == max(6 * 5, d * 30) * per_block_token
         assert abs(v["depths"][str(d)]["peak_vs_full"] - d / 6) < 1e-12
         assert v["depths"][str(d)]["images_per_s"] > 0
+        # each round's own ratio, from the reported per-round seconds
+        rounds = v["round_seconds"]
+        assert len(rounds["full"]) == len(rounds[f"d{d}"]) == 2
+        assert v["depths"][str(d)]["round_speed_vs_full"] == sorted(
+            a / b for a, b in zip(rounds["full"], rounds[f"d{d}"]))
+        assert abs(v["depths"][str(d)]["speed_vs_full"] - min(rounds["full"]) / min(rounds[f"d{d}"])) < 1e-12
     # the decode ceiling from the reported rates: full time / (full time - full time without decoding);
     # none when this tiny model's decode is lost in the timing noise
     t_img, t_tok = 1 / v["full_images_per_s"], 1 / v["full_token_maps_per_s"]
     out = capsys.readouterr().out
     assert "| 2 | [0, 5] |" in out
+    rr = v["depths"]["2"]["round_speed_vs_full"]
+    assert f"| {statistics.median(rr):.2f}x ({rr[0]:.2f}-{rr[-1]:.2f}) |" in out
     if v["speed_ceiling"] is None:
         assert t_img <= t_tok and v["decode_share"] == 0 and "no depth can pass" not in out
     else:

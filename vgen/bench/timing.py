@@ -17,9 +17,9 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def best_times(fns: dict, repeats: int) -> dict:
-    """``best_time`` of several calls, interleaved (one of each per round) so that a slow spell of
-    a noisy machine hits them alike: the fair way to take their ratios."""
+def round_times(fns: dict, repeats: int) -> dict:
+    """Seconds of every call of several functions, interleaved: after one untimed warm-up call of each,
+    ``repeats`` rounds of one call of each, so that a slow spell of a noisy machine hits them alike."""
     for fn in fns.values():
         fn()
     times = {k: [] for k in fns}
@@ -28,7 +28,12 @@ def best_times(fns: dict, repeats: int) -> dict:
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
-    return {k: min(v) for k, v in times.items()}
+    return times
+
+
+def best_times(fns: dict, repeats: int) -> dict:
+    """The fastest of each function's ``round_times``: the fair way to take their ratios."""
+    return {k: min(v) for k, v in round_times(fns, repeats).items()}
 
 
 def publish(run_dir: Path, report: dict, markdown: str) -> int:

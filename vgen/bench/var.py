@@ -20,19 +20,22 @@ CFG / top-k / top-p (CFG overridable), images decoded:
   are timed interleaved (one call of each per round), so their ratios are fair on a noisy
   machine, with the images decoded and without decoding in the same rounds. The VQ-VAE decode costs
   the same at every depth, so their difference bounds what any depth can gain (``speed_ceiling``);
-  the peak KV bytes per image of each come from the sampler's own accounting.
+  the peak KV bytes per image of each come from the sampler's own accounting. Besides the ratio of
+  the best times, each depth's ratio within every round (median and range): on a shared machine a
+  slow spell can span a whole call, and a round's two calls see much the same machine.
 
 Each speed is the best of ``repeats`` timed calls after a warm-up.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vgen.bench.timing import best_time, best_times, publish
+from vgen.bench.timing import best_time, best_times, publish, round_times
 from vgen.config import param
 from vgen.errors import UserError
 from vgen.run import RunConfig
@@ -144,16 +147,17 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
     runs = {"full": None, **{f"d{d}": p for d, p in plans.items()}}
     # decoded, and not decoded (the part of sampling that depth changes: the VQ-VAE decode costs the same
     # at every depth), in the same rounds
-    t = best_times({**{k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, **settings)
-                       for k, p in runs.items()},
-                    **{f"{k} tokens": lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p,
-                                                         decode_images=False, **settings) for k, p in runs.items()}},
-                   repeats)
+    rounds = round_times({**{k: lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p, **settings)
+                             for k, p in runs.items()},
+                          **{f"{k} tokens": lambda p=p: sample(var, vqvae, classes, seeds, depth_plan=p,
+                                                               decode_images=False, **settings)
+                             for k, p in runs.items()}}, repeats)
+    t = {k: min(v) for k, v in rounds.items()}
     timed, tokens = {k: t[k] for k in runs}, {k: t[f"{k} tokens"] for k in runs}
     # a subnet that cost nothing but the decode would reach this images/s ratio: the ceiling of every
     # depth (none when the decode is lost in the timing noise)
     decode = timed["full"] - tokens["full"]
-    rows = {"full_images_per_s": len(classes) / timed["full"],
+    rows = {"round_seconds": rounds, "full_images_per_s": len(classes) / timed["full"],
             "full_token_maps_per_s": len(classes) / tokens["full"], "decode_share": max(decode, 0) / timed["full"],
             "speed_ceiling": timed["full"] / decode if decode > 0 else None, "depths": {}}
     for d, plan in plans.items():
@@ -162,6 +166,8 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
         rows["depths"][str(d)] = {
             "subnet": plan[-1], "freed": {str(k): v for k, v in freed.items()},
             "images_per_s": len(classes) / timed[f"d{d}"], "speed_vs_full": timed["full"] / timed[f"d{d}"],
+            # the same ratio within each round, sorted: a slow spell that spans a round hits both calls
+            "round_speed_vs_full": sorted(a / b for a, b in zip(rounds["full"], rounds[f"d{d}"])),
             "token_maps_per_s": len(classes) / tokens[f"d{d}"],
             "token_speed_vs_full": tokens["full"] / tokens[f"d{d}"],
             "kv_peak_bytes": stats["peak_bytes"], "kv_peak_bytes_per_image": stats["peak_bytes"] / len(classes),
@@ -195,13 +201,16 @@ def _markdown(r: dict) -> str:
     if v:
         lines += ["", f"## VARiant: run-time depth from scale {v['switch_scale']} on (interleaved with the full "
                   "network)", "",
-                  "| depth | subnet blocks | cached images/s | speed vs full | without decoding: samples/s | speed vs "
-                  "full | KV peak KiB / image | KV peak vs full | caches freed |", "|---" * 9 + "|",
-                  f"| {r['depth']} (full) | all | {v['full_images_per_s']:.1f} | 1.00x | "
+                  "| depth | subnet blocks | cached images/s | speed vs full | same round: median (range) | without "
+                  "decoding: samples/s | speed vs full | KV peak KiB / image | KV peak vs full | caches freed |",
+                  "|---" * 10 + "|",
+                  f"| {r['depth']} (full) | all | {v['full_images_per_s']:.1f} | 1.00x | - | "
                   f"{v['full_token_maps_per_s']:.1f} | 1.00x | {f['kv_peak_bytes_per_image'] / 1024:.1f} | 1.00 | - |"]
         for d, x in v["depths"].items():
             freed = "; ".join(f"blocks {b} at scale {k}" for k, b in x["freed"].items()) or "none"
+            rr = x["round_speed_vs_full"]
             lines.append(f"| {d} | {x['subnet']} | {x['images_per_s']:.1f} | {x['speed_vs_full']:.2f}x | "
+                         f"{statistics.median(rr):.2f}x ({rr[0]:.2f}-{rr[-1]:.2f}) | "
                          f"{x['token_maps_per_s']:.1f} | {x['token_speed_vs_full']:.2f}x | "
                          f"{x['kv_peak_bytes_per_image'] / 1024:.1f} | {x['peak_vs_full']:.2f} | {freed} |")
         if v["speed_ceiling"] is not None:
