@@ -8,11 +8,14 @@ For each seed it trains ``progressive`` (the config as is) and ``fixed`` (``sche
 which path each step trains. Then it scores the base and every final model at the full depth and at
 each of the config's subnet depths (``vgen eval --depth d``, the switch scale the run recorded; the
 base uses the same one): FID-shapes and GenEval-Shapes strict over every class x ``--eval-seeds``
-sample seeds (seeds no run saw: the runs' own evaluations use seeds from 1,000,000). It writes
+sample seeds (seeds no run saw: the runs' own evaluations use seeds from 1,000,000). Every model is
+sampled with the base's CFG / top-k / top-p, whatever the config's ``sample_cfg`` wrote into the
+trained folders, so that the table compares weights, not guidance scales. It writes
 ``report.json``, ``report.md`` (mean +- std over seeds per depth and arm, and how many seeds
 progressive beats fixed at each depth) and ``pareto.png`` (FID-shapes and strict accuracy against
 depth, with each depth's peak KV cache as a share of the full network's on a second axis label).
-Finished runs and evaluations are reused, so the script resumes where it stopped.
+Finished runs and evaluations are reused, so the script resumes where it stopped (an evaluation
+made with other sampling settings is made again).
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = read_config(a.config, a.overrides)
     base = cfg["init"]
-    arch = described_arch(load(base, weights=False))
+    loaded = load(base, weights=False)
+    arch = described_arch(loaded)
+    sampling = {k: loaded.sampling[k] for k in ("cfg", "top_k", "top_p")}  # every model is scored with these
     D, patch_nums = arch["depth"], arch["patch_nums"]
     depths = [D, *sorted(cfg["depths"], reverse=True)]
     switch = cfg.get("switch_scale")
@@ -59,11 +64,13 @@ def main() -> None:
         jobs = []
         for d in depths:
             rep = out / f"{name}-eval-d{d}"
-            if not (rep / "report.json").is_file():
+            if not (rep / "report.json").is_file() or not same_sampling(rep, sampling):
                 extra = [] if d == D else ["--depth", str(d)] + (["--switch-scale", str(switch)]
                                                                  if switch is not None and name == "base" else [])
                 jobs.append((["eval", "--model", model, "--seeds", a.eval_seeds, "--metrics", "geneval", "fid",
-                              "--out", str(rep), "--force", *extra], out / f"{rep.name}.log"))
+                              "--cfg", str(sampling["cfg"]), "--top-k", str(sampling["top_k"]),
+                              "--top-p", str(sampling["top_p"]), "--out", str(rep), "--force", *extra],
+                             out / f"{rep.name}.log"))
         return jobs
 
     train, evals = [], evaluation(base, "base")
@@ -84,10 +91,13 @@ def main() -> None:
     wins = {str(d): sum(p["fid"] < f["fid"] for p, f in zip(table["progressive"][str(d)], table["fixed"][str(d)]))
             for d in depths}
     report = {"config": a.config, "overrides": a.overrides, "seeds": a.seeds, "eval_seeds": a.eval_seeds,
+              "sampling": sampling,
               "depths": depths, "kv_peak_share": kv, "table": table, "progressive_fid_wins": wins}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     lines = [f"# VARiant Pareto table: `{a.config}` {' '.join(a.overrides)}", "",
-             f"Held-out sample seeds {a.eval_seeds} x every class; mean +- std over training seeds {a.seeds}. "
+             f"Held-out sample seeds {a.eval_seeds} x every class, every model sampled with the base's CFG "
+             f"{sampling['cfg']}, top-k {sampling['top_k']}, top-p {sampling['top_p']}; mean +- std over training "
+             f"seeds {a.seeds}. "
              "KV peak: the sampler's peak cache as a share of the full network's.", "",
              "| depth | KV peak | base FID | fixed FID | progressive FID | progressive < fixed (FID) | base strict | "
              "fixed strict | progressive strict |", "|---|---|---|---|---|---|---|---|---|"]
@@ -105,6 +115,12 @@ def main() -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(out / "pareto.png", table, depths, kv, D)
+
+
+def same_sampling(report_dir: Path, sampling: dict) -> bool:
+    """Whether an evaluation already there sampled with these CFG / top-k / top-p."""
+    r = json.loads((report_dir / "report.json").read_text())
+    return all(r.get(k) == v for k, v in sampling.items())
 
 
 def kv_share(D: int, d: int, patch_nums, switch) -> float:
