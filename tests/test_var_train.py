@@ -337,6 +337,15 @@ def test_init_starts_from_a_model_folder(tmp_path, var_tokenizer_dir, var_model_
     assert var.C == 32 and var.arch["cond_drop_rate"] == 0.1
     a, b = var.state_dict(), base.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in b)  # one Adam step of ~lr from the init
+    assert load_var_model(tmp_path / "init" / "model")[2]["sampling"] == {"cfg": 1.5, "top_k": 0, "top_p": 0.0}
+    # sampling settings the config leaves unset come from init's folder (not the official defaults)
+    vae0, _, _ = load_var_model(var_model_dir)
+    guided = save_var_model(tmp_path / "guided", vae0, base, CLASS_PROMPTS, 16, {"cfg": 2.5, "top_k": 7, "top_p": 0.5})
+    for name, extra, want in (("inherit", [], {"cfg": 2.5, "top_k": 7, "top_p": 0.5}),
+                              ("own", ["sample_cfg=4.0", "sample_top_p=0.0"], {"cfg": 4.0, "top_k": 7, "top_p": 0.0})):
+        assert _train(tmp_path, var_tokenizer_dir, name, f"init={guided}", "iterations=1", "eval_every=0",
+                      "sample_every=0", "checkpoint_every=0", *extra) == 0
+        assert load_var_model(tmp_path / name / "model")[2]["sampling"] == want
     assert "holds no transformer" in user_error(capsys, "train", *_args(tmp_path, var_tokenizer_dir, "x",
                                                                          f"init={var_tokenizer_dir}"))
     vae, _ = tiny_var_models()

@@ -74,6 +74,7 @@ class ScaleWeaverConfig(VARTrainConfig):
     eval_every: int = param(100, ge=0, help="held-out control evaluation every this many steps (0: end only)")
     sample_cfg: float = param(2.0, ge=0, le=50, help="CFG of evaluations and of the saved model's defaults")
     sample_top_k: int = param(40, ge=0, help="top-k of evaluations and of the saved model (0: off)")
+    sample_top_p: float = param(0.0, ge=0, le=1, help="top-p of evaluations and of the saved model (0: off)")
 
     def check(self) -> None:
         from vgen.config import ConfigError

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -107,11 +107,14 @@ class VARTrainConfig:
     sample_classes: list[int] = param(default_factory=lambda: list(SPREAD_CLASSES), ge=0,
                                       help="classes of the grid")
     sample_seeds: int = param(2, ge=1, le=64, help="seeds per class in the grid")
-    sample_cfg: float = param(1.5, ge=0, le=50, help="CFG of grids and of the saved model's defaults")
-    sample_top_k: int = param(0, ge=0, help="top-k of grids and of the saved model (0: off); k at or above the "
-                              "tokenizer's vocabulary keeps every token, the same as off, and is accepted (the "
-                              "vocabulary is known only once the tokenizer loads)")
-    sample_top_p: float = param(0.0, ge=0, le=1, help="top-p of grids and of the saved model (0: off)")
+    sample_cfg: float | None = param(None, ge=0, le=50, help="CFG of grids and of the saved model's defaults "
+                                     "(default: init's, else the official 1.5)")
+    sample_top_k: int | None = param(None, ge=0, help="top-k of grids and of the saved model, 0: off (default: "
+                                     "init's, else off); k at or above the tokenizer's vocabulary keeps every "
+                                     "token, the same as off, and is accepted (the vocabulary is known only once "
+                                     "the tokenizer loads)")
+    sample_top_p: float | None = param(None, ge=0, le=1, help="top-p of grids and of the saved model, 0: off "
+                                       "(default: init's, else off)")
     checkpoint_every: int = param(500, ge=0, help="checkpoint every this many steps (0: only at the end)")
     save_model: bool = param(True, help="write the final tokenizer + transformer to RUN/model (a model folder)")
     resume: str = param("auto", help=RESUME_HELP)
@@ -222,6 +225,19 @@ def write_eval(var, vqvae, class_names: list[str], run_dir: Path, out: Path, ste
               "threads": torch.get_num_threads(), **(extra or {}), **scores}
     write_report(out, report, images, prompts, len(seeds))
     return scores
+
+
+def with_init_sampling(cfg: VARTrainConfig) -> VARTrainConfig:
+    """``cfg`` with each sampling setting it leaves unset taken from ``init``'s folder, else the official
+    defaults (CFG 1.5, no top-k / top-p): a fine-tuned folder keeps its base's guidance unless the
+    config says otherwise, so that base and fine-tuned model are compared at the same settings."""
+    keys = [k for k in ("cfg", "top_k", "top_p") if getattr(cfg, f"sample_{k}") is None]
+    if not keys:
+        return cfg
+    from vgen.models.load import load
+
+    given = {"cfg": 1.5, "top_k": 0, "top_p": 0.0, **(load(cfg.init, weights=False).sampling if cfg.init else {})}
+    return replace(cfg, **{f"sample_{k}": given[k] for k in keys})
 
 
 def build_model(cfg: VARTrainConfig, vqvae, num_classes: int, device):
@@ -362,6 +378,7 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
     torch.manual_seed(cfg.run.seed)
     config = to_dict(cfg)
     ckpt = resume_from(cfg.resume, run_dir, config)  # refuses a bad resume before any work
+    cfg = with_init_sampling(cfg)
     tok = load(cfg.tokenizer, device=device, tokenizer_only=True)
     vqvae = tok.vqvae
     if tok.kind != "var":
