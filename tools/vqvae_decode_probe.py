@@ -20,11 +20,26 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+
+@contextmanager
+def torch_nearest_upsample():
+    """Inside the block the VQ-VAE decoder upsamples with ``F.interpolate(mode="nearest")``, as the official
+    code (and vgen before 2026-12-05) did: the same numbers, more time."""
+    import vgen.models.var.vqvae as vqvae_module
+
+    ours = vqvae_module.upsample_nearest_2x
+    vqvae_module.upsample_nearest_2x = lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    try:
+        yield
+    finally:
+        vqvae_module.upsample_nearest_2x = ours
 
 
 def main() -> None:
@@ -35,7 +50,6 @@ def main() -> None:
     a = ap.parse_args()
     from torch.profiler import profile
 
-    import vgen.models.var.vqvae as vqvae_module
     from vgen.bench.timing import best_times
     from vgen.engine.scalewise import decode
     from vgen.sample import load_var
@@ -51,12 +65,8 @@ def main() -> None:
             return cl.fhat_to_img(f_cl).float()
 
     def sampler_torch_nearest():
-        ours = vqvae_module.upsample_nearest_2x
-        vqvae_module.upsample_nearest_2x = lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-        try:
+        with torch_nearest_upsample():
             return decode(vq, f)
-        finally:
-            vqvae_module.upsample_nearest_2x = ours
 
     with torch.inference_mode():
         ref = vq.fhat_to_img(f)
