@@ -65,8 +65,9 @@ def main() -> None:
 
     t = best_times({"per-image": per_image, "by row": by_row, "per-image, torch nearest": per_image_torch_nearest},
                    a.repeats)
-    same = np.array_equal(per_image(), per_image_torch_nearest())
-    diff = np.abs(per_image().astype(int) - by_row().astype(int))
+    ours = per_image()
+    same = np.array_equal(ours, per_image_torch_nearest())
+    diff = np.abs(ours.astype(int) - by_row().astype(int))
     k = a.classes * n
     print(f"{a.model}: explore pass of {a.classes} classes x {n} candidates, bf16 explore copy, "
           f"{torch.get_num_threads()} thread(s)")

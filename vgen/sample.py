@@ -198,13 +198,12 @@ def var_settings(sampling: dict, cfg: float | None = None, top_k: int | None = N
                  top_p: float | None = None) -> dict:
     """CFG / top-k / top-p: those given, else the model's ``sampling``, else CFG 1.5 and no filtering;
     a NaN, infinite or negative CFG, a negative top-k or a top-p outside [0, 1] is a one-line error."""
-    from vgen.models.var.folder import check_sampling
+    from vgen.models.var.folder import DEFAULT_SAMPLING, check_sampling
 
     given = {"cfg": cfg, "top_k": top_k, "top_p": top_p}
     check_sampling({k: v for k, v in given.items() if v is not None}, "the")
-    return {"cfg": float(cfg if cfg is not None else sampling.get("cfg", 1.5)),
-            "top_k": int(top_k if top_k is not None else sampling.get("top_k", 0)),
-            "top_p": float(top_p if top_p is not None else sampling.get("top_p", 0.0))}
+    s = {**DEFAULT_SAMPLING, **sampling, **{k: v for k, v in given.items() if v is not None}}
+    return {"cfg": float(s["cfg"]), "top_k": int(s["top_k"]), "top_p": float(s["top_p"])}
 
 
 def described_arch(m) -> dict | None:

@@ -177,13 +177,13 @@ def _load_pipeline(path: Path, device: str, dtype: str, weights: bool) -> Loaded
 
 
 def _load_var_folder(path: Path, device: str, weights: bool, tokenizer_only: bool, **run) -> Loaded:
-    from vgen.models.var.folder import load_var_model, read_config
+    from vgen.models.var.folder import DEFAULT_SAMPLING, load_var_model, read_config
 
     config = read_config(path)
     vqvae = var = None
     if weights:
         vqvae, var, config = load_var_model(path, device, tokenizer_only=tokenizer_only)
-    sampling = {"cfg": 1.5, "top_k": 0, "top_p": 0.0, **(config.get("sampling") or {})}
+    sampling = {**DEFAULT_SAMPLING, **(config.get("sampling") or {})}
     run.setdefault("base", path)
     return Loaded("var", run.pop("source", "model"), run.pop("asked", path), vqvae=vqvae, var=var,
                   classes=list(config["class_prompts"]), sampling=sampling, resolution=int(config["resolution"]),

@@ -235,8 +235,9 @@ def with_init_sampling(cfg: VARTrainConfig) -> VARTrainConfig:
     if not keys:
         return cfg
     from vgen.models.load import load
+    from vgen.models.var.folder import DEFAULT_SAMPLING
 
-    given = {"cfg": 1.5, "top_k": 0, "top_p": 0.0, **(load(cfg.init, weights=False).sampling if cfg.init else {})}
+    given = {**DEFAULT_SAMPLING, **(load(cfg.init, weights=False).sampling if cfg.init else {})}
     return replace(cfg, **{f"sample_{k}": given[k] for k in keys})
 
 

@@ -31,6 +31,8 @@ from vgen.models.var.vqvae import VQVAE
 
 FORMAT = "vgen-var"
 VERSION = 1
+# a folder's sampling defaults when none are given: the official CFG, no top-k / top-p filtering
+DEFAULT_SAMPLING = {"cfg": 1.5, "top_k": 0, "top_p": 0.0}
 
 
 def build_vqvae(arch: dict, device="cpu") -> VQVAE:
@@ -83,7 +85,7 @@ def write_var_files(folder, vqvae: VQVAE, var: VAR | None, class_prompts, resolu
     config = {"format": FORMAT, "version": VERSION, "vqvae": _jsonable(vqvae.arch),
               "var": _jsonable(var.arch) if var is not None else None, "patch_nums": list(vqvae.patch_nums),
               "class_prompts": list(class_prompts), "resolution": int(resolution),
-              "sampling": sampling or {"cfg": 1.5, "top_k": 0, "top_p": 0.0}, **(extra or {})}
+              "sampling": sampling or dict(DEFAULT_SAMPLING), **(extra or {})}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     meta = {"format": "pt", **(metadata or {})}
     save_file({k: v.detach().cpu().contiguous() for k, v in vqvae.state_dict().items()},
