@@ -78,6 +78,20 @@ def test_bench_var_reports_speeds_and_the_kv_cache_peak(var_model_dir, tmp_path,
     assert 0 < per["1"]["vgen"] < 4 * per["1"]["plain"]
 
 
+def test_bench_var_in_bf16_without_the_uncached_timing(var_model_dir, tmp_path):
+    """bf16 halves the cache's bytes (the closed form in the model's dtype); uncached=false times no
+    uncached call, so it reports no cache speed-up."""
+    rc = main(["bench", "var", f"model={var_model_dir}", "batch=3", "repeats=1", "precision=bf16", "uncached=false",
+               "per_image_batches=[]", f"run.out_dir={tmp_path}", "run.name=v"])
+    assert rc == 0
+    r = json.loads((tmp_path / "v" / "report.json").read_text())
+    full = r["full"]
+    assert r["precision"] == "bf16" and set(full["images_per_s"]) == {"cached"} and full["cache_speedup"] is None
+    assert r["kv_formula_matches"] and full["kv_peak_bytes"] == 2 * 2 * 6 * 21 * 32 * 2
+    md = (tmp_path / "v" / "report.md").read_text()
+    assert "bf16, " in md and "| full depth |" in md and "| not timed | - |" in md
+
+
 def test_the_plain_reference_sampler_is_the_same_procedure(var_model_dir):
     """Greedy (top-k 1) leaves no randomness: the benchmark's plain sampler must then draw vgen's tokens."""
     from vgen.bench.var import plain_sample

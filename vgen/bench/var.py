@@ -24,7 +24,10 @@ CFG / top-k / top-p (CFG overridable), images decoded:
   the best times, each depth's ratio within every round (median and range): on a shared machine a
   slow spell can span a whole call, and a round's two calls see much the same machine.
 
-Each speed is the best of ``repeats`` timed calls after a warm-up.
+Each speed is the best of ``repeats`` timed calls after a warm-up. ``precision: bf16`` casts the
+transformer and the VQ-VAE to bf16 first (what a low-precision deployment, or RL's explore copy on
+CPU, samples with); ``uncached: false`` skips the uncached timing, which recomputes the whole prefix at
+every scale and dominates the bench's time at official sizes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -50,6 +54,8 @@ class VARBenchConfig:
     batch: int = param(64, ge=1, le=4096, help="images per sampling call")
     cfg: float | None = param(None, ge=0.0, le=50.0, help="CFG scale, 0 = off (default: the folder's)")
     repeats: int = param(3, ge=1, le=20, help="timed repeats; the best is kept")
+    precision: Literal["fp32", "bf16"] = param("fp32", help="dtype of the transformer and the VQ-VAE while timed")
+    uncached: bool = param(True, help="also time the full network without the KV cache")
     depths: list[int] = param(default_factory=list, max_len=64, ge=2, help="VARiant: subnet depths to run "
                               "side by side with the full network (default: none)")
     switch_scale: int | None = param(None, ge=0, help="VARiant: first scale the subnets run (default: the last "
@@ -88,8 +94,9 @@ def plain_sample(var, vqvae, classes: list[int], cfg: float, top_k: int, top_p: 
     return (vqvae.fhat_to_img(f_hat) + 1) / 2
 
 
-def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, repeats: int) -> dict:
-    """Cached and uncached speed and the cache's peak bytes of the full network."""
+def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, repeats: int,
+            uncached: bool = True) -> dict:
+    """Cached (and uncached) speed and the cache's peak bytes of the full network."""
     from vgen.engine.scalewise import sample
 
     def run(use_cache: bool, stats: dict | None = None):
@@ -97,9 +104,11 @@ def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, re
 
     stats: dict = {}
     freed = run(True, stats).freed
-    seconds = {"cached": best_time(lambda: run(True), repeats), "uncached": best_time(lambda: run(False), repeats)}
+    seconds = {"cached": best_time(lambda: run(True), repeats)}
+    if uncached:
+        seconds["uncached"] = best_time(lambda: run(False), repeats)
     return {"seconds": seconds, "images_per_s": {k: len(classes) / v for k, v in seconds.items()},
-            "cache_speedup": seconds["uncached"] / seconds["cached"], "rows": stats["rows"],
+            "cache_speedup": seconds["uncached"] / seconds["cached"] if uncached else None, "rows": stats["rows"],
             "kv_bytes_per_scale": stats["bytes"], "kv_peak_bytes": stats["peak_bytes"],
             "kv_peak_bytes_per_image": stats["peak_bytes"] / len(classes),
             "freed": {str(k): v for k, v in freed.items()}}
@@ -112,6 +121,8 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     torch.manual_seed(cfg.run.seed)
     m = load_var(cfg.model)
     vqvae, var = m.vqvae, m.var
+    if cfg.precision == "bf16":
+        vqvae, var = vqvae.to(torch.bfloat16), var.to(torch.bfloat16)
     settings = var_settings(m.sampling, cfg.cfg)
     K = len(var.patch_nums)
     if cfg.switch_scale is not None and not cfg.depths:
@@ -121,7 +132,7 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     if any(p is None for p in plans.values()):
         raise UserError(f"depths must be below the model's {var.depth} blocks (the full network is always measured)")
     classes, seeds = [i % var.num_classes for i in range(cfg.batch)], list(range(cfg.batch))
-    full = measure(var, vqvae, classes, seeds, settings, cfg.repeats)
+    full = measure(var, vqvae, classes, seeds, settings, cfg.repeats, cfg.uncached)
     full["kv_formula_bytes"] = kv_bytes_formula(var, full["rows"])
 
     per_image, gen = {}, torch.Generator(device=next(var.parameters()).device).manual_seed(cfg.run.seed)
@@ -131,7 +142,7 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
                             "plain": lambda c=cls: plain_sample(var, vqvae, c, generator=gen, **settings)}, cfg.repeats)
         per_image[str(b)] = {k: t / b for k, t in timed.items()} | {"ratio": timed["vgen"] / timed["plain"]}
     report = {"recipe": RECIPE, "model": cfg.model, "seconds_per_image": per_image, "batch": cfg.batch, **settings,
-              "threads": torch.get_num_threads(),
+              "precision": cfg.precision, "threads": torch.get_num_threads(),
               "depth": var.depth, "width": var.C, "tokens": var.L, "patch_nums": list(var.patch_nums),
               "full": full, "kv_formula_matches": full["kv_peak_bytes"] == full["kv_formula_bytes"], "variant": None}
     if plans:
@@ -177,14 +188,15 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
 
 def _markdown(r: dict) -> str:
     lines = [f"# VAR sampling benchmark: batch {r['batch']}, CFG {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, "
-             f"{r['threads']} threads",
+             f"{r['precision']}, {r['threads']} threads",
              "", f"{r['model']}: depth {r['depth']}, width {r['width']}, {r['tokens']} tokens over scales "
              f"{r['patch_nums']}", "",
              "| run | cached images/s | uncached images/s | cache speed-up | KV peak KiB / image |",
              "|---|---|---|---|---|"]
     f = r["full"]
     ips = f["images_per_s"]
-    lines.append(f"| full depth | {ips['cached']:.1f} | {ips['uncached']:.1f} | {f['cache_speedup']:.2f}x | "
+    unc = f"{ips['uncached']:.1f} | {f['cache_speedup']:.2f}x" if f["cache_speedup"] else "not timed | -"
+    lines.append(f"| full depth | {ips['cached']:.1f} | {unc} | "
                  f"{f['kv_peak_bytes_per_image'] / 1024:.1f} |")
     per = r.get("seconds_per_image") or {}
     if per:
