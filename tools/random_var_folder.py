@@ -8,6 +8,11 @@ noise. Used for the official-size rows of `vgen bench var` in the README:
     python tools/random_var_folder.py /tmp/var-d8 --depth 8
     vgen bench var model=/tmp/var-d8 batch=1 repeats=2
 
+and VARiant's speed at VAR-d30's size (2.0B parameters, an 8.4 GB folder):
+
+    python tools/random_var_folder.py /tmp/var-d30 --depth 30
+    vgen bench var model=/tmp/var-d30 batch=8 precision=bf16 uncached=false "depths=[16,8,2]" per_image_batches=[]
+
 ``--like FOLDER`` keeps that folder's tokenizer, classes, sampling settings and transformer layout and
 changes only the depth (random weights): what a deeper base of the same kind would cost to sample,
 before anyone trains it (sampling speed does not depend on the weights).

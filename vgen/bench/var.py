@@ -186,6 +186,12 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
     return rows
 
 
+def _rate(x: float) -> str:
+    """Images (or token maps) per second: one decimal, or three significant digits below 10 (an
+    official-size model makes well under one image per second on a CPU)."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
 def _markdown(r: dict) -> str:
     lines = [f"# VAR sampling benchmark: batch {r['batch']}, CFG {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, "
              f"{r['precision']}, {r['threads']} threads",
@@ -195,8 +201,8 @@ def _markdown(r: dict) -> str:
              "|---|---|---|---|---|"]
     f = r["full"]
     ips = f["images_per_s"]
-    unc = f"{ips['uncached']:.1f} | {f['cache_speedup']:.2f}x" if f["cache_speedup"] else "not timed | -"
-    lines.append(f"| full depth | {ips['cached']:.1f} | {unc} | "
+    unc = f"{_rate(ips['uncached'])} | {f['cache_speedup']:.2f}x" if f["cache_speedup"] else "not timed | -"
+    lines.append(f"| full depth | {_rate(ips['cached'])} | {unc} | "
                  f"{f['kv_peak_bytes_per_image'] / 1024:.1f} |")
     per = r.get("seconds_per_image") or {}
     if per:
@@ -216,14 +222,15 @@ def _markdown(r: dict) -> str:
                   "| depth | subnet blocks | cached images/s | speed vs full | same round: median (range) | without "
                   "decoding: samples/s | speed vs full | KV peak KiB / image | KV peak vs full | caches freed |",
                   "|---" * 10 + "|",
-                  f"| {r['depth']} (full) | all | {v['full_images_per_s']:.1f} | 1.00x | - | "
-                  f"{v['full_token_maps_per_s']:.1f} | 1.00x | {f['kv_peak_bytes_per_image'] / 1024:.1f} | 1.00 | - |"]
+                  f"| {r['depth']} (full) | all | {_rate(v['full_images_per_s'])} | 1.00x | - | "
+                  f"{_rate(v['full_token_maps_per_s'])} | 1.00x | {f['kv_peak_bytes_per_image'] / 1024:.1f} | 1.00 "
+                  "| - |"]
         for d, x in v["depths"].items():
             freed = "; ".join(f"blocks {b} at scale {k}" for k, b in x["freed"].items()) or "none"
             rr = x["round_speed_vs_full"]
-            lines.append(f"| {d} | {x['subnet']} | {x['images_per_s']:.1f} | {x['speed_vs_full']:.2f}x | "
+            lines.append(f"| {d} | {x['subnet']} | {_rate(x['images_per_s'])} | {x['speed_vs_full']:.2f}x | "
                          f"{statistics.median(rr):.2f}x ({rr[0]:.2f}-{rr[-1]:.2f}) | "
-                         f"{x['token_maps_per_s']:.1f} | {x['token_speed_vs_full']:.2f}x | "
+                         f"{_rate(x['token_maps_per_s'])} | {x['token_speed_vs_full']:.2f}x | "
                          f"{x['kv_peak_bytes_per_image'] / 1024:.1f} | {x['peak_vs_full']:.2f} | {freed} |")
         if v["speed_ceiling"] is not None:
             lines += ["", f"- the VQ-VAE decode (decoded minus not decoded) is {v['decode_share']:.0%} of the full "
