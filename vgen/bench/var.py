@@ -201,7 +201,7 @@ def _markdown(r: dict) -> str:
              "|---|---|---|---|---|"]
     f = r["full"]
     ips = f["images_per_s"]
-    unc = f"{_rate(ips['uncached'])} | {f['cache_speedup']:.2f}x" if f["cache_speedup"] else "not timed | -"
+    unc = f"{_rate(ips['uncached'])} | {f['cache_speedup']:.2f}x" if f["cache_speedup"] is not None else "not timed | -"
     lines.append(f"| full depth | {_rate(ips['cached'])} | {unc} | "
                  f"{f['kv_peak_bytes_per_image'] / 1024:.1f} |")
     per = r.get("seconds_per_image") or {}
