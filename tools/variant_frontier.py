@@ -96,10 +96,10 @@ def main() -> None:
     base = fixed[0]["base"]
     lines.append("| base (no supernet training) | - | - | " + " | ".join(f"{base[d]:.2f}" for d in depths) +
                  " |" + " - |" * len(subs))
-    for r in fixed + prog:
+    for r, on_frontier in [(r, True) for r in fixed] + [(r, False) for r in prog]:
         gaps = []
         for d in subs:
-            f = None if r in fixed else frontier_at(fixed, full, d, r["fid"][full][0])
+            f = None if on_frontier else frontier_at(fixed, full, d, r["fid"][full][0])
             gaps.append("-" if f is None else f"{r['fid'][d][0] - f:+.2f}")
         lines.append(f"| {r['label']} | {r['seeds']} | {r['share']:.1%} | " +
                      " | ".join(f"{r['fid'][d][0]:.2f} +- {r['fid'][d][1]:.2f}" for d in depths) + " | " +
