@@ -1,6 +1,6 @@
 """VARiant's central claim, tested: does a progressive schedule lie beyond the fixed-ratio frontier?
 
-    python tools/variant_frontier.py --fixed runs/variant-d30-r19 runs/variant-d30 runs/variant-d30-r55 \
+    python tools/variant_frontier.py --fixed runs/variant-d30-r010 runs/variant-d30-r19 runs/variant-d30 \
                                      --progressive runs/variant-d30 runs/variant-d30-equal \
                                      [--out docs/figures/variant_frontier_d30]
 
@@ -24,6 +24,7 @@ std of both coordinates too. Writes ``OUT.md`` and ``OUT.png``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -125,7 +126,7 @@ def plot(path: Path, fixed: list[dict], prog: list[dict], full: int, subs: list[
                     color="tab:blue", marker="o", capsize=3, label="fixed ratios (frontier)")
         for r, x, y in zip(fixed, xs, ys):
             ax.annotate(r["label"].split()[-1], (x[0], y[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        for r, m in zip(prog, "s^Dv"):
+        for r, m in zip(prog, itertools.cycle("s^Dv")):  # any number of progressive arms
             ax.errorbar(r["fid"][full][0], r["fid"][d][0], xerr=r["fid"][full][1], yerr=r["fid"][d][1],
                         color="tab:red", marker=m, capsize=3, linestyle="none", label=r["label"])
         ax.set(xlabel=f"full network (depth {full}) FID-shapes", ylabel=f"depth {d} FID-shapes",
