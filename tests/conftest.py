@@ -63,6 +63,13 @@ def transformer_forward(tr) -> torch.Tensor:
                   timestep=torch.tensor([500.0, 100.0]), return_dict=False)[0]
 
 
+def launch_failure(stderr: str) -> str:
+    """What a failed torchrun launch says about itself: the ranks' own last words (an abort's
+    ``what():``, a Python traceback), which torchrun's long report would push out of a plain tail."""
+    cut = stderr.find("failed (exitcode")
+    return stderr[-2000:] if cut < 0 else stderr[max(0, cut - 2500):cut + 300]
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A tiny random SD3 pipeline saved as a local folder, as a user's model would be."""

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import launch_failure
 
 from vgen.cli import main
 from vgen.rewards import registry
@@ -152,7 +153,7 @@ def _launch(common: list[str], name: str, processes: int, *extra: str) -> None:
          "vgen.cli"]
     done = subprocess.run([*cmd, "train", *common, f"run.name={name}", *extra], env=env, capture_output=True,
                           text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, launch_failure(done.stderr)
 
 
 def _assert_same_metrics(a: dict, b: dict, steps: list[int]) -> None:

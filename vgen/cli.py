@@ -48,13 +48,16 @@ def _run_dir(cfg, recipe: str, name: str, kind: str) -> str:
 def _job(table: dict, name: str, config: str | None, overrides: list[str], kind: str) -> int:
     from vgen import config as C
     from vgen import recipes
-    from vgen.train.dist import on_main
+    from vgen.train.dist import on_main, shutdown
 
     cls, run, recipe = recipes.resolve(table, name)
     cfg = C.load(cls, config, overrides, recipe=recipe)
-    run_dir = Path(on_main(lambda: _run_dir(cfg, recipe, name, kind)))  # one directory for all processes
-    cfg.run.name = run_dir.name
-    return run(cfg, run_dir)
+    try:
+        run_dir = Path(on_main(lambda: _run_dir(cfg, recipe, name, kind)))  # one directory for all processes
+        cfg.run.name = run_dir.name
+        return run(cfg, run_dir)
+    finally:
+        shutdown()
 
 
 # `vgen sample` flags of one model kind (default None: not given); the other kind refuses them.
