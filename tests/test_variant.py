@@ -17,6 +17,7 @@ from vgen.engine.scalewise import sample, teacher_forcing_inputs
 from vgen.errors import UserError
 from vgen.models.var import subnet_indices, switch_plan
 from vgen.variant import Schedule, path_at, plan_for, variant_loss
+from vgen.variant.schedule import joint_depth_at, loss_weights_at
 
 PN = (1, 2, 3, 4)
 D = 5
@@ -96,6 +97,18 @@ def test_plan_switches_by_size():
     assert plan_for(D, PN, 3, None) is None
 
 
+def test_loss_mix_weights_follow_the_stages():
+    """mix=loss: each step's (full, subnet) weights are its stage's ratio normalised; the subnet depths
+    take turns step by step."""
+    s = Schedule((4, 2), (0.5, 0.75, 1.0), ((2.0, 8.0), (1.0, 9.0), (0.0, 10.0)))
+    got = [loss_weights_at(s, t, 8) for t in range(1, 9)]
+    want = [(0.2, 0.8)] * 4 + [(0.1, 0.9)] * 2 + [(0.0, 1.0)] * 2
+    assert all(g == pytest.approx(w) for g, w in zip(got, want))
+    assert [joint_depth_at(s, t) for t in range(1, 6)] == [4, 2, 4, 2, 4]
+    with pytest.raises(UserError, match="beyond"):
+        loss_weights_at(s, 9, 8)
+
+
 # ---------------------------------------------------------------- the subnet path's loss
 
 
@@ -125,6 +138,34 @@ def test_subnet_path_loss_is_the_samplers_path(flex, depth, switch):
     assert abs(full.loss.item() - r.loss.item()) > 1e-3  # the subnet is another network
     # scales before the switch are the full network's, so their CE is the full path's
     assert torch.allclose(r.tf.ce_per_scale[:switch], full.tf.ce_per_scale[:switch], atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [(3.0, 7.0), (0.0, 1.0)])
+def test_loss_mix_step_is_the_weighted_sum_of_both_paths(ratio):
+    """mix=loss: one step's loss and gradient are w_full * (full path) + w_subnet * (subnet path), each
+    path's loss computed on its own; a zero weight skips that path's pass."""
+    from vgen.variant.recipe import VariantConfig, variant_objective
+
+    vae, var, tokens, labels = lively()
+    cfg = VariantConfig(init="unused", depths=[3, 2], switch_scale=2, schedule="fixed", ratio=list(ratio),
+                        mix="loss", iterations=4)
+    out = variant_objective(cfg)(var, vae, tokens, labels, PN, None, 2)  # step 2: depth 2, the second in turn
+    params = [p for p in var.parameters() if p.requires_grad]
+    got = torch.autograd.grad(out.loss, params, allow_unused=True)
+    w_full = ratio[0] / sum(ratio)
+    full = variant_loss(var, vae, tokens, labels, None).loss
+    sub = variant_loss(var, vae, tokens, labels, plan_for(D, PN, PN[2], 2)).loss
+    want_loss = w_full * full + (1 - w_full) * sub
+    want = torch.autograd.grad(want_loss, params, allow_unused=True)
+    assert out.loss.item() == pytest.approx(want_loss.item(), rel=1e-6)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None) and (g is None or torch.allclose(g, w, rtol=1e-5, atol=1e-7))
+    assert out.figures["path_depth"] == 2
+    assert out.figures["loss_subnet"].item() == pytest.approx(sub.item(), rel=1e-6)
+    if w_full:
+        assert out.figures["loss_full"].item() == pytest.approx(full.item(), rel=1e-6)
+    else:
+        assert "loss_full" not in out.figures and out.loss.item() == pytest.approx(sub.item(), rel=1e-6)
 
 
 def test_distillation_term_is_the_kl_from_the_full_network():
@@ -311,6 +352,18 @@ def test_full_only_schedule_trains_exactly_as_the_var_recipe(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_loss_mix_trains_both_paths_every_step(tmp_path):
+    """mix=loss end to end: stages 2:8 / 1:9 train both paths (both CEs logged), the 0:10 stage the
+    subnet only, the depths in turn."""
+    assert main(["train", *_args(tmp_path, "j", "iterations=8", "mix=loss")]) == 0
+    m = _metrics(tmp_path / "j", VOLATILE)
+    assert [m[s]["path_depth"] for s in range(1, 9)] == [4, 2] * 4
+    assert all({"loss_full", "loss_subnet"} <= m[s].keys() for s in range(1, 7))
+    assert all("loss_full" not in m[s] and m[s]["loss"] == m[s]["loss_subnet"] for s in (7, 8))
+    assert all(m[s]["loss"] == pytest.approx(0.2 * m[s]["loss_full"] + 0.8 * m[s]["loss_subnet"], rel=1e-5)
+               for s in range(1, 5))
+
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     common = ["iterations=6", "checkpoint_every=2", "distill=0.5", "schedule=fixed", "ratio=[1,2]"]
     assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
@@ -335,6 +388,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     (["depths=[2,2]"], "repeats a depth"),
     (["switch_scale=6"], "switch_scale 6 must lie in 0..5"),
     (["schedule=cyclic"], "'schedule'"),
+    (["mix=both"], "'mix'"),
     (["stage_ends=[0.5,1.0]"], "one ratio per stage"),
     (["stage_ratios=[[1,1,1],[1,1],[1,1]]"], "each of stage_ratios is a pair"),
     (["schedule=fixed", "ratio=[0,0]"], "not both 0"),

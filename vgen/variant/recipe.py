@@ -5,7 +5,9 @@ equidistant subnet I_d of depth d (``subnet_indices``), the other blocks passing
 through. Each step trains one path, the full network or one subnet from ``depths``, chosen by the
 schedule from the step number (:mod:`vgen.variant.schedule`), with teacher forcing along that path
 (:func:`vgen.variant.losses.variant_loss`); every step costs one forward / backward, so schedules
-compare at equal steps and nearly equal compute.
+compare at equal steps and nearly equal compute. ``mix: loss`` (a vgen extra) reads the ratios as
+loss weights instead: each step trains the full path and one subnet, f * L_full + s * L_subnet, so
+the full network gets a gradient on every step of a stage with f > 0, at up to twice the compute.
 
 Schedules:
 
@@ -56,6 +58,10 @@ class VariantConfig(VARTrainConfig):
     stage_ratios: list[list[float]] = param(default_factory=lambda: [[2.0, 8.0], [1.0, 9.0], [0.0, 10.0]],
                                             min_len=1, max_len=16,
                                             help="schedule=progressive: full:subnet steps of each stage")
+    mix: Literal["steps", "loss"] = param("steps", help="how a full:subnet ratio applies: 'steps' (each step "
+                                          "trains one path; the ratio shares out the steps) or 'loss' (vgen extra: "
+                                          "each step trains the full path and one subnet, the ratio weights their "
+                                          "losses; two passes per step)")
     distill: float = param(0.0, ge=0, le=100, help="vgen extra: weight of KL(full || subnet) on subnet steps "
                            "(0: off, the paper's data loss only)")
     lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
@@ -122,20 +128,41 @@ def switch_size(cfg: VariantConfig, var) -> int:
 
 def variant_objective(cfg: VariantConfig):
     from vgen.variant.losses import variant_loss
-    from vgen.variant.schedule import path_at, plan_for
+    from vgen.variant.schedule import joint_depth_at, loss_weights_at, path_at, plan_for
 
     sched = cfg.path_schedule()
 
-    def objective(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
-        d = path_at(sched, step, cfg.iterations)
+    def path(var, vqvae, tokens, labels, pns, d):
         plan = plan_for(var.depth, pns, switch_size(cfg, var), d)
-        r = variant_loss(var, vqvae, tokens, labels, plan, pns, cfg.distill, cfg.label_smoothing, cfg.scale_weights)
-        figures = {"loss": r.loss, "acc": mean_acc(var, r.tf.acc_per_scale, pns), "path_depth": float(d or var.depth),
-                   "ce_scale": r.tf.ce_per_scale, "acc_scale": r.tf.acc_per_scale}
+        return variant_loss(var, vqvae, tokens, labels, plan, pns, cfg.distill, cfg.label_smoothing,
+                            cfg.scale_weights)
+
+    def figures_of(var, r, pns, d) -> dict:
+        out = {"loss": r.loss, "acc": mean_acc(var, r.tf.acc_per_scale, pns), "path_depth": float(d or var.depth),
+               "ce_scale": r.tf.ce_per_scale, "acc_scale": r.tf.acc_per_scale}
         if cfg.distill and d is not None:
-            figures["kl"] = r.kl
-        return StepOut(r.loss, figures)
-    return objective
+            out["kl"] = r.kl
+        return out
+
+    def one_path(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
+        d = path_at(sched, step, cfg.iterations)
+        r = path(var, vqvae, tokens, labels, pns, d)
+        return StepOut(r.loss, figures_of(var, r, pns, d))
+
+    def joint(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
+        """Both paths on the same micro-batch; the logged per-scale figures are the subnet's (the
+        full path's CE is ``loss_full``), as the subnet is what the weights are being moved towards."""
+        w_full, w_sub = loss_weights_at(sched, step, cfg.iterations)
+        d = joint_depth_at(sched, step)
+        full = path(var, vqvae, tokens, labels, pns, None) if w_full else None
+        sub = path(var, vqvae, tokens, labels, pns, d) if w_sub else None
+        loss = sum(w * r.loss for w, r in ((w_full, full), (w_sub, sub)) if r is not None)
+        figures = {**figures_of(var, sub or full, pns, d if sub else None), "loss": loss.detach()}
+        for name, r in (("loss_full", full), ("loss_subnet", sub)):
+            if r is not None:  # a path with weight 0 took no pass
+                figures[name] = r.tf.loss.detach()
+        return StepOut(loss, figures)
+    return joint if cfg.mix == "loss" else one_path
 
 
 def eval_paths(cfg: VariantConfig):
@@ -159,6 +186,7 @@ def model_card(cfg: VariantConfig, var, history: dict) -> str:
         rows = f"\nAt step {last['step']}:\n{rows}\n"
     ratios = f"full:subnet {cfg.ratio}" if cfg.schedule == "fixed" else \
         f"stages ending at {cfg.stage_ends} of the steps with full:subnet {cfg.stage_ratios}"
+    ratios += ", as loss weights on both paths every step" if cfg.mix == "loss" else ", as shares of the steps"
     size = switch_size(cfg, var)
     return f"""# VARiant supernet trained by `vgen train` (recipe variant)
 

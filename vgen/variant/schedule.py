@@ -7,6 +7,10 @@ share: 2:8 trains the full path at stage steps 4, 9, 14, ...), and the subnet st
 configured depths in turn (round robin over all subnet steps of the run), so every depth gets the
 same number of steps up to one. Everything follows from the step number, so a resumed run trains
 the same paths as an uninterrupted one.
+
+``mix: loss`` reads the same stages as loss weights instead: every step trains the full path and one
+subnet (the depths in turn, one per step), the loss f * L_full + s * L_subnet with f + s = 1; a zero
+weight skips its path's pass.
 """
 
 from __future__ import annotations
@@ -62,6 +66,21 @@ def path_at(s: Schedule, step: int, iterations: int) -> int | None:
             return None
         return s.depths[(subnet_before + n - math.floor(n * r + 1e-9)) % len(s.depths)]
     raise UserError(f"step {step} is beyond the run's {iterations} steps")
+
+
+def loss_weights_at(s: Schedule, step: int, iterations: int) -> tuple[float, float]:
+    """``mix: loss``: the (full, subnet) loss weights of step ``step`` (1-based), its stage's full:subnet
+    ratio normalised to sum 1."""
+    for (lo, hi), ratio in zip(_stage_bounds(s, iterations), s.ratios):
+        if lo <= step <= hi:
+            r = _full_share(ratio)
+            return r, 1.0 - r
+    raise UserError(f"step {step} is beyond the run's {iterations} steps")
+
+
+def joint_depth_at(s: Schedule, step: int) -> int:
+    """``mix: loss``: the subnet depth step ``step`` (1-based) trains beside the full network, in turn."""
+    return s.depths[(step - 1) % len(s.depths)]
 
 
 def plan_for(depth: int, patch_nums, switch_size: int, subnet_depth: int | None) -> list[list[int]] | None:
