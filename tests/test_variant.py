@@ -405,3 +405,21 @@ def test_dry_run_names_the_recipe(capsys):
     assert main(["train", TINY_YAML, "--dry-run", "--processes", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("recipe variant: VAR depth 6") and "8 per process" in out
+
+
+def test_dry_run_counts_both_paths_of_a_loss_mix(capsys):
+    """mix=loss holds the full path's and the deepest subnet's activations at once: the estimate grows by
+    the subnet path's blocks x tokens and its logits (a VAR-d16-sized plan, so the GiB show)."""
+    big = ["init=not/here", "depth=16", "width=1024", "heads=16", "batch=64", "depths=[8,2]", "switch_scale=7"]
+
+    def activations(*extra) -> float:
+        assert main(["train", TINY_YAML, *big, *extra, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        return float(out.split("activations of one micro-batch ")[1].split(" GiB")[0])
+
+    steps, loss = activations(), activations("mix=loss")
+    pns = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]  # the official tokenizer's scales (init is not here)
+    blocks = sum(p * p * (16 if k < 7 else 8) for k, p in enumerate(pns))
+    extra = 64 * 1024 * 34 * blocks + 64 * sum(p * p for p in pns) * 4096 * 12
+    assert loss - steps == pytest.approx(extra / 2**30, abs=0.011)
+

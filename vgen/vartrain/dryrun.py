@@ -17,7 +17,9 @@ The estimate (bytes, documented so it can be checked):
   logits (bf16 logits, their float32 CE copy and its gradient); a rough figure to compare recipes,
   not a bound. SAR's student-forcing pass adds its own sequence: (1 + last scale's tokens) / L of
   the teacher-forcing activations in ``last`` mode, the same again in ``all`` mode. VARiant's
-  figure is its full-network step (a subnet step keeps fewer blocks' activations). ScaleWeaver trains
+  figure is its full-network step (a subnet step keeps fewer blocks' activations); with ``mix: loss``
+  the deepest subnet's path is held at the same time: + b * sum_k n_k * |plan_k| * C * per-token
+  for its blocks, n_k the tokens of scale k and |plan_k| the blocks it runs, and its logits again. ScaleWeaver trains
   only its control adapter (16 per trainable parameter; the frozen base 4 per parameter) and its
   condition sequence runs through the first ``blocks`` blocks as well: + blocks / D of the blocks'
   activations.
@@ -95,6 +97,12 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
     sar = getattr(cfg, "sigma", None) is not None
     if sar:
         act += act * (1.0 if cfg.mode == "all" else (1 + var.patch_nums[-1] ** 2) / L)
+    if getattr(cfg, "mix", None) == "loss":  # variant: the full path's graph and a subnet's at once
+        from vgen.variant.recipe import switch_size
+        from vgen.variant.schedule import plan_for
+
+        plan = plan_for(D, var.patch_nums, switch_size(cfg, var), max(cfg.depths))
+        act += b * C * per_token * sum(p * p * len(k) for p, k in zip(var.patch_nums, plan)) + b * L * V * 12
     weights = n_vae * 4 + n_var * 16
     recipe = "sar" if sar else "variant" if hasattr(cfg, "switch_scale") else "var"
     trained = f"transformer {n_var / 1e6:.1f}M (trained)"
