@@ -150,8 +150,8 @@ def variant_objective(cfg: VariantConfig):
         return StepOut(r.loss, figures_of(var, r, pns, d))
 
     def joint(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
-        """Both paths on the same micro-batch; the logged per-scale figures are the subnet's (the
-        full path's CE is ``loss_full``), as the subnet is what the weights are being moved towards."""
+        """Both paths on the same micro-batch. The per-scale figures and ``path_depth`` are the subnet's
+        (the full path's in a stage with no subnet weight); each path's CE is logged on its own."""
         w_full, w_sub = loss_weights_at(sched, step, cfg.iterations)
         d = joint_depth_at(sched, step)
         full = path(var, vqvae, tokens, labels, pns, None) if w_full else None
