@@ -61,7 +61,7 @@ class VariantConfig(VARTrainConfig):
     mix: Literal["steps", "loss"] = param("steps", help="how a full:subnet ratio applies: 'steps' (each step "
                                           "trains one path; the ratio shares out the steps) or 'loss' (vgen extra: "
                                           "each step trains the full path and one subnet, the ratio weights their "
-                                          "losses; two passes per step)")
+                                          "losses; up to two passes per step)")
     distill: float = param(0.0, ge=0, le=100, help="vgen extra: weight of KL(full || subnet) on subnet steps "
                            "(0: off, the paper's data loss only)")
     lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
