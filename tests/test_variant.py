@@ -422,4 +422,3 @@ def test_dry_run_counts_both_paths_of_a_loss_mix(capsys):
     blocks = sum(p * p * (16 if k < 7 else 8) for k, p in enumerate(pns))
     extra = 64 * 1024 * 34 * blocks + 64 * sum(p * p for p in pns) * 4096 * 12
     assert loss - steps == pytest.approx(extra / 2**30, abs=0.011)
-

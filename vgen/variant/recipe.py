@@ -157,7 +157,8 @@ def variant_objective(cfg: VariantConfig):
         full = path(var, vqvae, tokens, labels, pns, None) if w_full else None
         sub = path(var, vqvae, tokens, labels, pns, d) if w_sub else None
         loss = sum(w * r.loss for w, r in ((w_full, full), (w_sub, sub)) if r is not None)
-        figures = {**figures_of(var, sub or full, pns, d if sub else None), "loss": loss.detach()}
+        shown, shown_d = (sub, d) if sub is not None else (full, None)
+        figures = {**figures_of(var, shown, pns, shown_d), "loss": loss.detach()}
         for name, r in (("loss_full", full), ("loss_subnet", sub)):
             if r is not None:  # a path with weight 0 took no pass
                 figures[name] = r.tf.loss.detach()
