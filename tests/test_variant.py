@@ -120,14 +120,27 @@ def sampler_logits(var, vae, tokens, labels, plan):
     caches, out = [{} for _ in range(var.depth)], []
     for k in range(len(PN)):
         x = var.start_tokens(cond_BD) if k == 0 else var.embed_scale(inputs[k - 1], k)
-        out.append(var.logits(var.step(x, cond, caches, blocks=plan[k]), cond_BD))
+        out.append(var.logits(var.step(x, cond, caches, blocks=plan[k]), cond_BD, plan[k]))
     return torch.cat(out, 1)
 
 
+def with_private(var, depths=(2, 3, 4), scale=0.3):
+    """``var`` with random (non-zero) private offsets for ``depths``."""
+    var.add_private_depths(depths)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in var.private.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g))
+    return var
+
+
+@pytest.mark.parametrize("private", [False, True])
 @pytest.mark.parametrize("flex", [False, True])
 @pytest.mark.parametrize("depth, switch", [(2, 2), (3, 1), (4, 3)])
-def test_subnet_path_loss_is_the_samplers_path(flex, depth, switch):
+def test_subnet_path_loss_is_the_samplers_path(flex, depth, switch, private):
     vae, var, tokens, labels = lively(flex)
+    if private:
+        with_private(var)
     plan = plan_for(D, PN, PN[switch], depth)
     r = variant_loss(var, vae, tokens, labels, plan)
     with torch.no_grad():
@@ -168,6 +181,49 @@ def test_loss_mix_step_is_the_weighted_sum_of_both_paths(ratio):
         assert "loss_full" not in out.figures and out.loss.item() == pytest.approx(sub.item(), rel=1e-6)
 
 
+def test_new_private_offsets_change_nothing():
+    vae, var, tokens, labels = lively()
+    plan = switch_plan(D, 4, 1, 3)
+    inputs = teacher_forcing_inputs(vae, tokens)
+    before = var(labels, inputs, depth_plan=plan)
+    var.add_private_depths([3, 2])
+    assert sorted(var.private) == ["2", "3"] and all(not p.any() for p in var.private.parameters())
+    assert torch.equal(var(labels, inputs, depth_plan=plan), before)
+
+
+@pytest.mark.parametrize("switch", [0, 2])
+def test_private_offsets_are_adaln_bias_shifts_of_the_subnets_blocks(switch):
+    """Independent computation: a subnet scale's offsets act as shifts of the kept blocks' (and the head
+    norm's) AdaLN biases, by the block's place in the subnet; scales before the switch are untouched."""
+    import copy
+
+    vae, var, tokens, labels = lively()
+    var.eval()
+    plain = copy.deepcopy(var)
+    with_private(var, depths=(3,))
+    plan = switch_plan(D, 4, switch, 3)
+    shifted = copy.deepcopy(plain)
+    with torch.no_grad():
+        for i, j in enumerate(subnet_indices(D, 3)):
+            shifted.blocks[j].ada_lin[-1].bias += var.private["3"].blocks[i].flatten()
+        shifted.head_nm.ada_lin[-1].bias += var.private["3"].head.flatten()
+        inputs = teacher_forcing_inputs(vae, tokens)
+        got = var(labels, inputs, depth_plan=plan)
+        cut = sum(p * p for p in PN[:switch])
+        if switch == 0:  # every scale runs the subnet: the whole output is the shifted model's
+            assert torch.allclose(got, shifted(labels, inputs, depth_plan=plan), atol=1e-5)
+        else:  # the full network's scales are the plain model's; the subnet's see the shift through attention
+            assert torch.equal(got[:, :cut], plain(labels, inputs, depth_plan=plan)[:, :cut])
+            assert not torch.allclose(got[:, cut:], plain(labels, inputs, depth_plan=plan)[:, cut:], atol=1e-3)
+        assert torch.equal(var(labels, inputs), plain(labels, inputs))  # the full path never uses them
+
+
+def test_private_depths_outside_the_model_are_refused():
+    _, var, _, _ = lively()
+    with pytest.raises(UserError, match=r"private depths \[5\] must lie in 2..4"):
+        var.add_private_depths([2, 5])
+
+
 def test_distillation_term_is_the_kl_from_the_full_network():
     vae, var, tokens, labels = lively()
     plan = plan_for(D, PN, 3, 2)
@@ -202,10 +258,13 @@ def test_switching_depth_between_calls_touches_no_weights(deep_folder):
         assert v.data_ptr() == before[k][0] and torch.equal(v, before[k][1]), k
 
 
+@pytest.mark.parametrize("private", [False, True])
 @pytest.mark.parametrize("depth", [2, 3, 4])
 @pytest.mark.parametrize("switch", [0, 1, 2, 3])
-def test_cached_sampling_equals_recompute_for_every_plan(depth, switch):
+def test_cached_sampling_equals_recompute_for_every_plan(depth, switch, private):
     vae, var, _, _ = lively()
+    if private:
+        with_private(var)
     var.eval()
     plan = switch_plan(D, 4, switch, depth)
     kw = dict(cfg=1.5, top_k=8, depth_plan=plan, return_logits=True)
@@ -352,6 +411,29 @@ def test_full_only_schedule_trains_exactly_as_the_var_recipe(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_private_offsets_train_save_and_switch_without_touching_weights(tmp_path):
+    """private=true: the offsets of each trained depth train (they leave zero), the folder rebuilds them, and
+    the loaded model samples every depth with them and no weight touched; the full path ignores them."""
+    from vgen.models.load import load
+
+    assert main(["train", *_args(tmp_path, "p", "iterations=4", "private=true", "save_model=true")]) == 0
+    m = load(tmp_path / "p" / "model")
+    assert json.loads((tmp_path / "p" / "model" / "config.json").read_text())["var"]["private_depths"] == [2, 4]
+    assert all(m.var.private[str(d)].blocks.abs().sum() > 0 for d in (2, 4))
+    before = {k: (v.data_ptr(), v.clone()) for k, v in m.var.state_dict().items()}
+    kw = dict(cfg=1.5, top_k=5, return_logits=True)
+    full = sample(m.var, m.vqvae, [3, 9], [0, 1], **kw)
+    sub = sample(m.var, m.vqvae, [3, 9], [0, 1], depth_plan=switch_plan(6, 6, 3, 2), **kw)
+    for k, v in m.var.state_dict().items():
+        assert v.data_ptr() == before[k][0] and torch.equal(v, before[k][1]), k
+    with torch.no_grad():
+        for p in m.var.private.parameters():
+            p.zero_()
+    assert torch.equal(sample(m.var, m.vqvae, [3, 9], [0, 1], **kw).logits[-1], full.logits[-1])
+    bare = sample(m.var, m.vqvae, [3, 9], [0, 1], depth_plan=switch_plan(6, 6, 3, 2), **kw)
+    assert torch.equal(bare.logits[2], sub.logits[2]) and not torch.equal(bare.logits[-1], sub.logits[-1])
+
+
 def test_loss_mix_trains_both_paths_every_step(tmp_path):
     """mix=loss end to end: stages 2:8 / 1:9 train both paths (both CEs logged), the 0:10 stage the
     subnet only, the depths in turn."""
@@ -422,3 +504,9 @@ def test_dry_run_counts_both_paths_of_a_loss_mix(capsys):
     blocks = sum(p * p * (16 if k < 7 else 8) for k, p in enumerate(pns))
     extra = 64 * 1024 * 34 * blocks + 64 * sum(p * p for p in pns) * 4096 * 12
     assert loss - steps == pytest.approx(extra / 2**30, abs=0.011)
+
+
+def test_dry_run_counts_the_private_offsets(capsys):
+    """Each trained depth d adds d x 6 x C + 2 x C parameters (the tiny base: width 128, depths 4 and 2)."""
+    assert main(["train", TINY_YAML, "private=true", "--dry-run"]) == 0
+    assert f"{(4 * 6 + 2 + 2 * 6 + 2) * 128:,} of them private per-depth offsets" in capsys.readouterr().out

@@ -309,7 +309,7 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
                 control.at_scale(si)
             h = var.step(x, cond, caches, None if plan is None else plan[si], ref_kv=ref_kv,
                          ref_bias=query_rows(ref_bias, start, start + pn * pn), control=control)
-            logits = var.logits(h, cond_BD)
+            logits = var.logits(h, cond_BD, None if plan is None else plan[si])
         else:
             logits = var(rows, inputs, patch_nums=pns, scales=range(si + 1), depth_plan=plan, ref_kv=ref_kv,
                          ref_bias=query_rows(ref_bias, 0, start + pn * pn), control=control)[:, -pn * pn:]

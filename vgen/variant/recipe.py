@@ -19,6 +19,10 @@ Schedules:
   given in what vgen could read. The subnet path always runs the full network on the scales
   before the switch, so the full network's early scales keep training in the last stage.
 
+``private`` (a vgen extra, off by default) gives each trained depth its own small parameters, offsets
+to the AdaLN modulation of the blocks it runs and of the head's norm (``VAR.private``), on top of the
+shared weights: the subnets then need not pull the full network's gains towards their own.
+
 The loop is the VAR family's (``vgen.vartrain.recipe.train``). Each held-out evaluation also runs
 along every subnet path (``val_loss_d{d}``, ``eval_strict_d{d}``, reports in
 ``eval/step-N/d{d}/``), and the saved folders record ``switch_scale`` in their sampling defaults,
@@ -64,6 +68,8 @@ class VariantConfig(VARTrainConfig):
                                           "losses; up to two passes per step)")
     distill: float = param(0.0, ge=0, le=100, help="vgen extra: weight of KL(full || subnet) on subnet steps "
                            "(0: off, the paper's data loss only)")
+    private: bool = param(False, help="vgen extra: each trained depth gets its own AdaLN offsets (d x 6 x C + 2 x C, "
+                          "zero at the start, used only where its subnet runs) beside the shared weights")
     lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
     warmup: int = param(0, ge=0, help="linear warm-up steps (post-training continues a schedule's tail)")
     eval_every: int = param(100, ge=0, help="held-out loss and evaluation reports of every path every this many "
@@ -166,6 +172,18 @@ def variant_objective(cfg: VariantConfig):
     return joint if cfg.mix == "loss" else one_path
 
 
+def build(cfg: VariantConfig, vqvae, num_classes: int, device):
+    """The base from ``init``, with private offsets for the trained depths when ``private`` asks for them."""
+    from vgen.vartrain.recipe import build_model
+
+    var = build_model(cfg, vqvae, num_classes, device)
+    if cfg.private:
+        switch_index(cfg, var)  # the depths' range check names the setting before the model refuses them
+        var.add_private_depths(cfg.depths)
+        var.arch["private_depths"] = sorted(int(d) for d in var.private)  # the folder rebuilds them
+    return var
+
+
 def eval_paths(cfg: VariantConfig):
     """Every trained subnet, evaluated along its plan at the model's own scale list."""
     from vgen.variant.schedule import plan_for
@@ -195,7 +213,7 @@ One {"FlexVAR" if var.flex else "VAR"} that samples at every depth: scales of si
 subnet of the chosen depth, earlier scales all {var.depth} blocks. Base `{cfg.init}`; width {var.C}, scales
 {list(var.patch_nums)}; data `{cfg.data}`. Trained depths {cfg.depths}, schedule {cfg.schedule} ({ratios}),
 {cfg.iterations} steps, batch {cfg.batch}, AdamW lr {cfg.lr} ({cfg.lr_schedule}), distill {cfg.distill},
-seed {cfg.run.seed}.
+{"private AdaLN offsets per depth" if cfg.private else "pure weight sharing"}, seed {cfg.run.seed}.
 {rows}
 ```
 vgen sample --model THIS_FOLDER --classes 0 5 12 --seeds 0 1 --depth {min(cfg.depths)} --out samples
@@ -206,4 +224,4 @@ vgen eval --model THIS_FOLDER --seeds 0-9 --depth {min(cfg.depths)}
 
 def run(cfg: VariantConfig, run_dir: Path) -> int:
     return train(cfg, run_dir, RECIPE, variant_objective(cfg), model_card, eval_paths(cfg),
-                 lambda var: {"switch_scale": switch_index(cfg, var)})
+                 lambda var: {"switch_scale": switch_index(cfg, var)}, build=build)

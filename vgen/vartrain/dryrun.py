@@ -88,6 +88,8 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
     vae_arch, var_arch, notes = planned_arch(cfg)
     with torch.device("meta"):
         vae, var = VQVAE(**vae_arch), VAR(**var_arch)
+        if getattr(cfg, "private", False):  # variant: each trained depth's own offsets
+            var.add_private_depths(cfg.depths)
     n_vae = sum(p.numel() for p in vae.parameters())
     n_var = sum(p.numel() for p in var.parameters())
     b = min(cfg.micro_batch or cfg.batch, cfg.batch // processes)
@@ -106,6 +108,8 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
     weights = n_vae * 4 + n_var * 16
     recipe = "sar" if sar else "variant" if hasattr(cfg, "switch_scale") else "var"
     trained = f"transformer {n_var / 1e6:.1f}M (trained)"
+    if n_private := sum(p.numel() for p in var.private.parameters()):
+        trained = f"transformer {n_var / 1e6:.1f}M (trained; {n_private:,} of them private per-depth offsets)"
     if hasattr(cfg, "lora_rank"):  # scaleweaver: the frozen base and its adapter
         from vgen.scaleweaver.adapter import attach_control
         from vgen.scaleweaver.recipe import adapter_arch

@@ -142,7 +142,8 @@ class VARTrainConfig:
 # ---------------------------------------------------------------- optimisation
 
 
-NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "class_emb", "scale_mul", "q_bias", "v_bias", "ada_gss")
+NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "class_emb", "scale_mul", "q_bias", "v_bias", "ada_gss",
+            "private.")
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)):

@@ -25,6 +25,9 @@ Hooks for the post-training methods, all off by default:
   optional ``scales`` subset (e.g. [0, K - 1]: start token + last scale only).
 * VARiant: ``depth_plan[k]`` lists the blocks that scale k runs; other blocks pass its tokens
   through unchanged and never see them (no keys / values), exactly as the cached sampler does.
+  ``private_depths`` (a vgen extra, none by default) gives a subnet depth d its own small
+  parameters (``DepthOffsets``): offsets to the AdaLN modulation of the i-th block it runs and
+  of the head's norm, added only on the scales that run a d-block subnet.
 * ScaleWeaver: ``ref_kv`` gives each block extra (keys, values) that the sequence's queries can
   attend to, in the same softmax (joint attention), with an optional additive ``ref_bias``;
   ``kv_out`` collects each block's own keys / values, to build such a reference stream.
@@ -212,16 +215,21 @@ class AdaLNSelfAttn(nn.Module):
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))
 
-    def modulation(self, cond_BD):
-        """(gamma1, gamma2, scale1, scale2, shift1, shift2), each (B, 1, C)."""
+    def modulation(self, cond_BD, offset=None):
+        """(gamma1, gamma2, scale1, scale2, shift1, shift2), each (B, 1, C); ``offset`` (a VARiant
+        subnet's, (6, C) or per token (1, l, 6, C)) is added to all six, each then (B, l, C)."""
         if self.shared_aln:  # cond_BD is already the shared (B, 1, 6, C) projection
-            return (self.ada_gss + cond_BD).unbind(2)
-        return self.ada_lin(cond_BD).view(-1, 1, 6, self.C).unbind(2)
+            m = self.ada_gss + cond_BD
+        else:
+            m = self.ada_lin(cond_BD).view(-1, 1, 6, self.C)
+        return (m if offset is None else m + offset).unbind(2)
 
-    def forward(self, x, cond_BD, attn_bias=None, cache=None, ref_kv=None, ref_bias=None, kv_out=None, side=None):
+    def forward(self, x, cond_BD, attn_bias=None, cache=None, ref_kv=None, ref_bias=None, kv_out=None, side=None,
+                offset=None):
         """``side(x, cond_BD, q, k, v)`` (ScaleWeaver's control): a (B, l, C) term added to the residual
-        stream after the attention sub-layer, from the block input and the attention's q / k / v."""
-        g1, g2, s1, s2, b1, b2 = self.modulation(cond_BD)
+        stream after the attention sub-layer, from the block input and the attention's q / k / v.
+        ``offset``: a subnet's private modulation offset (``modulation``)."""
+        g1, g2, s1, s2, b1, b2 = self.modulation(cond_BD, offset)
         seen = [] if side is not None else None
         a = self.attn(self.ln_wo_grad(x) * (s1 + 1) + b1, attn_bias, cache, ref_kv, ref_bias, kv_out, seen)
         h = x + drop_path(a * g1, self.drop_path, self.training)
@@ -236,9 +244,22 @@ class AdaLNBeforeHead(nn.Module):
         self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * C))
 
-    def forward(self, x, cond_BD):
-        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
+    def forward(self, x, cond_BD, offset=None):
+        m = self.ada_lin(cond_BD).view(-1, 1, 2, self.C)
+        scale, shift = (m if offset is None else m + offset).unbind(2)
         return self.ln_wo_grad(x) * (scale + 1) + shift
+
+
+class DepthOffsets(nn.Module):
+    """A subnet depth's private parameters (VARiant, a vgen extra): offsets to the AdaLN modulation
+    of each of its d blocks, in block order, and of the head's norm. A subnet feeds block i the
+    output of a block that is not block i - 1, so the shared gains fit it badly; these let it re-tune
+    them without moving the full network's. They start at zero: a new set changes nothing."""
+
+    def __init__(self, d: int, C: int):
+        super().__init__()
+        self.blocks = nn.Parameter(torch.zeros(d, 6, C))
+        self.head = nn.Parameter(torch.zeros(2, C))
 
 
 class SharedAdaLin(nn.Linear):
@@ -251,7 +272,7 @@ class VAR(nn.Module):
 
     def __init__(self, vocab_size=4096, Cvae=32, num_classes=1000, depth=16, embed_dim=None, num_heads=None,
                  mlp_ratio=4.0, norm_eps=1e-6, shared_aln=False, cond_drop_rate=0.1, attn_l2_norm=True,
-                 drop_path_rate=0.0, patch_nums=OFFICIAL_PATCH_NUMS, flex=False, pos_grid=32):
+                 drop_path_rate=0.0, patch_nums=OFFICIAL_PATCH_NUMS, flex=False, pos_grid=32, private_depths=()):
         super().__init__()
         C = embed_dim or 64 * depth
         self.V, self.Cvae, self.num_classes, self.depth = vocab_size, Cvae, num_classes, depth
@@ -285,6 +306,39 @@ class VAR(nn.Module):
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lengths()))
         self.head_nm = AdaLNBeforeHead(C, C, norm_eps)
         self.head = nn.Linear(C, vocab_size)
+        self.private = nn.ModuleDict()  # subnet depth -> DepthOffsets; empty: no state, official names
+        self.add_private_depths(private_depths)
+
+    def add_private_depths(self, depths) -> None:
+        """Give each subnet depth in ``depths`` (2..depth-1) that has none its own zero offsets."""
+        if bad := [d for d in depths if not 2 <= int(d) < self.depth]:
+            raise UserError(f"private depths {bad} must lie in 2..{self.depth - 1} (the model has {self.depth} blocks)")
+        for d in sorted({int(d) for d in depths} - {int(k) for k in self.private}):
+            self.private[str(d)] = DepthOffsets(d, self.C).to(self.head.weight.device)
+
+    def private_for(self, blocks) -> DepthOffsets | None:
+        """The private offsets of the subnet a scale runs (``blocks``: its entry of a depth plan), if any."""
+        if blocks is None or len(blocks) >= self.depth:
+            return None
+        return self.private[str(len(blocks))] if str(len(blocks)) in self.private else None
+
+    def private_rows(self, depth_plan, scales, lengths, block: int | None = None) -> torch.Tensor | None:
+        """Per-token private offsets (1, l, 6 or 2, C) over the tokens of ``scales`` (``lengths`` each):
+        block ``block``'s (its place in each scale's subnet) or, with None, the head's; zero on scales
+        that run no subnet with offsets. None when no scale has any (the model's usual path)."""
+        if depth_plan is None or not self.private:
+            return None
+        offs = [self.private_for(depth_plan[s]) for s in scales]
+        if all(o is None for o in offs):
+            return None
+        rows = []
+        for s, n, o in zip(scales, lengths, offs):
+            if o is None:
+                rows.append(self.head.weight.new_zeros(n, 6 if block is not None else 2, self.C))
+            else:
+                row = o.head if block is None else o.blocks[sorted(depth_plan[s]).index(block)]
+                rows.append(row.expand(n, -1, -1))
+        return torch.cat(rows).unsqueeze(0)
 
     # ------------------------------------------------------------------ embeddings
 
@@ -330,8 +384,12 @@ class VAR(nn.Module):
             cond = cond.view(-1, 1, 6, self.C)
         return cond_BD, cond
 
-    def logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h, cond_BD))
+    def logits(self, h: torch.Tensor, cond_BD: torch.Tensor, blocks=None, offset=None) -> torch.Tensor:
+        """``blocks``: the blocks the scale of ``h`` ran (sampling), for its subnet's private head offset;
+        ``offset``: the per-token one (``private_rows``, training)."""
+        if blocks is not None and (o := self.private_for(blocks)) is not None:
+            offset = o.head
+        return self.head(self.head_nm(h, cond_BD, offset))
 
     # ------------------------------------------------------------------ transformer
 
@@ -343,9 +401,11 @@ class VAR(nn.Module):
         ``forward``, with ``ref_bias``'s query axis (if not 1) over this scale's tokens only. ``control``:
         a ScaleWeaver control run already placed at this scale (``ControlRun.at_scale``)."""
         run = range(self.depth) if blocks is None else sorted(blocks)
-        for j in run:
+        off = self.private_for(blocks)
+        for i, j in enumerate(run):
             x = self.blocks[j](x, cond, None, caches[j], ref_kv[j] if ref_kv else None, ref_bias,
-                               side=control.side(j) if control is not None else None)
+                               side=control.side(j) if control is not None else None,
+                               offset=None if off is None else off.blocks[i])
         return x
 
     def trunk(self, x, cond, lengths, scales, depth_plan=None, ref_kv=None, ref_bias=None, kv_out=None,
@@ -361,11 +421,14 @@ class VAR(nn.Module):
             rk = ref_kv[j] if ref_kv else None
             active = None if depth_plan is None else [s for s in scales if j in depth_plan[s]]
             if active is None or len(active) == len(scales):
-                x = block(x, cond, bias, None, rk, ref_bias, kv_out, control.side(j) if control is not None else None)
+                x = block(x, cond, bias, None, rk, ref_bias, kv_out, control.side(j) if control is not None else None,
+                          self.private_rows(depth_plan, scales, lengths, j))
             elif active:
                 idx = torch.isin(sid, torch.as_tensor(active, device=x.device)).nonzero().squeeze(1)
                 rb = ref_bias[..., idx, :] if ref_bias is not None and ref_bias.shape[-2] > 1 else ref_bias
-                out = block(x[:, idx], cond, bias[..., idx[:, None], idx], None, rk, rb, kv_out)
+                n = [lengths[scales.index(s)] for s in active]
+                out = block(x[:, idx], cond, bias[..., idx[:, None], idx], None, rk, rb, kv_out,
+                            offset=self.private_rows(depth_plan, active, n, j))
                 x = x.index_copy(1, idx, out)
         return x
 
@@ -401,7 +464,7 @@ class VAR(nn.Module):
                 raise UserError("a control condition and a VARiant depth plan cannot be combined")
             control.start(scales, lengths, pns)
         h = self.trunk(x, cond, lengths, scales, depth_plan, ref_kv, ref_bias, kv_out, control)
-        return self.logits(h, cond_BD)
+        return self.logits(h, cond_BD, offset=self.private_rows(depth_plan, scales, lengths))
 
     @torch.no_grad()
     def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1.0):
