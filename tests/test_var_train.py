@@ -255,6 +255,28 @@ def test_make_optimizer_skips_decay_on_biases_gains_and_embeddings():
     assert all(p.ndim >= 2 for p in decay["params"])
 
 
+
+def test_lr_scales_give_named_parameters_their_own_lr_which_set_lr_keeps():
+    """VARiant's private offsets: a group of their own, no decay, at the multiple of the lr, through the
+    schedule's set_lr; the other groups as without it."""
+    from vgen.train.loop import set_lr
+
+    var = build_var(dict(vocab_size=32, Cvae=8, num_classes=70, depth=4, embed_dim=32, num_heads=2,
+                         patch_nums=[1, 2, 4], private_depths=[2, 3]))
+    plain = T.make_optimizer(var, 1e-3, 0.05)
+    opt = T.make_optimizer(var, 1e-3, 0.05, lr_scales={"private.": 10.0})
+    decay, no_decay, private = opt.param_groups
+    names = {id(p): n for n, p in var.named_parameters()}
+    assert sorted(names[id(p)] for p in private["params"]) == sorted(n for n, _ in var.named_parameters()
+                                                                     if n.startswith("private."))
+    assert private["weight_decay"] == 0.0 and private["lr"] == pytest.approx(1e-2)
+    assert [len(g["params"]) for g in (decay, no_decay)] == [len(plain.param_groups[0]["params"]),
+                                                            len(plain.param_groups[1]["params"]) - 4]
+    assert len(plain.param_groups) == 2  # without a scale the offsets are biases: no decay
+    set_lr(opt, 3e-4)
+    assert [g["lr"] for g in opt.param_groups] == [3e-4, 3e-4, pytest.approx(3e-3)]
+
+
 def test_teacher_forcing_loss_is_the_ce_of_one_block_causal_forward():
     """tf_loss / tf_loss_from_tokens = CE of var(labels, teacher_forcing_inputs(tokens)) against the
     tokens of all scales; the last scale's tokens are targets only (no scale's input depends on them)."""

@@ -434,6 +434,20 @@ def test_private_offsets_train_save_and_switch_without_touching_weights(tmp_path
     assert torch.equal(bare.logits[2], sub.logits[2]) and not torch.equal(bare.logits[-1], sub.logits[-1])
 
 
+def test_private_lr_scale_moves_the_offsets_that_much_faster(tmp_path):
+    """Adam's first steps move a parameter by about its lr, so the offsets move about 10x as far at
+    private_lr_scale=10 (the shared weights' lr unchanged)."""
+    from vgen.models.load import load
+
+    size = {}
+    for k in (1, 10):
+        assert main(["train", *_args(tmp_path, f"s{k}", "iterations=2", "schedule=fixed", "ratio=[0,1]",
+                                     "private=true", f"private_lr_scale={k}", "save_model=true")]) == 0
+        var = load(tmp_path / f"s{k}" / "model").var
+        size[k] = var.private["4"].blocks.abs().mean().item()
+    assert 7 < size[10] / size[1] < 13
+
+
 def test_loss_mix_trains_both_paths_every_step(tmp_path):
     """mix=loss end to end: stages 2:8 / 1:9 train both paths (both CEs logged), the 0:10 stage the
     subnet only, the depths in turn."""

@@ -39,8 +39,9 @@ def lr_at(step: int, lr: float, iterations: int, warmup: int = 0, schedule: str 
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every group at ``lr``, times its ``lr_scale`` where it has one."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
 
 
 def grad_step(dist, params: list[torch.Tensor], opt: torch.optim.Optimizer, sums: torch.Tensor,

@@ -70,6 +70,8 @@ class VariantConfig(VARTrainConfig):
                            "(0: off, the paper's data loss only)")
     private: bool = param(False, help="vgen extra: each trained depth gets its own AdaLN offsets (d x 6 x C + 2 x C, "
                           "zero at the start, used only where its subnet runs) beside the shared weights")
+    private_lr_scale: float = param(1.0, gt=0, le=1000, help="private=true: the offsets' lr as a multiple of lr "
+                                    "(each depth's offsets train on its own share of the steps only, from zero)")
     lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
     warmup: int = param(0, ge=0, help="linear warm-up steps (post-training continues a schedule's tail)")
     eval_every: int = param(100, ge=0, help="held-out loss and evaluation reports of every path every this many "
@@ -81,6 +83,10 @@ class VariantConfig(VARTrainConfig):
     @property
     def lr_decay(self) -> str:
         return self.lr_schedule
+
+    @property
+    def lr_scales(self) -> dict[str, float]:
+        return {"private.": self.private_lr_scale} if self.private else {}
 
     def check(self) -> None:
         from vgen.config import ConfigError

@@ -138,6 +138,11 @@ class VARTrainConfig:
         """The lr decay after warm-up (a recipe whose ``schedule`` means something else overrides this)."""
         return self.schedule
 
+    @property
+    def lr_scales(self) -> dict[str, float]:
+        """lr multipliers by parameter-name prefix (VARiant's private offsets); none by default."""
+        return {}
+
 
 # ---------------------------------------------------------------- optimisation
 
@@ -146,13 +151,24 @@ NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "class_emb", "scale_mul", "q_bi
             "private.")
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)):
-    """AdamW without weight decay on biases, gains and embeddings (as the official VAR trainer)."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
+                   lr_scales: dict[str, float] | None = None):
+    """AdamW without weight decay on biases, gains and embeddings (as the official VAR trainer).
+    ``lr_scales``: parameters whose name starts with a key get their own group (no decay) at that
+    multiple of the lr, which ``set_lr`` keeps."""
     decay, no_decay = [], []
+    scaled = {prefix: [] for prefix in lr_scales or {}}
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        prefix = next((k for k in scaled if name.startswith(k)), None)
+        if prefix is not None:
+            scaled[prefix].append(p)
+        else:
             (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": ps, "weight_decay": 0.0, "lr_scale": lr_scales[k], "lr": lr * lr_scales[k]}
+               for k, ps in scaled.items() if ps]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=False, foreach=False)
 
 
@@ -405,7 +421,7 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
     var = (build or build_model)(cfg, vqvae, len(names), device)
     var.cond_drop_rate = 0.0  # the loop drops labels itself (label_drops); var.arch keeps the rate for the folder
     params = [p for p in var.parameters() if p.requires_grad]
-    opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas)
+    opt = make_optimizer(var, cfg.lr, cfg.weight_decay, cfg.betas, cfg.lr_scales)
     token_weights(var.lengths(), cfg.scale_weights)  # refuse bad weights before any work
     sampling = {"cfg": cfg.sample_cfg, "top_k": cfg.sample_top_k, "top_p": cfg.sample_top_p,
                 **(sampling_extra(var) if sampling_extra else {})}
