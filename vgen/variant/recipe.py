@@ -70,7 +70,7 @@ class VariantConfig(VARTrainConfig):
                            "(0: off, the paper's data loss only)")
     private: bool = param(False, help="vgen extra: each trained depth gets its own AdaLN offsets (d x 6 x C + 2 x C, "
                           "zero at the start, used only where its subnet runs) beside the shared weights")
-    private_lr_scale: float = param(1.0, gt=0, le=1000, help="private=true: the offsets' lr as a multiple of lr "
+    private_lr_scale: float = param(10.0, gt=0, le=1000, help="private=true: the offsets' lr as a multiple of lr "
                                     "(each depth's offsets train on its own share of the steps only, from zero)")
     lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
     warmup: int = param(0, ge=0, help="linear warm-up steps (post-training continues a schedule's tail)")
