@@ -461,7 +461,8 @@ def test_loss_mix_trains_both_paths_every_step(tmp_path):
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
-    common = ["iterations=6", "checkpoint_every=2", "distill=0.5", "schedule=fixed", "ratio=[1,2]"]
+    # with private offsets, so the resumed optimizer has their group (at its own lr) too
+    common = ["iterations=6", "checkpoint_every=2", "distill=0.5", "schedule=fixed", "ratio=[1,2]", "private=true"]
     assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
     kill_after_first_checkpoint(_args(tmp_path, "k", *common), tmp_path / "k")
     assert main(["train", *_args(tmp_path, "k", *common)]) == 0
