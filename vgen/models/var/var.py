@@ -422,7 +422,7 @@ class VAR(nn.Module):
             active = None if depth_plan is None else [s for s in scales if j in depth_plan[s]]
             if active is None or len(active) == len(scales):
                 x = block(x, cond, bias, None, rk, ref_bias, kv_out, control.side(j) if control is not None else None,
-                          self.private_rows(depth_plan, scales, lengths, j))
+                          offset=self.private_rows(depth_plan, scales, lengths, j))
             elif active:
                 idx = torch.isin(sid, torch.as_tensor(active, device=x.device)).nonzero().squeeze(1)
                 rb = ref_bias[..., idx, :] if ref_bias is not None and ref_bias.shape[-2] > 1 else ref_bias
