@@ -14,10 +14,8 @@ import time
 import torch
 
 from vgen.engine.scalewise import sample
-from vgen.errors import UserError
 from vgen.models.load import load
-from vgen.models.var import switch_plan
-from vgen.sample import default_switch_scale
+from vgen.sample import var_depth_plan, var_settings
 
 
 def main() -> None:
@@ -31,15 +29,16 @@ def main() -> None:
     m = load(a.model)
     var, vae, private = m.var.eval(), m.vqvae, m.var.private
     if not len(private):
-        raise SystemExit(UserError(f"{a.model!r} has no private offsets"))
-    switch = m.sampling.get("switch_scale", default_switch_scale(len(var.patch_nums)))
-    kw = dict(cfg=m.sampling.get("cfg", 1.5), top_k=m.sampling.get("top_k", 0), top_p=m.sampling.get("top_p", 0.0),
-              decode_images=False)
+        raise SystemExit(f"{a.model!r} has no private offsets")
+    depths = sorted((int(k) for k in private), reverse=True)
+    # each depth switched where the folder says (else the default), as vgen sample would
+    plans = {d: var_depth_plan(var.depth, len(var.patch_nums), m.sampling, depth=d) for d in depths}
+    switch = next(k for k, blocks in enumerate(plans[depths[0]]) if len(blocks) < var.depth)
+    kw = dict(var_settings(m.sampling), decode_images=False)
     classes, seeds = [i % var.num_classes for i in range(a.batch)], list(range(a.batch))
     print(f"{a.model}: batch {a.batch}, {a.threads} threads, {a.rounds} rounds, subnets from scale {switch}, "
           f"without decoding")
-    for d in sorted((int(k) for k in private), reverse=True):
-        plan = switch_plan(var.depth, len(var.patch_nums), switch, d)
+    for d, plan in plans.items():
         times = {"with": [], "without": []}
         for _ in range(a.rounds):
             for name in times:
