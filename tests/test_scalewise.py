@@ -3,8 +3,11 @@
 import pytest
 import torch
 
+from vgen.engine.invariance import batch_invariant
 from vgen.engine.scalewise import (
+    DECODE_POSITIONS,
     cfg_mix,
+    decode,
     draw,
     filter_logits,
     free_dropped,
@@ -61,6 +64,22 @@ def test_sample_is_the_same_alone_and_in_a_batch(flex, cfg):
         assert all(torch.equal(t[at:at + 1], a) for t, a in zip(batch.tokens, alone.tokens, strict=True))
         assert torch.equal(batch.f_hat[at:at + 1], alone.f_hat) and torch.equal(batch.images[at:at + 1], alone.images)
     assert not same_tokens(alone, sample(var, vae, [7], [6], **kw))
+
+
+@torch.no_grad()
+def test_decode_in_chunks_is_the_one_call_decode_bit_for_bit(pair, monkeypatch):
+    """On CPU the decoder sees a few latents at a time (for cache locality); every image is the same bits
+    as in one whole-batch call and alone, and a chunk holds DECODE_POSITIONS latent positions."""
+    _, vae = pair
+    f = torch.randn(19, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    with batch_invariant(vae):
+        whole = (vae.fhat_to_img(f) + 1) / 2
+    sizes, fhat_to_img = [], vae.fhat_to_img
+    monkeypatch.setattr(vae, "fhat_to_img", lambda x: sizes.append(len(x)) or fhat_to_img(x))
+    assert torch.equal(decode(vae, f), whole)
+    n = DECODE_POSITIONS // 64
+    assert sizes == [n] * (19 // n) + [19 % n]
+    assert all(torch.equal(decode(vae, f[i:i + 1]), whole[i:i + 1]) for i in (0, 9, 18))
 
 
 def test_sampling_ignores_and_keeps_training_mode():

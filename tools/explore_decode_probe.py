@@ -7,7 +7,9 @@ The sampler decodes one image at a time, so that a sample never depends on its b
 (engine/invariance.py). An explore pass could instead decode each class's row of candidates in
 one call: a row is never split between processes, so 2 processes would still equal 1. This times
 one explore pass of the bf16 explore copy, as `configs/solrl_var/learn.yaml` runs it (classes x
-candidates, sampler batches of 128), both ways, interleaved, best of ``--repeats``. It also prints
+candidates, sampler batches of 128), both ways, interleaved, best of ``--repeats``, and the recipe's
+pass as it ran before two changes that keep every image: the decoder's upsample by
+``F.interpolate`` and one decoder call per sampler batch. It also prints
 the share of pixels the two decodes give differently, and the largest difference. vgen keeps the
 per-image decode: see the README, RL on VAR, 'Probes toward the speed goal'.
 """
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    from vqvae_decode_probe import torch_nearest_upsample
+    from vqvae_decode_probe import torch_nearest_upsample, whole_batch_decode
 
     from vgen.bench.timing import best_times
     from vgen.engine.scalewise import evaluating, sample
@@ -63,8 +65,12 @@ def main() -> None:
         with torch_nearest_upsample():
             return per_image()
 
-    t = best_times({"per-image": per_image, "by row": by_row, "per-image, torch nearest": per_image_torch_nearest},
-                   a.repeats)
+    def per_image_one_call():  # what the recipe ran before the decode went a few latents at a time
+        with whole_batch_decode():
+            return per_image()
+
+    t = best_times({"per-image": per_image, "by row": by_row, "per-image, torch nearest": per_image_torch_nearest,
+                    "per-image, one call": per_image_one_call}, a.repeats)
     ours = per_image()
     same = np.array_equal(ours, per_image_torch_nearest())
     diff = np.abs(ours.astype(int) - by_row().astype(int))
@@ -75,6 +81,9 @@ def main() -> None:
         print(f"  {name} decode: {sec:.2f} s ({sec / k * 1e3:.1f} ms per sample)")
     print(f"  the decoder's broadcast upsample makes the pass {t['per-image, torch nearest'] / t['per-image']:.2f}x "
           f"faster than torch's nearest one (images {'identical' if same else 'DIFFER'})")
+    same = np.array_equal(ours, per_image_one_call())
+    print(f"  decoding a few latents per call makes the pass {t['per-image, one call'] / t['per-image']:.2f}x "
+          f"faster than one call per sampler batch (images {'identical' if same else 'DIFFER'})")
     print(f"  by row is {t['per-image'] / t['by row']:.2f}x faster; pixels differing: {(diff > 0).mean():.1%}, "
           f"largest difference {diff.max()} of 255")
 

@@ -7,9 +7,11 @@ every depth. This decodes one batch of random latents (best of 5 timed calls aft
 three ways interleaved so that the machine's noise hits them alike):
 
 * fp32 as the sampler decodes (``engine.scalewise.decode``: batch-invariant, one image per
-  convolution), the same with the decoder's upsample done by ``F.interpolate(mode="nearest")`` as
-  the official code does (the same numbers; vgen's broadcast copy replaced it for speed), and fp32
-  in one batch as the models' own ``fhat_to_img`` (what batch invariance costs);
+  convolution, a few latents per decoder call), the same as one decoder call for the whole batch
+  (the same numbers; what the sampler did before 2026-12-06), the same with the decoder's upsample
+  done by ``F.interpolate(mode="nearest")`` as the official code does (the same numbers; vgen's
+  broadcast copy replaced it for speed), and fp32 in one batch as the models' own ``fhat_to_img``
+  (what batch invariance costs);
 * the share of the batch decode's time spent in convolutions (torch.profiler);
 * channels-last fp32 and channels-last bf16 autocast: speed-up over fp32 and the largest pixel
   difference from the fp32 images (images in [-1, 1]), i.e. what each would change in every sample.
@@ -42,6 +44,20 @@ def torch_nearest_upsample():
         vqvae_module.upsample_nearest_2x = ours
 
 
+@contextmanager
+def whole_batch_decode():
+    """Inside the block the sampler's decode runs the whole batch in one decoder call, as vgen did before
+    2026-12-06: the same numbers, more time on CPU (the activations of 64 images leave the cache)."""
+    import vgen.engine.scalewise as scalewise
+
+    ours = scalewise.DECODE_POSITIONS
+    scalewise.DECODE_POSITIONS = 1 << 40
+    try:
+        yield
+    finally:
+        scalewise.DECODE_POSITIONS = ours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", nargs="?", default="assets/var-deep-shapes")
@@ -64,20 +80,27 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return cl.fhat_to_img(f_cl).float()
 
+    def one_call():
+        with whole_batch_decode():
+            return decode(vq, f)
+
     def sampler_torch_nearest():
         with torch_nearest_upsample():
             return decode(vq, f)
 
     with torch.inference_mode():
         ref = vq.fhat_to_img(f)
-        ways = {"sampler": lambda: decode(vq, f), "sampler, torch nearest": sampler_torch_nearest,
+        ways = {"sampler": lambda: decode(vq, f), "one call": one_call, "sampler, torch nearest": sampler_torch_nearest,
                 "fp32": lambda: vq.fhat_to_img(f), "channels-last fp32": lambda: cl.fhat_to_img(f_cl),
                 "channels-last bf16": bf16}
         t = best_times(ways, 5)
-        same = torch.equal(decode(vq, f), sampler_torch_nearest())
         print(f"{a.model}: decode of {a.batch} latents, {a.threads} thread(s)")
+        whole, same = t["one call"], torch.equal(decode(vq, f), one_call())
+        print(f"sampler's decode: {t['sampler']:.3f} s; in one decoder call {whole:.3f} s "
+              f"({whole / t['sampler']:.2f}x slower, images {'identical' if same else 'DIFFER'})")
         slow = t["sampler, torch nearest"]
-        print(f"sampler's decode: {t['sampler']:.3f} s; with torch's nearest upsample {slow:.3f} s "
+        same = torch.equal(decode(vq, f), sampler_torch_nearest())
+        print(f"with torch's nearest upsample {slow:.3f} s "
               f"({slow / t['sampler']:.2f}x slower, images {'identical' if same else 'DIFFER'})")
         with profile() as prof:
             vq.fhat_to_img(f)
