@@ -4,7 +4,7 @@
 
 VARiant's smallest subnet gains less images/s than tokens/s because the decode costs the same at
 every depth. This decodes one batch of random latents (best of 5 timed calls after a warm-up, the
-three ways interleaved so that the machine's noise hits them alike):
+ways interleaved so that the machine's noise hits them alike):
 
 * fp32 as the sampler decodes (``engine.scalewise.decode``: batch-invariant, one image per
   convolution, a few latents per decoder call), the same as one decoder call for the whole batch
