@@ -95,11 +95,12 @@ def main() -> None:
                 "channels-last bf16": bf16}
         t = best_times(ways, 5)
         print(f"{a.model}: decode of {a.batch} latents, {a.threads} thread(s)")
-        whole, same = t["one call"], torch.equal(decode(vq, f), one_call())
+        ours = decode(vq, f)
+        whole, same = t["one call"], torch.equal(ours, one_call())
         print(f"sampler's decode: {t['sampler']:.3f} s; in one decoder call {whole:.3f} s "
               f"({whole / t['sampler']:.2f}x slower, images {'identical' if same else 'DIFFER'})")
         slow = t["sampler, torch nearest"]
-        same = torch.equal(decode(vq, f), sampler_torch_nearest())
+        same = torch.equal(ours, sampler_torch_nearest())
         print(f"with torch's nearest upsample {slow:.3f} s "
               f"({slow / t['sampler']:.2f}x slower, images {'identical' if same else 'DIFFER'})")
         with profile() as prof:

@@ -146,7 +146,8 @@ def decode(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
     one call on this 2-core machine, depending on its state; tools/vqvae_decode_probe.py)."""
     n = DECODE_POSITIONS // (f_hat.shape[-2] * f_hat.shape[-1]) if needed(f_hat.device) else len(f_hat)
     with batch_invariant(vqvae):
-        return torch.cat([(vqvae.fhat_to_img(f) + 1) / 2 for f in f_hat.split(max(1, n))])
+        images = [(vqvae.fhat_to_img(f) + 1) / 2 for f in f_hat.split(max(1, n))]
+    return images[0] if len(images) == 1 else torch.cat(images)  # one chunk (CUDA, small batches): no copy
 
 
 def ref_rows(t: torch.Tensor, B: int, cfg: float) -> torch.Tensor:
