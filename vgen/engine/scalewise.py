@@ -48,6 +48,7 @@ from vgen.engine.invariance import batch_invariant, needed
 from vgen.engine.seeds import step_seed
 from vgen.errors import UserError
 from vgen.models.var.var import check_labels
+from vgen.models.var.vqvae import bicubic
 
 
 @dataclass
@@ -90,12 +91,27 @@ def cfg_mix(logits: torch.Tensor, B: int, cfg: float, si: int, num_scales: int,
     return out
 
 
-def draw(logits: torch.Tensor, seeds: list[int], si: int) -> torch.Tensor:
-    """Tokens (B, l) drawn from softmax(logits), row b from ``step_seed(seeds[b], si)`` alone."""
+DRAWS = ("inverse_cdf", "gumbel")
+
+
+def draw(logits: torch.Tensor, seeds: list[int], si: int, rule: str = "inverse_cdf") -> torch.Tensor:
+    """Tokens (B, l) drawn from softmax(logits), row b from ``step_seed(seeds[b], si)`` alone.
+
+    Both rules draw exactly from the categorical; they differ in how a seed's draws move when the
+    logits move a little. ``inverse_cdf`` (one uniform per token, the index where the cumulative
+    probability passes it) flips a token when the uniform lies near any of the vocabulary's
+    boundaries, and every token's error shifts all boundaries after it. ``gumbel`` (argmax of the
+    logits plus one Gumbel noise per vocabulary entry) flips only when the two leading perturbed
+    logits are within the error of each other, so the same seed under bf16 and fp32 logits keeps
+    far more of its tokens: what Sol-RL's explore-then-regenerate rests on (the tiny base, 24 x 16
+    seeds: explore/regenerate rank agreement tau 0.42 -> 0.73; tools/solrl_var_preview_probe.py)."""
     B, n, V = logits.shape
+    gens = [torch.Generator().manual_seed(step_seed(s, si)) for s in seeds]
+    if rule == "gumbel":
+        u = torch.stack([torch.rand(n, V, generator=g, dtype=torch.float64) for g in gens]).to(logits.device)
+        return (logits.double() - (-u.log()).log()).argmax(-1)
     cdf = logits.double().softmax(-1).cumsum(-1)
-    u = torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(step_seed(s, si)), dtype=torch.float64)
-                     for s in seeds]).to(cdf.device)
+    u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in gens]).to(cdf.device)
     idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
     return idx.clamp_(max=V - 1)
 
@@ -201,7 +217,7 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
            use_cache: bool = True, return_logprobs: bool = False, return_logits: bool = False,
            depth_plan=None, inputs_override: dict | None = None, patch_nums=None,
            decode_images: bool = True, cache_stats: dict | None = None, ref_kv=None,
-           ref_bias=None, control=None) -> ScaleSample:
+           ref_bias=None, control=None, n_scales: int | None = None, draw_rule: str = "inverse_cdf") -> ScaleSample:
     """Sample token maps for ``class_ids`` (num_classes = unconditional) with one seed per sample.
 
     ``ref_kv`` (ScaleWeaver's reference attention): a list with one entry per block, None for a
@@ -217,7 +233,12 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     stream over all scales with a bias that shows each scale its part (``scale_ref_bias``).
     ``control``: a ScaleWeaver ``ControlRun`` for these samples, laid out for this ``cfg``
     (``vgen.scaleweaver.conditions.control_run`` makes one from condition images); one made with a
-    ``cfg_control`` adds a third copy of the rows (null class, no condition) and its guidance term."""
+    ``cfg_control`` adds a third copy of the rows (null class, no condition) and its guidance term.
+    ``n_scales``: run only the first n scales and decode the latent built so far, a preview of the
+    full sample that the same seeds give (the same tokens up to scale n, drawn under the same CFG ramp;
+    FlexVAR's latest map is brought to the last scale's size first).
+    ``draw_rule``: how a seed becomes tokens, ``inverse_cdf`` (vgen's default) or ``gumbel``: the same
+    distribution, a different coupling across precisions (see ``draw``)."""
     class_ids, seeds = [int(c) for c in class_ids], [int(s) for s in seeds]
     if len(class_ids) != len(seeds):
         raise UserError(f"got {len(class_ids)} class ids but {len(seeds)} seeds")
@@ -227,6 +248,10 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
         raise UserError(f"top_k must be >= 0 and top_p in [0, 1], got {top_k} and {top_p}")
     pns = var.check_patch_nums(patch_nums)
     plan = check_depth_plan(depth_plan, len(pns), var.depth)
+    if n_scales is not None and not 1 <= n_scales <= len(pns):
+        raise UserError(f"n_scales must be in 1..{len(pns)} (the scales {list(pns)}), got {n_scales}")
+    if draw_rule not in DRAWS:
+        raise UserError(f"unknown draw rule {draw_rule!r}; expected one of {', '.join(DRAWS)}")
     dev = var.class_emb.weight.device
     labels = torch.tensor(class_ids, device=dev)
     check_labels(labels, var.num_classes)
@@ -243,7 +268,7 @@ def sample(var, vqvae, class_ids, seeds, cfg: float = 1.5, top_k: int = 0, top_p
     with evaluating(var, vqvae), batch_invariant(var, vqvae):
         return _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache,
                        return_logprobs, return_logits, inputs_override, decode_images, cache_stats,
-                       ref_kv, ref_bias, control)
+                       ref_kv, ref_bias, control, n_scales=n_scales, draw_rule=draw_rule)
 
 
 def token_logprobs(var, vqvae, class_ids, tokens: list[torch.Tensor], cfg: float, top_k: int = 0,
@@ -282,7 +307,7 @@ def evaluating(*modules):
 
 def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, use_cache, return_logprobs,
             return_logits, inputs_override, decode_images, cache_stats=None, ref_kv=None,
-            ref_bias=None, control=None, forced=None) -> ScaleSample:
+            ref_bias=None, control=None, forced=None, n_scales=None, draw_rule="inverse_cdf") -> ScaleSample:
     K, B = len(pns), len(class_ids)
     # Model rows: the B samples, then (with CFG) the same B rows with the null class (and, with a
     # control's own guidance, once more without the condition: the control's keep says which).
@@ -301,7 +326,7 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
     x = var.start_tokens(cond_BD, pns)
     f_hat = nxt = None
     start = 0  # first sequence position of scale si
-    for si, pn in enumerate(pns):
+    for si, pn in enumerate(pns[:n_scales]):
         if si > 0:
             inp = nxt
             if inputs_override is not None and si in inputs_override:
@@ -329,7 +354,7 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
             cache_stats["peak_bytes"] = max(cache_stats["bytes"])
         mixed = cfg_mix(logits.float(), B, cfg, si, K, tc)
         guided = filter_logits(mixed, top_k, top_p)
-        idx = draw(guided, seeds, si) if forced is None else forced[si].to(guided.device)
+        idx = draw(guided, seeds, si, draw_rule) if forced is None else forced[si].to(guided.device)
         tokens.append(idx)
         if return_logprobs:  # a forced token outside the support keeps its own logit (a no-op for drawn ones)
             at = idx.unsqueeze(-1)
@@ -339,6 +364,7 @@ def _sample(var, vqvae, class_ids, seeds, labels, pns, plan, cfg, top_k, top_p, 
         f_hat, nxt = vqvae.quantize.next_input(si, f_hat, vqvae.quantize.embed(idx, pn), pns)
         if nxt is not None:
             nxt = nxt.flatten(2).transpose(1, 2)
+    f_hat = bicubic(f_hat, pns[-1])  # a FlexVAR preview's latest map; the full sample's is already this size
     images = decode(vqvae, f_hat) if decode_images and forced is None else None
     return ScaleSample(class_ids, seeds, tokens, f_hat, images, logps if return_logprobs else None,
                        raw if return_logits else None, freed)

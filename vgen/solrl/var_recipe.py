@@ -27,7 +27,10 @@ samples trained on, their old log-probs the explore copy's).
 
 Seeds: training samples use seeds from 2**40 up; the held-out evaluation during training uses
 ``VAL_SEED`` + i and the tiny bases' cards (and `vgen eval --seeds 2000000 ...`) use 2,000,000 + i,
-so no selection ever sees a test seed. Every random choice derives from (run.seed, iteration),
+so no selection ever sees a test seed. ``draw: gumbel`` turns a seed into tokens by the Gumbel-max
+rule instead of the inverse CDF: the same policy distribution, but a seed's bf16 explore sample
+and its full-precision regeneration share far more tokens (``engine.scalewise.draw``), so the
+selection made on the one holds better for the other. Every random choice derives from (run.seed, iteration),
 so a resumed run continues exactly as an uninterrupted one.
 """
 
@@ -65,6 +68,9 @@ class SolRLVARConfig:
     explore_backend: str = param("auto", help="explore precision: auto | fp32 | bf16 | fp8 | nvfp4 | nvfp4-te | "
                                  "nvfp4-emu (vgen.quant.backends.BACKENDS)")
     candidates: int = param(32, ge=2, le=100_000, help="N: samples explored per class")
+    draw: Literal["inverse_cdf", "gumbel"] = param("inverse_cdf", help="how a seed becomes tokens in the explore "
+                                                   "and training samples (the same policy distribution): gumbel "
+                                                   "keeps a seed's explore and regenerated samples closer")
     k: int = param(8, ge=2, le=100_000, help="samples per class regenerated and trained on")
     select: Literal["best_worst", "mean_deviation", "random", "extremes_random"] = param("best_worst")
     classes_per_step: int = param(8, ge=1, le=100_000, help="classes trained per iteration (global)")
@@ -213,8 +219,8 @@ class Rollout:
 
 
 def _generate(var, vqvae, classes: list[int], seeds: np.ndarray, sampling: dict, logprobs: bool,
-              batch: int = 128) -> Rollout:
-    """Sample every (class, seed) pair of the (P, n) ``seeds``."""
+              batch: int = 128, n_scales: int | None = None, draw_rule: str = "inverse_cdf") -> Rollout:
+    """Sample every (class, seed) pair of the (P, n) ``seeds`` (their first ``n_scales`` scales: a preview)."""
     from vgen.engine.scalewise import sample
     from vgen.images import to_uint8
 
@@ -223,7 +229,8 @@ def _generate(var, vqvae, classes: list[int], seeds: np.ndarray, sampling: dict,
     flat_s = seeds.ravel().tolist()
     toks, lps, images = [], [], []
     for lo in range(0, len(flat_c), batch):
-        r = sample(var, vqvae, flat_c[lo:lo + batch], flat_s[lo:lo + batch], return_logprobs=logprobs, **sampling)
+        r = sample(var, vqvae, flat_c[lo:lo + batch], flat_s[lo:lo + batch], return_logprobs=logprobs,
+                   n_scales=n_scales, draw_rule=draw_rule, **sampling)
         toks.append(r.tokens)
         lps.append(r.logprobs)
         images.append(to_uint8(r.images))
@@ -420,9 +427,10 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
         # 1-2. explore (the explore copy), or generate in train precision for the families without one
         t = time.perf_counter()
         if cfg.family == "sol_rl":
-            ex = _generate(*explore, classes, seeds, policy.sampling, logprobs=False)
+            ex = _generate(*explore, classes, seeds, policy.sampling, logprobs=False, draw_rule=cfg.draw)
         else:
-            ex = _generate(*(explore or (policy.var, policy.vqvae)), classes, seeds, policy.sampling, logprobs=True)
+            ex = _generate(*(explore or (policy.var, policy.vqvae)), classes, seeds, policy.sampling, logprobs=True,
+                           draw_rule=cfg.draw)
         times["explore"] = time.perf_counter() - t
         t = time.perf_counter()
         ex_r = score_groups(reward, ex.images, [policy.names[c] for c in classes])
@@ -450,7 +458,8 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
         # 4. regenerate the chosen seeds with the policy, recording token log-probs
         t = time.perf_counter()
         if cfg.family == "sol_rl":
-            batch = _generate(policy.var, policy.vqvae, classes, sel_seeds, policy.sampling, logprobs=True)
+            batch = _generate(policy.var, policy.vqvae, classes, sel_seeds, policy.sampling, logprobs=True,
+                              draw_rule=cfg.draw)
             r = score_groups(reward, batch.images, [policy.names[c] for c in classes])
         else:
             batch = ex.pick(chosen)
