@@ -6,6 +6,7 @@ import torch
 from vgen.engine.invariance import batch_invariant
 from vgen.engine.scalewise import (
     DECODE_POSITIONS,
+    DRAWS,
     cfg_mix,
     decode,
     draw,
@@ -14,8 +15,10 @@ from vgen.engine.scalewise import (
     sample,
     teacher_forcing_inputs,
 )
+from vgen.engine.seeds import step_seed
 from vgen.errors import UserError
 from vgen.models.var import VAR, VQVAE, switch_plan
+from vgen.models.var.vqvae import bicubic
 
 PN = (1, 2, 3, 4)
 KW = dict(cfg=2.0, top_k=24, top_p=0.9)
@@ -153,6 +156,11 @@ def test_bad_requests_are_refused(pair):
     with pytest.raises(UserError, match="2 class ids but 1 seeds"):
         sample(var, vae, [1, 2], [0])
     assert sample(var, vae, [10], [0], cfg=0, decode_images=False).images is None
+    for n in (0, len(PN) + 1):
+        with pytest.raises(UserError, match=r"n_scales must be in 1\.\.4"):
+            sample(var, vae, [1], [0], n_scales=n)
+    with pytest.raises(UserError, match="unknown draw rule 'cdf'"):
+        sample(var, vae, [1], [0], draw_rule="cdf")
 
 
 def test_cfg_ramp_and_filters():
@@ -179,6 +187,53 @@ def test_draw_follows_seeds_and_never_picks_filtered_tokens():
     many = draw(probs.log().expand(1, 4000, 4), [5], 0)
     freq = many.flatten().bincount(minlength=4) / 4000
     assert torch.allclose(freq, probs, atol=0.03) and freq[3] == 0
+
+
+def test_gumbel_draw_is_the_argmax_of_logits_plus_gumbel_noise_and_samples_the_categorical():
+    from scipy.stats import chisquare
+
+    logits = filter_logits(torch.randn(3, 50, 16), top_k=3)
+    idx = draw(logits, [1, 2, 3], 4, "gumbel")
+    for b, seed in enumerate([1, 2, 3]):  # the rule, row by row from the row's own seed
+        u = torch.rand(50, 16, generator=torch.Generator().manual_seed(step_seed(seed, 4)), dtype=torch.float64)
+        assert torch.equal(idx[b], (logits[b].double() - torch.log(-torch.log(u))).argmax(-1))
+    assert torch.isfinite(logits.gather(-1, idx.unsqueeze(-1))).all()
+    assert torch.equal(draw(logits[1:2], [2], 4, "gumbel"), idx[1:2])
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.1, 0.0])
+    counts = draw(probs.log().expand(1, 20000, 5), [5], 0, "gumbel").flatten().bincount(minlength=5)
+    assert counts[4] == 0 and chisquare(counts[:4].numpy(), 20000 * probs[:4].numpy()).pvalue > 1e-3
+
+
+def test_gumbel_keeps_more_tokens_of_a_seed_when_the_logits_are_rounded():
+    """The two rules draw from the same distribution but couple a seed's draws under slightly
+    different logits (an explore copy's bf16 against fp32) differently. Gumbel-max changes a token
+    with probability at most 2 TV / (1 + TV) (TV: the two distributions' total variation); the
+    inverse CDF changes it whenever the uniform falls between an old and a new boundary, and every
+    token's error moves all later boundaries."""
+    torch.manual_seed(0)
+    logits = filter_logits(3 * torch.randn(1, 4000, 64), top_k=40)
+    rounded = logits.bfloat16().float()
+    changed = {r: (draw(logits, [7], 0, r) != draw(rounded, [7], 0, r)).double().mean().item() for r in DRAWS}
+    tv = 0.5 * (logits.softmax(-1) - rounded.softmax(-1)).abs().sum(-1).double()
+    bound = (2 * tv / (1 + tv)).mean().item()
+    assert 0 < changed["gumbel"] <= bound * 1.2 + 2e-3
+    assert changed["inverse_cdf"] > 5 * changed["gumbel"]  # here 2.3% against 0.15% (bound 0.57%)
+
+
+@pytest.mark.parametrize("flex", [False, True])
+def test_a_preview_is_the_full_samples_first_scales_decoded(flex):
+    var, vae = models(flex=flex)
+    full = sample(var, vae, [1, 2, 5], [10, 11, 12], return_logprobs=True, **KW)
+    pre = sample(var, vae, [1, 2, 5], [10, 11, 12], return_logprobs=True, n_scales=2, **KW)
+    assert len(pre.tokens) == 2 and all(torch.equal(a, b) for a, b in zip(pre.tokens, full.tokens[:2]))
+    assert all(torch.equal(a, b) for a, b in zip(pre.logprobs, full.logprobs[:2]))
+    f = None  # the latent of the first two scales' tokens, built step by step (the batch's convs: float rounding)
+    with torch.no_grad():
+        for si in range(2):
+            f, _ = vae.quantize.next_input(si, f, vae.quantize.embed(pre.tokens[si], PN[si]), PN)
+    assert torch.allclose(pre.f_hat, bicubic(f, PN[-1]), atol=1e-6) and pre.f_hat.shape == full.f_hat.shape
+    assert torch.equal(pre.images, decode(vae, pre.f_hat)) and pre.images.shape == full.images.shape
+    assert same_tokens(sample(var, vae, [1, 2, 5], [10, 11, 12], n_scales=len(PN), **KW), full)
 
 
 def test_logprobs_are_of_the_sampling_distribution(pair):

@@ -1,18 +1,21 @@
-"""How well a preview explore (the first scales only) ranks Sol-RL's candidates on a VAR, and what it saves.
+"""How well Sol-RL's explore pass on a VAR ranks its candidates for the regeneration, and what it costs.
 
     OMP_NUM_THREADS=1 taskset -c 0 python tools/solrl_var_preview_probe.py [assets/var-tiny-shapes]
-        [--classes 24] [--candidates 16] [--k 4] [--repeats 3] [--seed 3000000]
+        [--classes 24] [--candidates 16] [--k 4] [--repeats 2] [--seed 3000000]
+        [--backends bf16 fp32] [--draws inverse_cdf gumbel] [--min-scales 3]
 
-Sol-RL explores many candidates with a cheap copy and regenerates the chosen seeds in full precision.
-A VAR's late scales hold most of its tokens, and its early scales already fix what the verifier
-checks (which shapes, how many, where, what colour), so the explore copy can stop after n scales
-and the reward score the decoded preview (the same seeds' tokens up to scale n). This runs one explore
-pass of the bf16 explore copy as `configs/solrl_var/learn.yaml` does (classes x candidates, seeds from
-``--seed``, never the test seeds), at every scale count from all down to 3, and compares each
-preview's rewards with the full-precision samples' (what the regeneration scores): Kendall tau per
-class, the overlap of the top k/2, and the contrast the selection keeps (mean full reward of the
-best k/2 minus the worst k/2 as the preview picks them, over the same as the full rewards pick
-them). Times are best of ``--repeats``, interleaved.
+Sol-RL explores many candidates with a cheap copy of the policy, picks by their rewards, and
+regenerates the picked seeds in full precision: the pick is only as good as the explore sample's
+reward predicts the regenerated one's. This runs one explore pass as `configs/solrl_var/learn.yaml`
+does (classes x candidates; seeds from ``--seed``, never the test seeds) for each explore copy
+(``--backends``), each way of drawing tokens from a seed (``--draws``: the sampler's
+``draw_rule``), and each number of scales explored, from all of them down to ``--min-scales`` (a
+preview: the sampler's ``n_scales``, the reward scoring the decoded latent of the first scales).
+Against the fp32 policy's full samples of the same seeds and draw rule (what the regeneration
+scores), per class: Kendall tau of the rewards, the overlap of the top k/2, and the contrast the
+pick keeps: the mean regenerated reward of the best k/2 minus the worst k/2 as the explore rewards
+pick them, over the same as the regenerated rewards themselves pick them. Times are best of
+``--repeats``, interleaved.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=24)
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=3_000_000)
-    ap.add_argument("--backends", nargs="+", default=["bf16", "fp32"], help="explore copies to probe")
+    ap.add_argument("--backends", nargs="+", default=["bf16", "fp32"], help="explore copies")
+    ap.add_argument("--draws", nargs="+", default=["inverse_cdf", "gumbel"], help="draw rules")
+    ap.add_argument("--min-scales", type=int, default=3, help="fewest scales explored")
     a = ap.parse_args()
     from vgen.bench.timing import best_times
     from vgen.eval.ranking import agreement
@@ -54,35 +59,38 @@ def main() -> None:
     m = load(a.model)
     pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution, var_settings(m.sampling), [], False)
     copies = {b: _explore_copy(pol, b) for b in a.backends}
-    K = len(m.var.patch_nums)
+    pns = m.var.patch_nums
     classes = [int(c) for c in np.random.default_rng(a.seed).permutation(len(m.classes))[:a.classes]]
     seeds = np.arange(a.seed, a.seed + a.classes * a.candidates).reshape(a.classes, a.candidates)
     names = [m.classes[c] for c in classes]
     reward = build_reward({"shapes": 1.0}, {})
-    counts = list(range(K, 2, -1))
-
-    def explore(b, n):
-        return lambda: _generate(*copies[b], classes, seeds, pol.sampling, logprobs=False, n_scales=n).images
-
-    t = best_times({(b, n): explore(b, n) for b in a.backends for n in counts}, a.repeats)
-    full = score_groups(reward, _generate(m.var, m.vqvae, classes, seeds, pol.sampling, logprobs=False).images, names)
     h = max(1, a.k // 2)
-    oracle = contrast(full, full, h)
-    print(f"{a.model}: explore pass of {a.classes} classes x {a.candidates} candidates, explore copies {a.backends}, "
-          f"{torch.get_num_threads()} thread(s); rewards against the fp32 full samples, top/bottom {h} of each class")
-    print(f"full samples: mean reward {full.mean():.3f}; contrast picked by the full rewards {oracle.mean():.3f}")
-    print(f"| explore copy | scales explored | tokens | explore s | vs {a.backends[0]}, all scales | tau | "
-          "top overlap | contrast kept |")
-    print("|---|---|---|---|---|---|---|---|")
-    tokens = [pn * pn for pn in m.var.patch_nums]
-    for b in a.backends:
-        for n in counts:
-            r = score_groups(reward, explore(b, n)(), names)
+    arms = [(b, d, n) for d in a.draws for b in a.backends for n in range(len(pns), a.min_scales - 1, -1)]
+
+    def explore(b, d, n):
+        return lambda: _generate(*copies[b], classes, seeds, pol.sampling, logprobs=False, n_scales=n,
+                                 draw_rule=d).images
+
+    t = best_times({arm: explore(*arm) for arm in arms}, a.repeats)
+    print(f"{a.model}: explore pass of {a.classes} classes x {a.candidates} candidates (seeds {a.seed}+), "
+          f"{torch.get_num_threads()} thread(s); against the fp32 policy's full samples, top / bottom {h} "
+          "of each class")
+    print(f"| draw | explore copy | scales explored | tokens | explore s | faster than {a.backends[0]}, all scales | "
+          "tau | top overlap | contrast kept |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for d in a.draws:
+        full = score_groups(reward, _generate(m.var, m.vqvae, classes, seeds, pol.sampling, logprobs=False,
+                                              draw_rule=d).images, names)
+        oracle = contrast(full, full, h).mean()
+        for b, _, n in (arm for arm in arms if arm[1] == d):
+            r = score_groups(reward, explore(b, d, n)(), names)
             ag = agreement(r, full, h)
-            kept = contrast(r, full, h).mean() / max(oracle.mean(), 1e-9)
-            print(f"| {b} | {n} of {K} ({m.var.patch_nums[n - 1]}x{m.var.patch_nums[n - 1]}) | {sum(tokens[:n])} | "
-                  f"{t[b, n]:.2f} | {t[a.backends[0], K] / t[b, n]:.2f}x | {ag['kendall_tau_mean']:.3f} | "
-                  f"{ag[f'top{h}_overlap_mean']:.2f} | {kept:.0%} |")
+            print(f"| {d} | {b} | {n} of {len(pns)} ({pns[n - 1]}x{pns[n - 1]}) | {sum(p * p for p in pns[:n])} | "
+                  f"{t[b, d, n]:.2f} | {t[a.backends[0], d, len(pns)] / t[b, d, n]:.2f}x | "
+                  f"{ag['kendall_tau_mean']:.3f} | {ag[f'top{h}_overlap_mean']:.2f} | "
+                  f"{contrast(r, full, h).mean() / max(oracle, 1e-9):.0%} |")
+        print(f"(draw {d}: the regenerated samples' mean reward {full.mean():.3f}, the contrast they pick "
+              f"themselves {oracle:.3f})")
 
 
 if __name__ == "__main__":
