@@ -1,5 +1,9 @@
 """Shared fixtures: tiny random-weight diffusers pipelines built locally (no downloads)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -65,9 +69,22 @@ def transformer_forward(tr) -> torch.Tensor:
 
 def launch_failure(stderr: str) -> str:
     """What a failed torchrun launch says about itself: the ranks' own last words (an abort's
-    ``what():``, a Python traceback), which torchrun's long report would push out of a plain tail."""
+    ``what():``, a Python traceback or the fault handler's stacks), which torchrun's long report
+    would push out of a plain tail."""
     cut = stderr.find("failed (exitcode")
-    return stderr[-2000:] if cut < 0 else stderr[max(0, cut - 2500):cut + 300]
+    return stderr[-4000:] if cut < 0 else stderr[max(0, cut - 4000):cut + 300]
+
+
+def vgen_train(args: list[str], processes: int = 1) -> None:
+    """`vgen train` in ``processes`` CPU processes (torchrun on gloo beyond one), one thread each.
+    Python's fault handler is on, so a rank that aborts (a rare SIGABRT at gloo teardown, seen in
+    CI) prints every thread's stack: where it happened, not only that it did."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "vgen.cli"] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m",
+         "vgen.cli"]
+    done = subprocess.run([*cmd, "train", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, launch_failure(done.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import shutil
 import string
 import subprocess
@@ -69,6 +70,20 @@ def test_usage_errors_are_one_line(capsys):
     assert user_error(capsys, "bench", "nope") == ("unknown benchmark 'nope'; available: world, rollout, explore, "
                                                    "fidelity, quant, var, sar, control")
     assert "unrecognized arguments: --nope" in user_error(capsys, "info", "--nope")
+
+
+def test_a_launched_rank_ends_with_its_exit_code_and_flushed_streams(tmp_path):
+    """Under a launcher (WORLD_SIZE > 1) the CLI ends its process at once, skipping the teardown
+    where gloo ranks aborted; what it printed still arrives, and the exit code is the command's."""
+    def launched(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vgen.cli", *argv], capture_output=True, text=True, timeout=300,
+                              env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+                                   "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"})
+
+    info = launched("info")  # stdout is block-buffered into a pipe: lost unless flushed
+    assert info.returncode == 0 and f"torch {metadata.version('torch')}" in info.stdout, info
+    bad = launched("train", str(tmp_path / "missing.yaml"))
+    assert bad.returncode == 2 and "missing.yaml" in one_line_error(bad.stderr)
 
 
 def test_info_prints_the_torch_version(capsys):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import launch_failure
+from conftest import vgen_train
 
 from vgen.cli import main
 from vgen.rewards import registry
@@ -146,14 +146,7 @@ def test_nan_rewards_are_dropped_and_flat_groups_give_no_gradient(tmp_path, mode
 
 
 def _launch(common: list[str], name: str, processes: int, *extra: str) -> None:
-    """``vgen train`` in ``processes`` CPU processes on gloo (torchrun), one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "vgen.cli"] if processes == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m",
-         "vgen.cli"]
-    done = subprocess.run([*cmd, "train", *common, f"run.name={name}", *extra], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, launch_failure(done.stderr)
+    vgen_train([*common, f"run.name={name}", *extra], processes)
 
 
 def _assert_same_metrics(a: dict, b: dict, steps: list[int]) -> None:

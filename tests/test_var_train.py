@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import launch_failure, tiny_var_models
+from conftest import tiny_var_models, vgen_train
 from safetensors.torch import load_file
 from test_cli import user_error
 from test_solrl import _metrics
@@ -317,11 +317,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, var_tokenizer_dir):
 
 
 def two_processes(train_args: list[str]) -> None:
-    """`vgen train` under torchrun with 2 CPU processes on gloo, one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "vgen.cli", "train", *train_args], env=env, capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, launch_failure(two.stderr)
+    vgen_train(train_args, processes=2)
 
 
 def assert_same_metrics(run_a, run_b, steps: list[int]) -> None:

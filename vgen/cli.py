@@ -7,6 +7,7 @@ with code 2; a traceback means a bug in vgen.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -332,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rc = _main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of a launch: end it without the teardown
+        from vgen.train.dist import end_rank
+
+        end_rank(rc)
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)

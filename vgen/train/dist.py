@@ -8,6 +8,8 @@ step, so every process applies the same update and the weights never drift apart
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 
@@ -60,9 +62,22 @@ class Dist:
 def shutdown() -> None:
     """Tear the process group down while the interpreter is whole. Left to interpreter exit,
     gloo's worker threads can still hold tensors whose release needs the GIL, and the process
-    aborts (SIGABRT) after its work is done: seen once in CI on a 2-process run."""
+    aborts (SIGABRT) after its work is done."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def end_rank(rc: int) -> None:
+    """End a process of a multi-process launch (torchrun / accelerate launch) with ``rc`` at once,
+    skipping the interpreter's teardown. Even after ``shutdown``, a rank of a 2-process gloo run
+    now and then aborted there ("terminate called without an active exception", SIGABRT, no
+    Python frame left on any thread: a C++ object with a live thread destroyed at exit), which
+    failed a run whose work was done. Every file is closed by then; the streams are flushed here."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 def on_main(fn):
