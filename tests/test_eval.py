@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import bootstrap
 
 from vgen.eval.geneval import geneval_shapes, summarize
@@ -66,6 +67,9 @@ def test_vgen_eval_end_to_end(model_dir, tmp_path, capsys):
     assert 0 <= r["geneval_shapes"]["overall"]["strict"]["mean"] <= 1
     assert r["rewards"]["shapes"]["mean"] == pytest.approx(r["geneval_shapes"]["overall"]["score"]["mean"], abs=1e-6)
     assert (out / "samples.png").stat().st_size > 0 and "GenEval-Shapes" in (out / "report.md").read_text()
+    # the report names the environment its figures came from
+    assert r["environment"]["torch"] == torch.__version__ and r["environment"]["numpy"] == np.__version__
+    assert f"torch {torch.__version__}, numpy {np.__version__}" in (out / "report.md").read_text()
     rc = main(["eval", "--model", str(model_dir), "--metrics", "geneval", "--n", "2", "--out", str(out)])
     assert rc == 2 and "not empty" in capsys.readouterr().err
 

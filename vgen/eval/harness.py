@@ -442,6 +442,10 @@ def markdown(r: dict) -> str:
     elif "n_prompts" in r:
         lines.append(f"{r['n_prompts']} {r.get('split', 'test')}-split prompts x {len(r['seeds'])} seeds, "
                      f"{r['steps']} steps, CFG {r['guidance']}, {r['resolution']} px; vgen {r['vgen_version']}.")
+    env = r.get("environment")
+    if env:
+        lines.append(f"Environment: torch {env['torch']}, numpy {env['numpy']}, Python {env['python']}, "
+                     f"CPU kernels {env['cpu_kernels']}.")
     g = r.get("geneval_shapes")
     if g:
         lines += ["", "## GenEval-Shapes (95% bootstrap interval over prompts; spread = std across seeds)", "",
@@ -487,12 +491,23 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def environment() -> dict[str, str]:
+    """What a figure depends on beyond vgen's own code. The same commit gave other held-out curves once
+    its environment was rebuilt (packages are pinned only from below), so every report names its own."""
+    import platform
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
+
+
 def write_report(out: Path, report: dict, images: np.ndarray, prompts: list[str], n_seeds: int,
                  grid_prompts: int = 12) -> None:
-    """report.json, report.md and samples.png (the first seed of the first slots), each written atomically."""
+    """report.json, report.md and samples.png (the first seed of the first slots), each written atomically;
+    the report gains the environment it was made in."""
     from vgen.images import sample_sheet
     from vgen.io import atomic_write_json, atomic_write_text
 
+    report = {**report, "environment": environment()}
     idx = list(range(0, len(images), n_seeds))[:grid_prompts]
     shown = [prompts[i] for i in idx]
     sample_sheet(out / "samples.png", images[idx], shown, shown, cols=6)
