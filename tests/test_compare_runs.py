@@ -1,5 +1,6 @@
-"""Time-to-target (tools/compare_runs.py) and the seed-pair report built on it
-(tools/solrl_time_to_target.py), on hand-made runs whose answers are worked out by hand."""
+"""Time-to-target (tools/compare_runs.py) and the seed-pair reports built on it
+(tools/solrl_time_to_target.py, tools/solrl_var_compare.py's re-scored curves), on hand-made runs
+whose answers are worked out by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ sys.path.insert(0, str(TOOLS))
 
 import compare_runs as C  # noqa: E402
 import solrl_time_to_target as T  # noqa: E402
+import solrl_var_compare as V  # noqa: E402
 
 
 def _write_run(run: Path, step_seconds: list[dict]) -> None:
@@ -23,6 +25,14 @@ def _write_run(run: Path, step_seconds: list[dict]) -> None:
     lines += [{"step": i + 1, "loss": 0.1, **{f"time_{k}": v for k, v in t.items()}}
               for i, t in enumerate(step_seconds)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _report(d: Path, strict: float) -> None:
+    """A `vgen eval` report.json with its GenEval-Shapes means alone."""
+    d.mkdir(parents=True)
+    g = {"overall": {"strict": {"mean": strict, "ci95": [strict, strict]}, "score": {"mean": strict + 0.1}},
+         "per_category": {"counting": {"strict": {"mean": strict}}}}
+    (d / "report.json").write_text(json.dumps({"geneval_shapes": g}))
 
 
 def test_wall_time_sums_every_phase_and_nothing_else(tmp_path):
@@ -67,20 +77,14 @@ def test_pair_report_from_test_evaluations_of_checkpoints(tmp_path, monkeypatch)
     sol_cfg = tmp_path / "learn.yaml"
     sol_cfg.write_text("recipe: solrl\nmodel: base-folder\nfamily: sol_rl\niterations: 20\n")
 
-    def report(d: Path, strict: float) -> None:
-        d.mkdir(parents=True)
-        g = {"overall": {"strict": {"mean": strict}, "score": {"mean": strict + 0.1}},
-             "per_category": {"counting": {"strict": {"mean": strict}}}}
-        (d / "report.json").write_text(json.dumps({"geneval_shapes": g}))
-
-    report(out / "test" / "base", 0.30)
+    _report(out / "test" / "base", 0.30)
     for s, (sol_scores, base_scores) in {0: ((0.40, 0.50), (0.35, 0.45)), 1: ((0.32, 0.34), (0.40, 0.42))}.items():
         _write_run(out / f"sol_rl-s{s}", [{"explore": 5.0, "update": 5.0}] * 20)       # 10 s an iteration
         _write_run(out / f"diffusionnft-s{s}", [{"explore": 2.0, "update": 3.0}] * 40)  # 5 s an iteration
         for step, v in zip((10, 20), sol_scores):
-            report(out / "test" / f"sol_rl-s{s}" / f"step-{step:06d}", v)
+            _report(out / "test" / f"sol_rl-s{s}" / f"step-{step:06d}", v)
         for step, v in zip((20, 40), base_scores):
-            report(out / "test" / f"diffusionnft-s{s}" / f"step-{step:06d}", v)
+            _report(out / "test" / f"diffusionnft-s{s}" / f"step-{step:06d}", v)
     monkeypatch.setattr(sys, "argv", ["x", "--sol", str(sol_cfg), "--baseline", "family=diffusionnft", "iterations=40",
                                       "--seeds", "0", "1", "--eval-every", "10", "20", "--out", str(out), "--no-train"])
     T.main()
@@ -98,3 +102,17 @@ def test_pair_report_from_test_evaluations_of_checkpoints(tmp_path, monkeypatch)
     md = (out / "report.md").read_text()
     assert "| strict | baseline final | 1.00x | not reached (<= 1.00x) |" in md
     assert (out / "curves_strict.png").is_file() and (out / "curves_score.png").is_file()
+
+
+def test_var_rescored_curve_is_the_base_then_every_kept_checkpoint(tmp_path):
+    """A VAR comparison's re-scored curve: the base at 0 s, then each checkpoint the run kept, scored at
+    its iteration's training wall time; reports already on disk are reused (nothing is evaluated)."""
+    out = tmp_path / "cmp"
+    _write_run(out / "sol_rl-s0", [{"explore": 4.0, "update": 6.0}] * 30)  # 10 s an iteration
+    for step, v in ((15, 0.5), (30, 0.6)):
+        (out / "sol_rl-s0" / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+        _report(out / "curve-sol_rl-s0" / f"step-{step:06d}", v)
+    (out / "sol_rl-s0" / "checkpoints" / "latest").write_text("step-000030\n")
+    _report(out / "curve-base", 0.4)
+    curves = V.rescored_curves(out, ["sol_rl-s0"], "base-folder", [V.CURVE_SEED])
+    assert curves == {"sol_rl-s0": [(0.0, 0.4), (150.0, 0.5), (300.0, 0.6)]}

@@ -69,6 +69,15 @@ def run_all(jobs: list[tuple[list[str], Path]], cores: list[int]) -> None:
                 sys.exit(f"failed: see {a[1]}")
 
 
+def evaluate_all(targets: dict, args: list[str]) -> None:
+    """``vgen eval --model M --out D ARGS`` for each (M, D) of ``targets``' values whose report is not
+    there yet (a stopped comparison resumes), two at a time, one core each."""
+    for _, d in targets.values():
+        Path(d).parent.mkdir(parents=True, exist_ok=True)
+    run_all([(["eval", "--model", str(m), "--out", str(d), *args], Path(d).with_suffix(".log"))
+             for m, d in targets.values() if not (Path(d) / "report.json").is_file()], [0, 1])
+
+
 def strict(report_dir: Path) -> dict:
     r = json.loads((report_dir / "report.json").read_text())["geneval_shapes"]
     return {"strict": r["overall"]["strict"]["mean"], "ci95": r["overall"]["strict"]["ci95"],

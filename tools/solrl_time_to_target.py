@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from compare_runs import PHASES, fmt_ratio, phases, plot_pairs, speed, summarise, wall_times  # noqa: E402
-from solrl_learning import read_config, run_all  # noqa: E402
+from solrl_learning import evaluate_all, read_config, run_all  # noqa: E402
 
 METRICS = {"strict": "GenEval-Shapes strict", "score": "mean verifier score"}
 
@@ -88,11 +88,7 @@ def main() -> None:
             for step in eval_steps(configs[arm]["iterations"], every[arm]):
                 targets[f"{run(arm, s).name}/{step}"] = (str(run(arm, s) / "checkpoints" / f"step-{step:06d}"),
                                                         out / "test" / run(arm, s).name / f"step-{step:06d}")
-    jobs = [(["eval", "--model", m, "--out", str(d), *test], d.with_suffix(".log"))
-            for m, d in targets.values() if not (d / "report.json").is_file()]
-    for _, d in targets.values():
-        d.parent.mkdir(parents=True, exist_ok=True)
-    run_all(jobs, [0, 1])
+    evaluate_all(targets, test)
     scores = {k: test_score(d) for k, (_, d) in targets.items()}
 
     base = scores["base"]
