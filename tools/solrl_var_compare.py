@@ -137,11 +137,15 @@ def main() -> None:
     split = {arm: {s: phases(out / f"{arm}-s{s}") for s in a.seeds} for arm in arms}
     minutes = {arm: {s: max(wall_times(out / f"{arm}-s{s}").values()) / 60 for s in a.seeds} for arm in arms}
     per_update = {arm: {s: by_iteration(out / f"{arm}-s{s}", "eval_strict") for s in a.seeds} for arm in arms}
+    rescored_per_update = {arm: {s: {int(d.name[5:]): strict(d)["strict"]
+                                     for d in (out / f"curve-{arm}-s{s}").glob("step-*") if d.is_dir()}
+                                 for s in a.seeds} for arm in arms} if paired and a.curve_seeds else {}
     report = {"configs": arms, "overrides": {arm: sets[arm] for arm in arms}, "seeds": a.seeds, "test_seeds": seeds,
               "results": results, "learning": learning,
               "speed": {m: {str(s): {k: v for k, v in p.items() if not k.endswith("curve")} for s, p in per.items()}
                         for m, per in speeds.items()}, "speed_summary": summary, "phases": split,
-              "train_minutes": minutes, "per_update": per_update, "curve_seeds": a.curve_seeds}
+              "train_minutes": minutes, "per_update": per_update, "curve_seeds": a.curve_seeds,
+              "rescored_per_update": rescored_per_update}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = {"eval_strict": ("curves.png", "held-out GenEval-Shapes strict"),
              "eval_score": ("curves_score.png", "held-out verifier score"),
@@ -181,12 +185,11 @@ def markdown(rep: dict) -> str:
                      f"{len(rep['seeds'])} seeds)")
     if rep["speed_summary"]:
         lines += speed_lines(rep)
-    shared = sorted(set.intersection(*(set(v) for per in rep["per_update"].values() for v in per.values())))
-    lines += ["", "## Held-out strict accuracy by iteration (progress per update, mean over seeds)", "",
-              "| family | " + " | ".join(f"it {i}" for i in shared) + " |", "|---|" + "---|" * len(shared)]
-    for arm, per in rep["per_update"].items():
-        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([v[i] for v in per.values()]):.1%}" for i in shared)
-                     + " |")
+    lines += by_iteration_table("Held-out strict accuracy by iteration (progress per update, mean over seeds)",
+                                rep["per_update"])
+    if rep.get("rescored_per_update"):
+        lines += by_iteration_table(f"Re-scored strict accuracy by iteration (70 classes x {rep['curve_seeds']} "
+                                    "curve seeds a checkpoint, mean over seeds)", rep["rescored_per_update"])
     lines += ["", "## Per-phase time of one iteration (s, mean over the run, one core) and training minutes", "",
               "| family | seed | " + " | ".join(PHASES) + " | total | training min |",
               "|---|---|" + "---|" * (len(PHASES) + 2)]
@@ -195,6 +198,17 @@ def markdown(rep: dict) -> str:
             lines.append(f"| {arm} | {s} | " + " | ".join(f"{ph[p]:.2f}" for p in PHASES)
                          + f" | {sum(ph.values()):.2f} | {rep['train_minutes'][arm][s]:.1f} |")
     return "\n".join(lines)
+
+
+def by_iteration_table(title: str, per_update: dict) -> list[str]:
+    """Markdown: each family's mean score over seeds at the iterations every run has (JSON keys may be str)."""
+    per_update = {arm: [{int(i): v for i, v in run.items()} for run in per.values()] for arm, per in per_update.items()}
+    shared = sorted(set.intersection(*(set(run) for runs in per_update.values() for run in runs)))
+    lines = ["", f"## {title}", "", "| family | " + " | ".join(f"it {i}" for i in shared) + " |",
+             "|---|" + "---|" * len(shared)]
+    for arm, runs in per_update.items():
+        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([run[i] for run in runs]):.1%}" for i in shared) + " |")
+    return lines
 
 
 def speed_lines(rep: dict) -> list[str]:
