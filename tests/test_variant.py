@@ -460,9 +460,90 @@ def test_loss_mix_trains_both_paths_every_step(tmp_path):
                for s in range(1, 5))
 
 
+# ---------------------------------------------------------------- the anchor (vgen extra)
+
+class _Rows:
+    """Data stand-in: item j is sample j of fixed token maps."""
+
+    def __init__(self, tokens, labels):
+        self.tokens, self.labels = tokens, labels
+
+    def get(self, idx, device, patch_nums=None, step=0):
+        return [t[idx] for t in self.tokens], self.labels[idx]
+
+
+def test_anchor_fisher_is_the_mean_squared_per_sample_gradient_and_the_penalty_its_quadratic():
+    """F against per-sample gradients taken from one batched forward (each sample's own CE row, not the
+    per-sample forwards the anchor runs), and the penalty and its gradient against their formulas."""
+    from vgen.variant.anchor import full_path_fisher
+    from vgen.vartrain.losses import tf_loss_from_tokens
+
+    vae, var, tokens, labels = lively()
+    var.add_private_depths([2])  # private offsets are the subnet's own: not anchored
+    anchor = full_path_fisher(var, vae, _Rows(tokens, labels), [0, 2, 1, 2], label_smoothing=0.1)
+    assert var.training and all(p.grad is None for p in var.parameters())
+    assert not any(n.startswith("private.") for n in anchor.names)
+    params = dict(var.named_parameters())
+    var.eval()
+    per_sample = tf_loss_from_tokens(var, vae, tokens, labels, 0.1).per_sample  # detached: recompute rows
+    inputs = teacher_forcing_inputs(vae, tokens, PN)
+    logits = var(labels, inputs)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(tokens, 1).flatten(), label_smoothing=0.1,
+                         reduction="none").view(3, -1).mean(1)
+    assert torch.allclose(ce.detach(), per_sample, atol=1e-6)
+    expect = {n: torch.zeros_like(p) for n, p in params.items() if n in anchor.names}
+    for j in (0, 2, 1, 2):
+        grads = torch.autograd.grad(ce[j], [params[n] for n in expect], retain_graph=True, allow_unused=True)
+        for n, g in zip(expect, grads):
+            if g is not None:
+                expect[n] += g.pow(2) / 4
+    assert list(expect) == anchor.names
+    for n, f in zip(anchor.names, anchor.fisher):
+        assert torch.allclose(f, expect[n], rtol=1e-4, atol=1e-10), n
+    assert sum(f.sum() for f in anchor.fisher) > 0
+    assert anchor.penalty(var).item() == 0.0
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in var.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    pen = anchor.penalty(var)
+    brute = sum(0.5 * float(f[i] * (params[n].detach().reshape(-1)[i] - c.reshape(-1)[i]) ** 2)
+                for n, c, f in zip(anchor.names, anchor.centre, (f.reshape(-1) for f in anchor.fisher))
+                for i in range(c.numel()))
+    assert pen.item() == pytest.approx(brute, rel=1e-4)
+    pen.backward()
+    for n, c, f in zip(anchor.names, anchor.centre, anchor.fisher):
+        assert torch.allclose(params[n].grad, f * (params[n].detach() - c), rtol=1e-5, atol=1e-12), n
+
+
+def test_anchor_pulls_the_subnet_steps_towards_the_base_where_the_full_path_is_steep(tmp_path):
+    """anchor > 0: subnet steps log the penalty and add anchor x it to their loss; full steps do not;
+    a strong anchor leaves the trained weights far closer to the base in the Fisher's metric."""
+    from vgen.models.load import load
+    from vgen.variant.anchor import full_path_fisher
+    from vgen.vartrain.data import Data, batch_indices
+    from vgen.world.datasets import ShapesClassDataset
+
+    common = ["iterations=6", "schedule=fixed", "ratio=[1,2]", "save_model=true", "anchor_samples=16"]
+    for name, a in (("free", 0), ("held", 1e6)):
+        assert main(["train", *_args(tmp_path, name, *common, f"anchor={a}")]) == 0
+    m = _metrics(tmp_path / "held", VOLATILE)
+    free = _metrics(tmp_path / "free", VOLATILE)
+    assert [m[s]["path_depth"] for s in range(1, 7)] == [4, 2, 6, 4, 2, 6]
+    assert "anchor" not in m[3] and "anchor" not in m[6] and m[1]["anchor"] == 0.0 and m[2]["anchor"] > 0
+    assert m[1]["loss"] == free[1]["loss"] and m[3]["loss"] != free[3]["loss"]  # step 1 starts at the base
+    base = load("assets/var-tiny-shapes")
+    ds = ShapesClassDataset(64, base.resolution, 0)
+    anchor = full_path_fisher(base.var, base.vqvae, Data(base.vqvae, ds, False), batch_indices(0, 0, 16, 64), 0.1)
+    pen = {n: anchor.penalty(load(tmp_path / n / "model").var).item() for n in ("free", "held")}
+    assert pen["held"] < 0.4 * pen["free"], pen  # 0.21 when written (full steps move the weights freely)
+
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
-    # with private offsets, so the resumed optimizer has their group (at its own lr) too
-    common = ["iterations=6", "checkpoint_every=2", "distill=0.5", "schedule=fixed", "ratio=[1,2]", "private=true"]
+    # with private offsets, so the resumed optimizer has their group (at its own lr) too, and the anchor, whose
+    # Fisher a resume computes again from the base
+    common = ["iterations=6", "checkpoint_every=2", "distill=0.5", "schedule=fixed", "ratio=[1,2]", "private=true",
+              "anchor=100", "anchor_samples=8"]
     assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
     kill_after_first_checkpoint(_args(tmp_path, "k", *common), tmp_path / "k")
     assert main(["train", *_args(tmp_path, "k", *common)]) == 0
@@ -473,7 +554,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    common = ["iterations=2", "distill=0.5"]
+    common = ["iterations=2", "distill=0.5", "anchor=100", "anchor_samples=8"]
     two_processes(_args(tmp_path, "two", *common))
     assert main(["train", *_args(tmp_path, "one", *common)]) == 0
     assert_same_metrics(tmp_path / "two", tmp_path / "one", [1, 2])
@@ -491,6 +572,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     (["schedule=fixed", "ratio=[0,0]"], "not both 0"),
     (["stage_ends=[0.6,0.5,1.0]"], "must increase"),
     (["init=null"], "set init"),
+    (["anchor=-1"], "'anchor'"),
+    (["anchor_samples=0"], "'anchor_samples'"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
     msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))

@@ -19,6 +19,10 @@ Schedules:
   given in what vgen could read. The subnet path always runs the full network on the scales
   before the switch, so the full network's early scales keep training in the last stage.
 
+``anchor`` (a vgen extra, off by default) adds to every subnet step an elastic pull towards the base,
+weighted by the base full path's diagonal Fisher (:mod:`vgen.variant.anchor`): the subnets learn
+where the full network's loss is flat and are held where it is steep.
+
 ``private`` (a vgen extra, off by default) gives each trained depth its own small parameters, offsets
 to the AdaLN modulation of the blocks it runs and of the head's norm (``VAR.private``), on top of the
 shared weights: the subnets then need not pull the full network's gains towards their own.
@@ -32,6 +36,7 @@ so ``vgen sample --model RUN/model --depth d`` switches where training did. ``in
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,6 +77,10 @@ class VariantConfig(VARTrainConfig):
                           "zero at the start, used only where its subnet runs) beside the shared weights")
     private_lr_scale: float = param(10.0, gt=0, le=1000, help="private=true: the offsets' lr as a multiple of lr "
                                     "(each depth's offsets train on its own share of the steps only, from zero)")
+    anchor: float = param(0.0, ge=0, le=1e6, help="vgen extra: subnet steps add anchor x the full path's loss "
+                          "increase over the base as the base's diagonal Fisher estimates it (EWC; 0: off)")
+    anchor_samples: int = param(64, ge=1, le=100_000, help="anchor > 0: training samples the base's Fisher is "
+                                "averaged over (one forward / backward each, before training)")
     lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
     warmup: int = param(0, ge=0, help="linear warm-up steps (post-training continues a schedule's tail)")
     eval_every: int = param(100, ge=0, help="held-out loss and evaluation reports of every path every this many "
@@ -138,11 +147,19 @@ def switch_size(cfg: VariantConfig, var) -> int:
     return var.patch_nums[switch_index(cfg, var)]
 
 
-def variant_objective(cfg: VariantConfig):
+def variant_objective(cfg: VariantConfig, anchored: dict | None = None):
+    """The micro-batch objective; ``anchored["anchor"]`` (set by :func:`build` when ``anchor`` > 0) is the
+    base's :class:`~vgen.variant.anchor.Anchor`."""
     from vgen.variant.losses import variant_loss
     from vgen.variant.schedule import joint_depth_at, loss_weights_at, path_at, plan_for
 
     sched = cfg.path_schedule()
+
+    def pull(var, figures: dict, weight: float = 1.0):
+        """The anchor's term of a step that trains a subnet with loss weight ``weight``."""
+        pen = anchored["anchor"].penalty(var)
+        figures["anchor"] = pen.detach()
+        return weight * cfg.anchor * pen
 
     def path(var, vqvae, tokens, labels, pns, d):
         plan = plan_for(var.depth, pns, switch_size(cfg, var), d)
@@ -159,7 +176,10 @@ def variant_objective(cfg: VariantConfig):
     def one_path(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
         d = path_at(sched, step, cfg.iterations)
         r = path(var, vqvae, tokens, labels, pns, d)
-        return StepOut(r.loss, figures_of(var, r, pns, d))
+        figures = figures_of(var, r, pns, d)
+        loss = r.loss if d is None or not cfg.anchor else r.loss + pull(var, figures)
+        figures["loss"] = loss.detach()
+        return StepOut(loss, figures)
 
     def joint(var, vqvae, tokens, labels, pns, positions, step) -> StepOut:
         """Both paths on the same micro-batch. The per-scale figures and ``path_depth`` are the subnet's
@@ -170,7 +190,10 @@ def variant_objective(cfg: VariantConfig):
         sub = path(var, vqvae, tokens, labels, pns, d) if w_sub else None
         loss = sum(w * r.loss for w, r in ((w_full, full), (w_sub, sub)) if r is not None)
         shown, shown_d = (sub, d) if sub is not None else (full, None)
-        figures = {**figures_of(var, shown, pns, shown_d), "loss": loss.detach()}
+        figures = figures_of(var, shown, pns, shown_d)
+        if sub is not None and cfg.anchor:
+            loss = loss + pull(var, figures, w_sub)
+        figures["loss"] = loss.detach()
         for name, r in (("loss_full", full), ("loss_subnet", sub)):
             if r is not None:  # a path with weight 0 took no pass
                 figures[name] = r.tf.loss.detach()
@@ -178,8 +201,12 @@ def variant_objective(cfg: VariantConfig):
     return joint if cfg.mix == "loss" else one_path
 
 
-def build(cfg: VariantConfig, vqvae, num_classes: int, device):
-    """The base from ``init``, with private offsets for the trained depths when ``private`` asks for them."""
+def build(cfg: VariantConfig, vqvae, num_classes: int, device, anchored: dict | None = None):
+    """The base from ``init``, with private offsets for the trained depths when ``private`` asks for them;
+    with ``anchor`` > 0, ``anchored["anchor"]`` becomes the base's anchor, from ``anchored["train"]``
+    (before a resume puts a checkpoint's weights in, so a resumed run anchors to the same base)."""
+    from vgen.variant.anchor import full_path_fisher
+    from vgen.vartrain.data import batch_indices
     from vgen.vartrain.recipe import build_model
 
     var = build_model(cfg, vqvae, num_classes, device)
@@ -187,6 +214,10 @@ def build(cfg: VariantConfig, vqvae, num_classes: int, device):
         switch_index(cfg, var)  # the depths' range check names the setting before the model refuses them
         var.add_private_depths(cfg.depths)
         var.arch["private_depths"] = sorted(int(d) for d in var.private)  # the folder rebuilds them
+    if cfg.anchor:
+        data = anchored["train"]
+        idx = batch_indices(cfg.run.seed, 0, cfg.anchor_samples, len(data))  # step 0: no training step's batch
+        anchored["anchor"] = full_path_fisher(var, vqvae, data, idx, cfg.label_smoothing, cfg.scale_weights)
     return var
 
 
@@ -219,6 +250,7 @@ One {"FlexVAR" if var.flex else "VAR"} that samples at every depth: scales of si
 subnet of the chosen depth, earlier scales all {var.depth} blocks. Base `{cfg.init}`; width {var.C}, scales
 {list(var.patch_nums)}; data `{cfg.data}`. Trained depths {cfg.depths}, schedule {cfg.schedule} ({ratios}),
 {cfg.iterations} steps, batch {cfg.batch}, AdamW lr {cfg.lr} ({cfg.lr_schedule}), distill {cfg.distill},
+anchor {cfg.anchor}{f" (Fisher of {cfg.anchor_samples} samples)" if cfg.anchor else ""},
 {"private AdaLN offsets per depth" if cfg.private else "pure weight sharing"}, seed {cfg.run.seed}.
 {rows}
 ```
@@ -229,5 +261,11 @@ vgen eval --model THIS_FOLDER --seeds 0-9 --depth {min(cfg.depths)}
 
 
 def run(cfg: VariantConfig, run_dir: Path) -> int:
-    return train(cfg, run_dir, RECIPE, variant_objective(cfg), model_card, eval_paths(cfg),
-                 lambda var: {"switch_scale": switch_index(cfg, var)}, build=build)
+    anchored: dict = {}  # the training data, then the base's anchor (build -> objective)
+
+    def prepare(vqvae, train_data, val_data):
+        anchored["train"] = train_data
+
+    return train(cfg, run_dir, RECIPE, variant_objective(cfg, anchored), model_card, eval_paths(cfg),
+                 lambda var: {"switch_scale": switch_index(cfg, var)},
+                 build=functools.partial(build, anchored=anchored), prepare=prepare)
