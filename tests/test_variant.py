@@ -539,6 +539,17 @@ def test_anchor_pulls_the_subnet_steps_towards_the_base_where_the_full_path_is_s
     assert pen["held"] < 0.4 * pen["free"], pen  # 0.21 when written (full steps move the weights freely)
 
 
+def test_a_loss_mix_anchors_with_the_subnets_weight(tmp_path):
+    """mix=loss: f * L_full + s * (L_subnet + anchor x the estimate), the estimate logged as ``anchor``."""
+    assert main(["train", *_args(tmp_path, "ja", "iterations=3", "mix=loss", "schedule=fixed", "anchor=10000",
+                                 "anchor_samples=4")]) == 0
+    m = _metrics(tmp_path / "ja", VOLATILE)
+    assert m[1]["anchor"] == 0.0 and m[3]["anchor"] > 0
+    for s in (1, 2, 3):
+        expect = 0.2 * m[s]["loss_full"] + 0.8 * (m[s]["loss_subnet"] + 10000 * m[s]["anchor"])
+        assert m[s]["loss"] == pytest.approx(expect, rel=1e-5)
+    assert 10000 * m[3]["anchor"] > 1e-4 * m[3]["loss"]  # the term is not lost in the rounding
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     # with private offsets, so the resumed optimizer has their group (at its own lr) too, and the anchor, whose
     # Fisher a resume computes again from the base
