@@ -205,8 +205,6 @@ def build(cfg: VariantConfig, vqvae, num_classes: int, device, anchored: dict | 
     """The base from ``init``, with private offsets for the trained depths when ``private`` asks for them;
     with ``anchor`` > 0, ``anchored["anchor"]`` becomes the base's anchor, from ``anchored["train"]``
     (before a resume puts a checkpoint's weights in, so a resumed run anchors to the same base)."""
-    from vgen.variant.anchor import full_path_fisher
-    from vgen.vartrain.data import batch_indices
     from vgen.vartrain.recipe import build_model
 
     var = build_model(cfg, vqvae, num_classes, device)
@@ -215,10 +213,18 @@ def build(cfg: VariantConfig, vqvae, num_classes: int, device, anchored: dict | 
         var.add_private_depths(cfg.depths)
         var.arch["private_depths"] = sorted(int(d) for d in var.private)  # the folder rebuilds them
     if cfg.anchor:
-        data = anchored["train"]
-        idx = batch_indices(cfg.run.seed, 0, cfg.anchor_samples, len(data))  # step 0: no training step's batch
-        anchored["anchor"] = full_path_fisher(var, vqvae, data, idx, cfg.label_smoothing, cfg.scale_weights)
+        anchored["anchor"] = base_anchor(cfg, var, vqvae, anchored["train"])
     return var
+
+
+def base_anchor(cfg: VariantConfig, var, vqvae, train_data):
+    """The anchor of ``var`` (the base) on the run's ``anchor_samples`` training items, drawn from
+    (seed, step 0), the one step no training batch comes from."""
+    from vgen.variant.anchor import full_path_fisher
+    from vgen.vartrain.data import batch_indices
+
+    idx = batch_indices(cfg.run.seed, 0, cfg.anchor_samples, len(train_data))
+    return full_path_fisher(var, vqvae, train_data, idx, cfg.label_smoothing, cfg.scale_weights)
 
 
 def eval_paths(cfg: VariantConfig):
