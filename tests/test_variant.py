@@ -615,6 +615,21 @@ def test_dry_run_counts_both_paths_of_a_loss_mix(capsys):
     assert loss - steps == pytest.approx(extra / 2**30, abs=0.011)
 
 
+def test_dry_run_counts_the_anchors_two_float32_copies(capsys):
+    """anchor > 0 keeps the base's shared weights and their Fisher: 8 bytes per shared parameter more (a
+    VAR-d30-sized model, from the config's sizes, so the difference shows at two decimals of a GiB)."""
+    size = ["init=not/here", "tokenizer=not/here", "depth=30", "width=1920", "heads=30", "private=true", "depths=[16]"]
+    out = {}
+    for a in (0, 1):
+        assert main(["train", TINY_YAML, *size, f"anchor={a}", "--dry-run"]) == 0
+        out[a] = capsys.readouterr().out
+    n = float(out[0].split("transformer ")[1].split("M")[0]) * 1e6
+    private = int(out[0].split("trained; ")[1].split(" of them")[0].replace(",", ""))
+    gib = [float(o.split("AdamW")[1].split(" GiB")[0].split()[-1]) for o in (out[0], out[1])]
+    assert "AdamW + anchor" in out[1] and "anchor" not in out[0]
+    assert gib[1] - gib[0] == pytest.approx(8 * (n - private) / 2**30, abs=0.02)
+
+
 def test_dry_run_counts_the_private_offsets(capsys):
     """Each trained depth d adds d x 6 x C + 2 x C parameters (the tiny base: width 128, depths 4 and 2)."""
     assert main(["train", TINY_YAML, "private=true", "--dry-run"]) == 0

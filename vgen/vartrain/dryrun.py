@@ -19,7 +19,9 @@ The estimate (bytes, documented so it can be checked):
   the teacher-forcing activations in ``last`` mode, the same again in ``all`` mode. VARiant's
   figure is its full-network step (a subnet step keeps fewer blocks' activations); with ``mix: loss``
   the deepest subnet's path is held at the same time: + b * sum_k n_k * |plan_k| * C * per-token
-  for its blocks, n_k the tokens of scale k and |plan_k| the blocks it runs, and its logits again. ScaleWeaver trains
+  for its blocks, n_k the tokens of scale k and |plan_k| the blocks it runs, and its logits again. VARiant's
+  ``anchor`` keeps the base's shared weights and their Fisher in float32 beside the model: + 8 per shared
+  parameter. ScaleWeaver trains
   only its control adapter (16 per trainable parameter; the frozen base 4 per parameter) and its
   condition sequence runs through the first ``blocks`` blocks as well: + blocks / D of the blocks'
   activations.
@@ -105,10 +107,12 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
 
         plan = plan_for(D, var.patch_nums, switch_size(cfg, var), max(cfg.depths))
         act += b * C * per_token * sum(p * p * len(k) for p, k in zip(var.patch_nums, plan)) + b * L * V * 12
-    weights = n_vae * 4 + n_var * 16
+    n_private = sum(p.numel() for p in var.private.parameters())
+    anchor = 8 * (n_var - n_private) if getattr(cfg, "anchor", 0) else 0  # variant: base weights + Fisher
+    weights = n_vae * 4 + n_var * 16 + anchor
     recipe = "sar" if sar else "variant" if hasattr(cfg, "switch_scale") else "var"
     trained = f"transformer {n_var / 1e6:.1f}M (trained)"
-    if n_private := sum(p.numel() for p in var.private.parameters()):
+    if n_private:
         trained = f"transformer {n_var / 1e6:.1f}M (trained; {n_private:,} of them private per-depth offsets)"
     if hasattr(cfg, "lora_rank"):  # scaleweaver: the frozen base and its adapter
         from vgen.scaleweaver.adapter import attach_control
@@ -127,7 +131,8 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
              f"parameters: {trained}, VQ-VAE {n_vae / 1e6:.1f}M (frozen)",
              f"processes {processes}: global batch {cfg.batch}, {cfg.batch // processes} per process in micro-batches "
              f"of {b}; {cfg.iterations} steps = {cfg.iterations * cfg.batch:,} images",
-             f"memory per GPU (estimate): weights + gradients + AdamW {weights / GIB:.2f} GiB, activations of one "
+             f"memory per GPU (estimate): weights + gradients + AdamW{' + anchor' if anchor else ''} "
+             f"{weights / GIB:.2f} GiB, activations of one "
              f"micro-batch {act / GIB:.2f} GiB{' (SAR ' + cfg.mode + ' mode included)' if sar else ''}, "
              f"total {(weights + act) / GIB:.2f} GiB"]
     return "\n".join(lines + [f"note: {n}" for n in notes])
