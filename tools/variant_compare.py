@@ -15,7 +15,7 @@ trained folders, so that the table compares weights, not guidance scales. It wri
 progressive beats fixed at each depth) and ``pareto.png`` (FID-shapes and strict accuracy against
 depth, with each depth's peak KV cache as a share of the full network's on a second axis label).
 Finished runs and evaluations are reused, so the script resumes where it stopped (an evaluation
-made with other sampling settings is made again).
+made with other sampling settings or seeds is made again).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ARMS = {"progressive": [], "fixed": ["schedule=fixed"]}
 
 def main() -> None:
     from vgen.models.load import load
-    from vgen.sample import described_arch
+    from vgen.sample import described_arch, parse_seeds
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/variant/deep.yaml")
@@ -55,6 +55,7 @@ def main() -> None:
     loaded = load(base, weights=False)
     arch = described_arch(loaded)
     sampling = {k: loaded.sampling[k] for k in ("cfg", "top_k", "top_p")}  # every model is scored with these
+    sampling["seeds"] = parse_seeds(a.eval_seeds.split())  # and on these seeds: a linked evaluation of others is redone
     D, patch_nums = arch["depth"], arch["patch_nums"]
     depths = [D, *sorted(cfg["depths"], reverse=True)]
     switch = cfg.get("switch_scale")
@@ -67,7 +68,7 @@ def main() -> None:
             if not (rep / "report.json").is_file() or not same_sampling(rep, sampling):
                 extra = [] if d == D else ["--depth", str(d)] + (["--switch-scale", str(switch)]
                                                                  if switch is not None and name == "base" else [])
-                jobs.append((["eval", "--model", model, "--seeds", a.eval_seeds, "--metrics", "geneval", "fid",
+                jobs.append((["eval", "--model", model, "--seeds", *a.eval_seeds.split(), "--metrics", "geneval", "fid",
                               "--cfg", str(sampling["cfg"]), "--top-k", str(sampling["top_k"]),
                               "--top-p", str(sampling["top_p"]), "--out", str(rep), "--force", *extra],
                              out / f"{rep.name}.log"))
@@ -118,7 +119,7 @@ def main() -> None:
 
 
 def same_sampling(report_dir: Path, sampling: dict) -> bool:
-    """Whether an evaluation already there sampled with these CFG / top-k / top-p."""
+    """Whether an evaluation already there sampled with these CFG / top-k / top-p and seeds."""
     r = json.loads((report_dir / "report.json").read_text())
     return all(r.get(k) == v for k, v in sampling.items())
 
