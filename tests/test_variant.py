@@ -550,6 +550,7 @@ def test_a_loss_mix_anchors_with_the_subnets_weight(tmp_path):
         assert m[s]["loss"] == pytest.approx(expect, rel=1e-5)
     assert 10000 * m[3]["anchor"] > 1e-4 * m[3]["loss"]  # the term is not lost in the rounding
 
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     # with private offsets, so the resumed optimizer has their group (at its own lr) too, and the anchor, whose
     # Fisher a resume computes again from the base

@@ -55,7 +55,7 @@ def main() -> None:
     loaded = load(base, weights=False)
     arch = described_arch(loaded)
     sampling = {k: loaded.sampling[k] for k in ("cfg", "top_k", "top_p")}  # every model is scored with these
-    sampling["seeds"] = parse_seeds(a.eval_seeds.split())  # and on these seeds: a linked evaluation of others is redone
+    asked = {**sampling, "seeds": parse_seeds(a.eval_seeds.split())}  # an evaluation made otherwise is made again
     D, patch_nums = arch["depth"], arch["patch_nums"]
     depths = [D, *sorted(cfg["depths"], reverse=True)]
     switch = cfg.get("switch_scale")
@@ -65,7 +65,7 @@ def main() -> None:
         jobs = []
         for d in depths:
             rep = out / f"{name}-eval-d{d}"
-            if not (rep / "report.json").is_file() or not same_sampling(rep, sampling):
+            if not (rep / "report.json").is_file() or not same_sampling(rep, asked):
                 extra = [] if d == D else ["--depth", str(d)] + (["--switch-scale", str(switch)]
                                                                  if switch is not None and name == "base" else [])
                 jobs.append((["eval", "--model", model, "--seeds", *a.eval_seeds.split(), "--metrics", "geneval", "fid",
