@@ -1,4 +1,5 @@
-"""tools/variant_compare.py: an evaluation already in the folder is reused only if it sampled as asked."""
+"""tools/variant_compare.py: a run or evaluation, in the folder or another comparison's, counts only if it
+trained / scored what this comparison asks for."""
 
 from __future__ import annotations
 
@@ -6,15 +7,92 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
 
 import variant_compare as C  # noqa: E402
 
+from vgen.config import load, save  # noqa: E402
+from vgen.variant.recipe import VariantConfig  # noqa: E402
 
-def test_an_evaluation_on_other_seeds_or_settings_is_not_reused(tmp_path):
-    (tmp_path / "report.json").write_text(json.dumps({"cfg": 3.0, "top_k": 40, "top_p": 0.0,
-                                                      "seeds": list(range(100, 110))}))
-    asked = {"cfg": 3.0, "top_k": 40, "top_p": 0.0, "seeds": list(range(100, 110))}
-    assert C.same_sampling(tmp_path, asked)
-    assert not C.same_sampling(tmp_path, {**asked, "seeds": list(range(500, 510))})  # fresh test seeds
-    assert not C.same_sampling(tmp_path, {**asked, "cfg": 4.5})
+CONFIG = ROOT / "configs" / "variant" / "d30.yaml"
+ASKED = {"cfg": 3.0, "top_k": 40, "top_p": 0.0, "seeds": list(range(100, 110))}
+
+
+def report(folder: Path, **values) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({**ASKED, **values}))
+    return folder
+
+
+def trained_run(folder: Path, overrides: list[str]) -> Path:
+    """A run folder as `vgen train` leaves it: the resolved config and a model file."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "var.safetensors").write_bytes(b"")
+    cfg = load(VariantConfig, CONFIG, [*overrides, f"run.out_dir={folder.parent}", f"run.name={folder.name}",
+                                       "progress=false"], recipe="variant")
+    cfg.check()
+    save(cfg, folder / "config.yaml", recipe="variant")
+    return folder
+
+
+def test_an_evaluation_on_other_seeds_settings_model_or_depth_plan_is_not_reused(tmp_path):
+    model = tmp_path / "a" / "model"
+    model.mkdir(parents=True)
+    (tmp_path / "b").symlink_to("a")  # a run linked in from another comparison is the same model
+    rep = report(tmp_path / "eval", model=str(model), depth_plan=[[0, 1], [0]])
+    want = {**ASKED, "model": str(tmp_path / "b" / "model"), "depth_plan": [[0, 1], [0]]}
+    assert C.same_evaluation(rep, want)
+    assert not C.same_evaluation(rep, {**want, "seeds": list(range(500, 510))})  # fresh test seeds
+    assert not C.same_evaluation(rep, {**want, "cfg": 4.5})
+    assert not C.same_evaluation(rep, {**want, "depth_plan": [[0, 1], [1]]})  # another switch or depth
+    (tmp_path / "c" / "model").mkdir(parents=True)
+    assert not C.same_evaluation(rep, {**want, "model": str(tmp_path / "c" / "model")})
+
+
+def test_a_run_counts_only_if_it_trained_the_same_settings_and_path_schedule(tmp_path):
+    arm = ["mix=loss", "stage_ratios=[[0,10],[1,9],[2,8]]", "stage_ends=[0.25,0.5,1.0]"]
+    fixed = trained_run(tmp_path / "fixed-s0", ["run.seed=0", *arm, "schedule=fixed"])
+    # a fixed run never reads stage_ratios: the same run serves a comparison of another progressive schedule
+    assert C.same_training(fixed, C.training(CONFIG, ["run.seed=0", "mix=loss", "stage_ratios=[[0,10],[2,8],[3,7]]",
+                                                      "stage_ends=[0.25,0.5,1.0]", "schedule=fixed"]))
+    assert not C.same_training(fixed, C.training(CONFIG, ["run.seed=1", *arm, "schedule=fixed"]))
+    assert not C.same_training(fixed, C.training(CONFIG, ["run.seed=0", *arm, "schedule=fixed", "ratio=[1,9]"]))
+    assert not C.same_training(fixed, C.training(CONFIG, ["run.seed=0", *arm, "schedule=fixed", "lr=1e-4"]))
+    prog = trained_run(tmp_path / "progressive-s0", ["run.seed=0", *arm])
+    assert C.same_training(prog, C.training(CONFIG, ["run.seed=0", *arm]))
+    assert not C.same_training(prog, C.training(CONFIG, ["run.seed=0", "mix=loss", "stage_ends=[0.25,0.5,1.0]",
+                                                         "stage_ratios=[[0,10],[1,9],[3,7]]"]))
+    assert not C.same_training(tmp_path / "untrained", C.training(CONFIG, ["run.seed=0", *arm]))
+    (prog / "config.yaml").write_text("recipe: variant\nlr: fast\n")  # unreadable: not the same run
+    assert not C.same_training(prog, C.training(CONFIG, ["run.seed=0", *arm]))
+
+
+def test_reuse_links_the_first_matching_source_and_never_replaces_what_is_there(tmp_path):
+    out, old, older = tmp_path / "out", tmp_path / "old", tmp_path / "older"
+    out.mkdir()
+    report(old / "base-eval-d8", cfg=4.5)
+    report(older / "base-eval-d8")
+    C.reuse(out, [old, older], "base-eval-d8", C.same_evaluation, ASKED)
+    link = out / "base-eval-d8"
+    assert link.is_symlink() and link.resolve() == (older / "base-eval-d8").resolve()
+    assert not Path(link.readlink()).is_absolute()  # the comparisons move together
+    report(old / "base-eval-d2")
+    report(out / "base-eval-d2", cfg=4.5)
+    C.reuse(out, [old], "base-eval-d2", lambda p, w: True, ASKED)
+    assert not (out / "base-eval-d2").is_symlink()
+    C.reuse(out, [old], "fixed-s0", lambda p, w: True, ASKED)  # nothing of that name to link
+    assert not (out / "fixed-s0").exists()
+
+
+def test_a_folder_holding_a_run_of_other_settings_stops_the_comparison(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    trained_run(out / "progressive-s0", ["run.seed=0", "lr=1e-4"])
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["variant_compare.py", "--config", str(CONFIG), "--seeds", "0",
+                                      "--out", str(out)])
+    monkeypatch.setattr(C, "run_all", lambda jobs, cores: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit, match="progressive-s0 trained other settings"):
+        C.main()

@@ -1,7 +1,8 @@
 """VARiant's Pareto table: the base, fixed-ratio and progressive supernet training, every depth, several seeds.
 
     python tools/variant_compare.py [--config configs/variant/deep.yaml] [--seeds 0 1 2] [--eval-seeds 100-109]
-                                    [--parallel 2 | --cores 1] [--out runs/variant-compare] [key=value ...]
+                                    [--parallel 2 | --cores 1] [--out runs/variant-compare]
+                                    [--reuse DIR ...] [key=value ...]
 
 For each seed it trains ``progressive`` (the config as is) and ``fixed`` (``schedule=fixed``, its
 ``ratio``, 2:8 by default): the same base, steps, lr, data and path seeds, so the two differ only in
@@ -14,14 +15,18 @@ trained folders, so that the table compares weights, not guidance scales. It wri
 ``report.json``, ``report.md`` (mean +- std over seeds per depth and arm, and how many seeds
 progressive beats fixed at each depth) and ``pareto.png`` (FID-shapes and strict accuracy against
 depth, with each depth's peak KV cache as a share of the full network's on a second axis label).
-Finished runs and evaluations are reused, so the script resumes where it stopped (an evaluation
-made with other sampling settings or seeds is made again).
+Finished runs and evaluations are reused, so the script resumes where it stopped: a run only if it
+trained these settings (else the script stops, naming it), an evaluation only if it scored that model
+with the same depth plan, seeds and sampling (else it is made again). ``--reuse DIR ...`` links runs and
+evaluations of earlier comparisons into ``--out`` on the same terms instead of making them again (e.g.
+the fixed arm and the base's scores when only the progressive schedule changes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +51,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="runs at once, on cores 0..N-1 (one thread each)")
     ap.add_argument("--cores", type=int, nargs="+", help="the cores to run on instead (one run per core)")
     ap.add_argument("--out", default="runs/variant-compare")
+    ap.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="DIR",
+                    help="earlier comparisons whose runs and evaluations to link in where they match")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of both arms' config")
     a = ap.parse_args()
     out = Path(a.out)
@@ -65,7 +72,12 @@ def main() -> None:
         jobs = []
         for d in depths:
             rep = out / f"{name}-eval-d{d}"
-            if not (rep / "report.json").is_file() or not same_sampling(rep, asked):
+            want = wanted_evaluation(model, d, switch if name == "base" else None, D, patch_nums, asked)
+            if want is not None:
+                reuse(out, a.reuse, rep.name, same_evaluation, want)
+            if want is None or not (rep / "report.json").is_file() or not same_evaluation(rep, want):
+                if rep.is_symlink():
+                    rep.unlink()  # made again in this folder, never over another comparison's
                 extra = [] if d == D else ["--depth", str(d)] + (["--switch-scale", str(switch)]
                                                                  if switch is not None and name == "base" else [])
                 jobs.append((["eval", "--model", model, "--seeds", *a.eval_seeds.split(), "--metrics", "geneval", "fid",
@@ -78,7 +90,12 @@ def main() -> None:
     for s in a.seeds:
         for arm, extra in ARMS.items():
             name = f"{arm}-s{s}"
-            if not (out / name / "model" / "var.safetensors").is_file():
+            args = [f"run.seed={s}", *a.overrides, *extra]
+            want = training(a.config, args)
+            reuse(out, a.reuse, name, same_training, want)
+            if trained(out / name) and not same_training(out / name, want):
+                sys.exit(f"{out / name} trained other settings than {a.config} {' '.join(args)}: give another --out")
+            if not trained(out / name):
                 train.append((["train", a.config, f"run.seed={s}", f"run.out_dir={out}", f"run.name={name}",
                                "progress=false", *a.overrides, *extra], out / f"{name}.log"))
             evals += evaluation(str(out / name / "model"), name)
@@ -118,10 +135,68 @@ def main() -> None:
     plot(out / "pareto.png", table, depths, kv, D)
 
 
-def same_sampling(report_dir: Path, sampling: dict) -> bool:
-    """Whether an evaluation already there sampled with these CFG / top-k / top-p and seeds."""
+def trained(run: Path) -> bool:
+    return (run / "model" / "var.safetensors").is_file()  # the folder is renamed into place whole at the end
+
+
+def training(config, overrides: list[str]) -> dict:
+    """What a run with this config trains, comparably: its resolved settings less where it writes and how it
+    reports progress, with its path schedule in place of the fields that spell one (a fixed run ignores
+    ``stage_ratios``, a progressive one ``ratio``)."""
+    from vgen.config import load, to_dict
+    from vgen.variant.recipe import VariantConfig
+
+    cfg = load(VariantConfig, config, overrides, recipe="variant")
+    cfg.check()  # fills what defaults to another field (the tokenizer), as a run's saved config has it
+    d = to_dict(cfg)
+    for k in ("progress", "ratio", "stage_ends", "stage_ratios"):
+        d.pop(k)
+    return {**d, "run": {"seed": cfg.run.seed}, "path_schedule": cfg.path_schedule()}
+
+
+def same_training(run: Path, want: dict) -> bool:
+    """Whether the run finished training what ``want`` (:func:`training`) describes."""
+    from vgen.errors import UserError
+
+    if not trained(run):
+        return False
+    try:
+        return training(run / "config.yaml", []) == want
+    except UserError:  # a config this version cannot read trained something else
+        return False
+
+
+def wanted_evaluation(model: str, d: int, switch: int | None, D: int, patch_nums, asked: dict) -> dict | None:
+    """What an evaluation of ``model`` at depth ``d`` must have recorded to count: the model, its depth plan
+    (the folder's switch scale unless ``switch`` names one), seeds and sampling; None before it is trained."""
+    from vgen.models.load import load
+    from vgen.sample import var_depth_plan
+
+    if not (Path(model) / "var.safetensors").is_file():
+        return None
+    plan = var_depth_plan(D, len(patch_nums), load(model, weights=False).sampling, None if d == D else d,
+                          None if d == D else switch)
+    return {**asked, "model": model, "depth_plan": plan}
+
+
+def same_evaluation(report_dir: Path, want: dict) -> bool:
+    """Whether an evaluation's report matches ``want``: the same model folder (followed through links, as
+    a reused run is one), and every other recorded value equal."""
     r = json.loads((report_dir / "report.json").read_text())
-    return all(r.get(k) == v for k, v in sampling.items())
+    same_model = "model" not in want or Path(r.get("model", "")).resolve() == Path(want["model"]).resolve()
+    return same_model and all(r.get(k) == v for k, v in want.items() if k != "model")
+
+
+def reuse(out: Path, sources: list[Path], name: str, matches, want: dict) -> None:
+    """Link ``out/name`` to the first ``source/name`` where ``matches(source/name, want)``, when ``out`` has
+    no ``name`` yet."""
+    if (out / name).exists() or (out / name).is_symlink():
+        return
+    for src in sources:
+        if (src / name).exists() and matches(src / name, want):
+            (out / name).symlink_to(os.path.relpath(src / name, out))
+            print(f"reused {src / name}")
+            return
 
 
 def kv_share(D: int, d: int, patch_nums, switch) -> float:
