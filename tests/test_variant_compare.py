@@ -96,3 +96,41 @@ def test_a_folder_holding_a_run_of_other_settings_stops_the_comparison(tmp_path,
     monkeypatch.setattr(C, "run_all", lambda jobs, cores: pytest.fail("nothing may run"))
     with pytest.raises(SystemExit, match="progressive-s0 trained other settings"):
         C.main()
+
+
+def test_reuse_links_the_matching_fixed_runs_and_trains_only_the_new_schedule(tmp_path, monkeypatch):
+    old, out = tmp_path / "old", tmp_path / "new"
+    arm = ["mix=loss", "stage_ends=[0.25,0.5,1.0]"]
+    for s in (0, 1):
+        run = trained_run(old / f"fixed-s{s}", [f"run.seed={s}", *arm, "stage_ratios=[[0,10],[1,9],[2,8]]",
+                                                "schedule=fixed"])
+        (run / "model" / "config.json").write_bytes((ROOT / "assets" / "var-d30-shapes" / "config.json").read_bytes())
+    trained_run(old / "progressive-s0", ["run.seed=0", *arm, "stage_ratios=[[0,10],[1,9],[2,8]]"])
+    monkeypatch.chdir(ROOT)
+    # the overrides follow --reuse on the command line and must stay overrides, not more folders to reuse
+    monkeypatch.setattr(sys, "argv", ["variant_compare.py", "--config", str(CONFIG), "--seeds", "0", "1",
+                                      "--out", str(out), "--reuse", str(old), *arm,
+                                      "stage_ratios=[[0,10],[2,8],[3,7]]"])
+    started = []
+
+    def run_all(jobs, cores):
+        started.append(jobs)
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr(C, "run_all", run_all)
+    with pytest.raises(KeyboardInterrupt):
+        C.main()
+    assert [(out / f"fixed-s{s}").resolve() for s in (0, 1)] == [(old / f"fixed-s{s}").resolve() for s in (0, 1)]
+    assert not (out / "progressive-s0").exists()  # another schedule: trained again
+    trains = started[0]
+    assert [args[args.index(f"run.out_dir={out}") + 1] for args, _ in trains] == ["run.name=progressive-s0",
+                                                                                 "run.name=progressive-s1"]
+    assert all("stage_ratios=[[0,10],[2,8],[3,7]]" in args for args, _ in trains)
+
+
+def test_a_missing_reuse_folder_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["variant_compare.py", "--config", str(CONFIG), "--out", str(tmp_path / "o"),
+                                      "--reuse", str(tmp_path / "typo")])
+    with pytest.raises(SystemExit, match="--reuse: no folder .*typo"):
+        C.main()

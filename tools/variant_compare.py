@@ -2,7 +2,7 @@
 
     python tools/variant_compare.py [--config configs/variant/deep.yaml] [--seeds 0 1 2] [--eval-seeds 100-109]
                                     [--parallel 2 | --cores 1] [--out runs/variant-compare]
-                                    [--reuse DIR ...] [key=value ...]
+                                    [--reuse DIR [--reuse DIR2]] [key=value ...]
 
 For each seed it trains ``progressive`` (the config as is) and ``fixed`` (``schedule=fixed``, its
 ``ratio``, 2:8 by default): the same base, steps, lr, data and path seeds, so the two differ only in
@@ -17,9 +17,9 @@ progressive beats fixed at each depth) and ``pareto.png`` (FID-shapes and strict
 depth, with each depth's peak KV cache as a share of the full network's on a second axis label).
 Finished runs and evaluations are reused, so the script resumes where it stopped: a run only if it
 trained these settings (else the script stops, naming it), an evaluation only if it scored that model
-with the same depth plan, seeds and sampling (else it is made again). ``--reuse DIR ...`` links runs and
-evaluations of earlier comparisons into ``--out`` on the same terms instead of making them again (e.g.
-the fixed arm and the base's scores when only the progressive schedule changes).
+with the same depth plan, seeds and sampling (else it is made again). ``--reuse DIR`` (repeatable)
+links runs and evaluations of earlier comparisons into ``--out`` on the same terms instead of making
+them again (e.g. the fixed arm and the base's scores when only the progressive schedule changes).
 """
 
 from __future__ import annotations
@@ -51,10 +51,13 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="runs at once, on cores 0..N-1 (one thread each)")
     ap.add_argument("--cores", type=int, nargs="+", help="the cores to run on instead (one run per core)")
     ap.add_argument("--out", default="runs/variant-compare")
-    ap.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="DIR",
-                    help="earlier comparisons whose runs and evaluations to link in where they match")
+    ap.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",  # one folder per flag:
+                    help="an earlier comparison whose runs and evaluations to link in where they match "  # a list
+                    "(repeatable; the first match wins)")  # would swallow the key=value overrides after it
     ap.add_argument("overrides", nargs="*", help="key=value overrides of both arms' config")
     a = ap.parse_args()
+    if missing := [str(d) for d in a.reuse if not d.is_dir()]:
+        sys.exit(f"--reuse: no folder {', '.join(missing)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = read_config(a.config, a.overrides)
