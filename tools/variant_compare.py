@@ -123,11 +123,6 @@ def main() -> None:
              "| depth | KV peak | base FID | fixed FID | progressive FID | progressive < fixed (FID) | base strict | "
              "fixed strict | progressive strict |", "|---|---|---|---|---|---|---|---|---|"]
 
-    def ms(rows, key, pct=False):
-        x = np.array([r[key] for r in rows]) * (100 if pct else 1)
-        mean = f"{x.mean():.{1 if pct else 2}f}{'%' if pct else ''}"
-        return mean if len(x) < 2 else f"{mean} +- {x.std(ddof=1):.{1 if pct else 2}f}"  # one seed: no spread
-
     for d in depths:
         b, f, p = table["base"][str(d)], table["fixed"][str(d)], table["progressive"][str(d)]
         lines.append(f"| {d}{' (full)' if d == D else ''} | {kv[str(d)]:.2f} | {b['fid']:.2f} | {ms(f, 'fid')} | "
@@ -136,6 +131,13 @@ def main() -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(out / "pareto.png", table, depths, kv, D)
+
+
+def ms(rows: list[dict], key: str, pct: bool = False) -> str:
+    """Mean +- std over training seeds of one score, as the tables print it."""
+    x = np.array([r[key] for r in rows]) * (100 if pct else 1)
+    mean = f"{x.mean():.{1 if pct else 2}f}{'%' if pct else ''}"
+    return mean if len(x) < 2 else f"{mean} +- {x.std(ddof=1):.{1 if pct else 2}f}"  # one seed: no spread
 
 
 def trained(run: Path) -> bool:

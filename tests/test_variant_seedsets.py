@@ -1,0 +1,50 @@
+"""tools/variant_seedsets.py: one comparison's scores on disjoint seed sets, averaged per model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import variant_seedsets as S  # noqa: E402
+
+
+def folder(path: Path, eval_seeds: str, fids: dict, overrides=("mix=loss", "private=true")) -> Path:
+    """A variant_compare folder whose models score fids[arm] = [[per training seed] per depth]."""
+    path.mkdir()
+    depths = [30, 8]
+    table = {"base": {str(d): {"fid": fids["base"][i], "strict": 0.5} for i, d in enumerate(depths)}}
+    for arm in ("fixed", "progressive"):
+        table[arm] = {str(d): [{"fid": x, "strict": 0.25} for x in fids[arm][i]] for i, d in enumerate(depths)}
+    (path / "report.json").write_text(json.dumps({
+        "config": "configs/variant/d30.yaml", "overrides": list(overrides), "seeds": [0, 1],
+        "eval_seeds": eval_seeds, "sampling": {"cfg": 3.0}, "depths": depths, "table": table}))
+    return path
+
+
+def test_each_model_is_averaged_over_the_sets_before_the_spread_over_training_seeds(tmp_path):
+    a = folder(tmp_path / "a", "100-109", {"base": [10, 50], "fixed": [[10, 12], [20, 22]],
+                                           "progressive": [[11, 11], [19, 25]]})
+    b = folder(tmp_path / "b", "300-309", {"base": [8, 52], "fixed": [[12, 10], [22, 20]],
+                                           "progressive": [[9, 9], [21, 21]]}, overrides=("private=true", "mix=loss"))
+    t = S.pooled([a, b])
+    assert t["base"]["30"]["fid"] == pytest.approx(9.0)
+    assert [r["fid"] for r in t["fixed"]["30"]] == pytest.approx([11.0, 11.0])
+    assert [r["fid"] for r in t["progressive"]["30"]] == pytest.approx([10.0, 10.0])
+    assert [r["fid"] for r in t["progressive"]["8"]] == pytest.approx([20.0, 23.0])
+    assert [r["strict"] for r in t["fixed"]["8"]] == pytest.approx([0.25, 0.25])
+
+
+def test_overlapping_sets_or_another_comparison_are_refused(tmp_path):
+    fids = {"base": [10, 50], "fixed": [[10, 12], [20, 22]], "progressive": [[11, 11], [19, 25]]}
+    a = folder(tmp_path / "a", "100-109", fids)
+    with pytest.raises(SystemExit, match="overlap"):
+        S.pooled([a, folder(tmp_path / "b", "105-114", fids)])
+    with pytest.raises(SystemExit, match="overrides"):
+        S.pooled([a, folder(tmp_path / "c", "300-309", fids, overrides=("mix=loss",))])
+    with pytest.raises(SystemExit, match="no report.json"):
+        S.pooled([a, tmp_path])

@@ -1,0 +1,92 @@
+"""VARiant's Pareto table over several test seed sets: one comparison, scored on each set, averaged per model.
+
+    python tools/variant_seedsets.py runs/variant-d30-loss-rev-private runs/variant-d30-loss-rev-private-confirm \
+                                     runs/variant-d30-loss-rev-private-s500 [--out docs/figures/NAME]
+
+A FID-shapes over 700 images moves one model by up to ~1 between two sets of sample seeds, about as much
+as the arms of a comparison differ. ``tools/variant_compare.py`` scores one set per folder
+(``--eval-seeds``); this reads folders holding the same comparison (config, overrides, training seeds
+and depths) scored on disjoint seed sets, averages each model's FID and strict accuracy over the sets,
+and then gives the mean +- std over training seeds, as ``variant_compare.py``'s table does. Progressive
+is "better" for a training seed when its set-averaged FID is below fixed's. Prints the table and,
+with ``--out``, writes ``OUT.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from variant_compare import ms  # noqa: E402
+
+from vgen.sample import parse_seeds  # noqa: E402
+
+SAME = ("config", "seeds", "depths", "sampling")  # what every folder must share (and the overrides, in any order)
+
+
+def pooled(folders: list[Path]) -> dict:
+    """The folders' reports checked to be one comparison on disjoint seed sets, each model's scores averaged
+    over the sets: {"base": {depth: scores}, arm: {depth: [scores per training seed]}, ...}."""
+    reports = []
+    for f in folders:
+        if not (f / "report.json").is_file():
+            sys.exit(f"{f}: no report.json (run tools/variant_compare.py there first)")
+        reports.append(json.loads((f / "report.json").read_text()))
+    first = reports[0]
+    for f, r in zip(folders[1:], reports[1:]):
+        for k in SAME:
+            if r[k] != first[k]:
+                sys.exit(f"{f}: its {k} {r[k]} differs from {folders[0]}'s {first[k]}: not the same comparison")
+        if sorted(r["overrides"]) != sorted(first["overrides"]):
+            sys.exit(f"{f}: its overrides {r['overrides']} differ from {folders[0]}'s {first['overrides']}")
+    sets = [set(parse_seeds(r["eval_seeds"].split())) for r in reports]
+    if len(set().union(*sets)) != sum(len(x) for x in sets):
+        sys.exit(f"the folders' seed sets {[r['eval_seeds'] for r in reports]} overlap: they must be disjoint")
+
+    def mean(rows: list[dict]) -> dict:
+        return {k: float(np.mean([r[k] for r in rows])) for k in ("fid", "strict")}
+
+    out = {"base": {d: mean([r["table"]["base"][d] for r in reports]) for d in first["table"]["base"]}}
+    for arm in ("fixed", "progressive"):
+        out[arm] = {d: [mean([r["table"][arm][d][i] for r in reports]) for i in range(len(first["seeds"]))]
+                    for d in first["table"][arm]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", type=Path, nargs="+", help="tools/variant_compare.py folders of one comparison")
+    ap.add_argument("--out", type=Path, help="write OUT.md")
+    a = ap.parse_args()
+    if len(a.folders) < 2:
+        sys.exit("give two or more folders: one comparison scored on different seed sets")
+    t = pooled(a.folders)
+    r0 = json.loads((a.folders[0] / "report.json").read_text())
+    D = max(r0["depths"])
+    n = len(r0["seeds"])
+    sets = ", ".join(json.loads((f / "report.json").read_text())["eval_seeds"] for f in a.folders)
+    lines = [f"# VARiant Pareto table over test seed sets {sets}: `{r0['config']}` {' '.join(r0['overrides'])}", "",
+             f"Each model's FID-shapes and GenEval-Shapes strict averaged over the {len(a.folders)} seed sets "
+             f"(700 images each), then mean +- std over training seeds {r0['seeds']}. Folders: "
+             f"{', '.join(f'`{f}`' for f in a.folders)}.", "",
+             "| depth | base FID | fixed FID | progressive FID | progressive < fixed (FID) | base strict | "
+             "fixed strict | progressive strict |", "|---|---|---|---|---|---|---|---|"]
+    for d in map(str, r0["depths"]):
+        b, f, p = t["base"][d], t["fixed"][d], t["progressive"][d]
+        wins = sum(x["fid"] < y["fid"] for x, y in zip(p, f))
+        lines.append(f"| {d}{' (full)' if int(d) == D else ''} | {b['fid']:.2f} | {ms(f, 'fid')} | {ms(p, 'fid')} | "
+                     f"{wins} of {n} | {b['strict']:.1%} | {ms(f, 'strict', True)} | {ms(p, 'strict', True)} |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if a.out:
+        a.out.with_suffix(".md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
