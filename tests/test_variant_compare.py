@@ -134,3 +134,12 @@ def test_a_missing_reuse_folder_is_a_one_line_error(tmp_path, monkeypatch):
                                       "--reuse", str(tmp_path / "typo")])
     with pytest.raises(SystemExit, match="--reuse: no folder .*typo"):
         C.main()
+
+
+def test_a_bad_override_is_a_one_line_error_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["variant_compare.py", "--config", str(CONFIG), "--seeds", "0",
+                                      "--out", str(tmp_path / "o"), "stage_ratios=[[0,10],[1,9]]"])
+    monkeypatch.setattr(C, "run_all", lambda jobs, cores: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit, match="one ratio per stage"):
+        C.main()

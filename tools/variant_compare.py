@@ -41,6 +41,7 @@ ARMS = {"progressive": [], "fixed": ["schedule=fixed"]}
 
 
 def main() -> None:
+    from vgen.errors import UserError
     from vgen.models.load import load
     from vgen.sample import described_arch, parse_seeds
 
@@ -51,9 +52,10 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="runs at once, on cores 0..N-1 (one thread each)")
     ap.add_argument("--cores", type=int, nargs="+", help="the cores to run on instead (one run per core)")
     ap.add_argument("--out", default="runs/variant-compare")
-    ap.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",  # one folder per flag:
-                    help="an earlier comparison whose runs and evaluations to link in where they match "  # a list
-                    "(repeatable; the first match wins)")  # would swallow the key=value overrides after it
+    # one folder per flag: a list (nargs) would swallow the key=value overrides that follow it
+    ap.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",
+                    help="an earlier comparison whose runs and evaluations to link in where they match "
+                    "(repeatable; the first match wins)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of both arms' config")
     a = ap.parse_args()
     if missing := [str(d) for d in a.reuse if not d.is_dir()]:
@@ -94,7 +96,10 @@ def main() -> None:
         for arm, extra in ARMS.items():
             name = f"{arm}-s{s}"
             args = [f"run.seed={s}", *a.overrides, *extra]
-            want = training(a.config, args)
+            try:
+                want = training(a.config, args)
+            except UserError as e:  # a bad override: one line, before any run starts
+                sys.exit(f"{a.config} {' '.join(args)}: {e}")
             reuse(out, a.reuse, name, same_training, want)
             if trained(out / name) and not same_training(out / name, want):
                 sys.exit(f"{out / name} trained other settings than {a.config} {' '.join(args)}: give another --out")
