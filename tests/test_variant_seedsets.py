@@ -46,5 +46,11 @@ def test_overlapping_sets_or_another_comparison_are_refused(tmp_path):
         S.pooled([a, folder(tmp_path / "b", "105-114", fids)])
     with pytest.raises(SystemExit, match="overrides"):
         S.pooled([a, folder(tmp_path / "c", "300-309", fids, overrides=("mix=loss",))])
+    d = folder(tmp_path / "d", "500-509", fids)
+    report = json.loads((d / "report.json").read_text())
+    del report["sampling"]  # a report from before the comparison recorded its sampling
+    (d / "report.json").write_text(json.dumps(report))
+    with pytest.raises(SystemExit, match="sampling None differs"):
+        S.pooled([a, d])
     with pytest.raises(SystemExit, match="no report.json"):
         S.pooled([a, tmp_path])

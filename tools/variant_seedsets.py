@@ -41,8 +41,8 @@ def pooled(folders: list[Path]) -> dict:
     first = reports[0]
     for f, r in zip(folders[1:], reports[1:]):
         for k in SAME:
-            if r[k] != first[k]:
-                sys.exit(f"{f}: its {k} {r[k]} differs from {folders[0]}'s {first[k]}: not the same comparison")
+            if r.get(k) != first.get(k):  # older reports lack "sampling": two such still match
+                sys.exit(f"{f}: its {k} {r.get(k)} differs from {folders[0]}'s {first.get(k)}: not the same comparison")
         if sorted(r["overrides"]) != sorted(first["overrides"]):
             sys.exit(f"{f}: its overrides {r['overrides']} differ from {folders[0]}'s {first['overrides']}")
     sets = [set(parse_seeds(r["eval_seeds"].split())) for r in reports]
