@@ -31,8 +31,13 @@ SAME = ("config", "seeds", "depths", "sampling")  # what every folder must share
 
 
 def pooled(folders: list[Path]) -> dict:
-    """The folders' reports checked to be one comparison on disjoint seed sets, each model's scores averaged
-    over the sets: {"base": {depth: scores}, arm: {depth: [scores per training seed]}, ...}."""
+    """Each model's scores averaged over the folders' seed sets: {"base": {depth: scores}, arm: {depth: [scores
+    per training seed]}, ...}."""
+    return average(read(folders))
+
+
+def read(folders: list[Path]) -> list[dict]:
+    """The folders' reports, checked to be one comparison on disjoint seed sets."""
     reports = []
     for f in folders:
         if not (f / "report.json").is_file():
@@ -48,6 +53,12 @@ def pooled(folders: list[Path]) -> dict:
     sets = [set(parse_seeds(r["eval_seeds"].split())) for r in reports]
     if len(set().union(*sets)) != sum(len(x) for x in sets):
         sys.exit(f"the folders' seed sets {[r['eval_seeds'] for r in reports]} overlap: they must be disjoint")
+    return reports
+
+
+def average(reports: list[dict]) -> dict:
+    """:func:`pooled` of reports already read."""
+    first = reports[0]
 
     def mean(rows: list[dict]) -> dict:
         return {k: float(np.mean([r[k] for r in rows])) for k in ("fid", "strict")}
@@ -66,14 +77,15 @@ def main() -> None:
     a = ap.parse_args()
     if len(a.folders) < 2:
         sys.exit("give two or more folders: one comparison scored on different seed sets")
-    t = pooled(a.folders)
-    r0 = json.loads((a.folders[0] / "report.json").read_text())
+    reports = read(a.folders)
+    t = average(reports)
+    r0 = reports[0]
     D = max(r0["depths"])
     n = len(r0["seeds"])
-    sets = ", ".join(json.loads((f / "report.json").read_text())["eval_seeds"] for f in a.folders)
+    sets = ", ".join(r["eval_seeds"] for r in reports)
     lines = [f"# VARiant Pareto table over test seed sets {sets}: `{r0['config']}` {' '.join(r0['overrides'])}", "",
              f"Each model's FID-shapes and GenEval-Shapes strict averaged over the {len(a.folders)} seed sets "
-             f"(700 images each), then mean +- std over training seeds {r0['seeds']}. Folders: "
+             f"(one evaluation each), then mean +- std over training seeds {r0['seeds']}. Folders: "
              f"{', '.join(f'`{f}`' for f in a.folders)}.", "",
              "| depth | base FID | fixed FID | progressive FID | progressive < fixed (FID) | base strict | "
              "fixed strict | progressive strict |", "|---|---|---|---|---|---|---|---|"]
