@@ -460,6 +460,83 @@ def test_loss_mix_trains_both_paths_every_step(tmp_path):
                for s in range(1, 5))
 
 
+def test_project_conflict_is_pcgrad_by_brute_force():
+    """grad_step's projection, against the formula on one flat vector: where g.h < 0, g - (g.h / h.h) h,
+    else g unchanged; then + weight x h; the cosine is taken before."""
+    from vgen.train.loop import project_conflict
+
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(4, 3), (5,), (2, 2, 2)]
+    for case in range(40):
+        g = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+        h = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+        weight = [0.0, 0.25, 1.0][case % 3]
+        fg, fh = torch.cat([t.reshape(-1) for t in g]), torch.cat([t.reshape(-1) for t in h])
+        dot = float(fg @ fh)
+        want = (fg - dot / float(fh @ fh) * fh if dot < 0 else fg) + weight * fh
+        stats = project_conflict(g, h, weight)
+        assert torch.allclose(torch.cat([t.reshape(-1) for t in g]), want, rtol=1e-12, atol=1e-12)
+        assert stats["projected"] == float(dot < 0)
+        assert stats["guard_cos"] == pytest.approx(dot / float(fg.norm() * fh.norm()), rel=1e-9)
+        if dot < 0:  # what is left of g no longer points against h
+            assert abs(float((want - weight * fh) @ fh)) < 1e-9
+
+
+@pytest.mark.parametrize("ratio", [(2.0, 8.0), (0.0, 1.0)])
+def test_projected_step_sets_the_subnets_gradient_against_the_full_paths(ratio):
+    """project=true: the objective backpropagates w_sub x the subnet path and hands the full path's loss
+    (unweighted) to grad_step as the guard with weight w_full, a zero weight included; grad_step's update
+    is then PCGrad of the two paths' gradients, checked against a hand projection with SGD at lr 1."""
+    from vgen.train.loop import grad_step
+    from vgen.variant.recipe import VariantConfig, variant_objective
+
+    class One:
+        world = 1
+
+        def sum_(self, tensors):
+            pass
+
+    vae, var, tokens, labels = lively()
+    cfg = VariantConfig(init="unused", depths=[3, 2], switch_scale=2, schedule="fixed", ratio=list(ratio),
+                        mix="loss", project=True, iterations=4)
+    params = [p for p in var.parameters() if p.requires_grad]
+    w_full = ratio[0] / sum(ratio)
+    full = variant_loss(var, vae, tokens, labels, None).loss
+    sub = variant_loss(var, vae, tokens, labels, plan_for(D, PN, PN[2], 2)).loss
+    hf = [g if g is not None else torch.zeros_like(p)
+          for g, p in zip(torch.autograd.grad(full, params, allow_unused=True), params)]
+    gs = [g if g is not None else torch.zeros_like(p)
+          for g, p in zip(torch.autograd.grad((1 - w_full) * sub, params, allow_unused=True), params)]
+    fg, fh = torch.cat([t.reshape(-1) for t in gs]).double(), torch.cat([t.reshape(-1) for t in hf]).double()
+    dot = float(fg @ fh)
+    want = (fg - dot / float(fh @ fh) * fh if dot < 0 else fg) + w_full * fh
+
+    out = variant_objective(cfg)(var, vae, tokens, labels, PN, None, 2)
+    assert out.guard is not None and out.guard.item() == pytest.approx(full.item(), rel=1e-6)
+    assert out.guard_weight == w_full and out.loss.item() == pytest.approx((1 - w_full) * sub.item(), rel=1e-6)
+    assert out.figures["loss"].item() == pytest.approx(w_full * full.item() + (1 - w_full) * sub.item(), rel=1e-6)
+    from vgen.vartrain.recipe import set_aside
+
+    guard = set_aside(params, out.guard, None)
+    out.loss.backward()
+    before = [p.detach().clone() for p in params]
+    stats = grad_step(One(), params, torch.optim.SGD(params, lr=1.0), torch.zeros(1), grad_clip=1e9,
+                      guard=guard, guard_weight=out.guard_weight)
+    moved = torch.cat([(b - p.detach()).reshape(-1) for b, p in zip(before, params)]).double()
+    assert torch.allclose(moved, want, rtol=1e-4, atol=1e-6)
+    assert stats["projected"] == float(dot < 0)
+
+
+def test_projection_runs_the_full_path_in_a_subnet_only_stage(tmp_path):
+    """End to end: in the 0:10 stage the full path still runs (its CE logged) and every step logs the
+    two gradients' cosine; without project the same stage skips the full path."""
+    assert main(["train", *_args(tmp_path, "g", "iterations=8", "mix=loss", "project=true")]) == 0
+    m = _metrics(tmp_path / "g", VOLATILE)
+    assert all({"loss_full", "loss_subnet", "guard_cos", "projected"} <= m[s].keys() for s in range(1, 9))
+    assert all(m[s]["loss"] == pytest.approx(m[s]["loss_subnet"], rel=1e-5) for s in (7, 8))
+    assert all(-1 <= m[s]["guard_cos"] <= 1 and m[s]["projected"] == float(m[s]["guard_cos"] < 0) for s in m)
+
+
 # ---------------------------------------------------------------- the anchor (vgen extra)
 
 class _Rows:
@@ -565,8 +642,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     assert [ref[s]["path_depth"] for s in range(1, 7)] == [4, 2, 6, 4, 2, 6] and "kl" in ref[1] and "kl" not in ref[3]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    common = ["iterations=2", "distill=0.5", "anchor=100", "anchor_samples=8"]
+@pytest.mark.parametrize("extra", [["distill=0.5", "anchor=100", "anchor_samples=8"],
+                                   ["mix=loss", "project=true", "micro_batch=2"]])
+def test_two_gloo_processes_match_one_process(tmp_path, extra):
+    """The projection too: it sees the whole batch's summed gradients, micro-batches included."""
+    common = ["iterations=2", *extra]
     two_processes(_args(tmp_path, "two", *common))
     assert main(["train", *_args(tmp_path, "one", *common)]) == 0
     assert_same_metrics(tmp_path / "two", tmp_path / "one", [1, 2])
@@ -586,6 +666,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     (["init=null"], "set init"),
     (["anchor=-1"], "'anchor'"),
     (["anchor_samples=0"], "'anchor_samples'"),
+    (["project=true"], "project=true needs mix=loss"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, extra, message):
     msg = user_error(capsys, "train", *_args(tmp_path, "bad", "iterations=1", *extra))
@@ -629,6 +710,19 @@ def test_dry_run_counts_the_anchors_two_float32_copies(capsys):
     gib = [float(o.split("AdamW")[1].split(" GiB")[0].split()[-1]) for o in (out[0], out[1])]
     assert "AdamW + anchor" in out[1] and "anchor" not in out[0]
     assert gib[1] - gib[0] == pytest.approx(8 * (n - private) / 2**30, abs=0.02)
+
+
+def test_dry_run_counts_the_projections_kept_gradient(capsys):
+    """project=true keeps the full path's gradient apart from p.grad: 4 bytes per trained parameter more."""
+    size = ["init=not/here", "tokenizer=not/here", "depth=30", "width=1920", "heads=30", "mix=loss"]
+    out = {}
+    for flag in ("false", "true"):
+        assert main(["train", TINY_YAML, *size, f"project={flag}", "--dry-run"]) == 0
+        out[flag] = capsys.readouterr().out
+    n = float(out["false"].split("transformer ")[1].split("M")[0]) * 1e6
+    gib = [float(o.split("AdamW")[1].split(" GiB")[0].split()[-1]) for o in out.values()]
+    assert "AdamW + the full path gradient" in out["true"] and "full path gradient" not in out["false"]
+    assert gib[1] - gib[0] == pytest.approx(4 * n / 2**30, abs=0.02)
 
 
 def test_dry_run_counts_the_private_offsets(capsys):

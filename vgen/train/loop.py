@@ -45,23 +45,47 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def grad_step(dist, params: list[torch.Tensor], opt: torch.optim.Optimizer, sums: torch.Tensor,
-              grad_clip: float) -> dict:
+              grad_clip: float, guard: list[torch.Tensor] | None = None, guard_weight: float = 1.0) -> dict:
     """Sum the gradients (each process weighted its share already) and the statistics ``sums``
     over processes, clip, step. FSDP-sharded parameters were summed by FSDP itself. A non-finite
     gradient norm drops the whole update (``skipped_update``) and never reaches the weights. A
-    parameter with no gradient takes part as zeros, so every process sums the same tensors."""
+    parameter with no gradient takes part as zeros, so every process sums the same tensors.
+
+    ``guard`` (one tensor per parameter, summed apart from ``p.grad``): a gradient the update must
+    not oppose. After the sums, :func:`project_conflict` takes from the gradients their component
+    against it and adds ``guard_weight`` x it; the projection sees the whole batch's gradients, so
+    2 processes still equal 1."""
     from vgen.train.fsdp import clip_grad_norm_, full, is_sharded
 
     for p in params:
         if p.grad is None and not is_sharded(p):
             p.grad = torch.zeros_like(p)
-    dist.sum_([p.grad for p in params if not is_sharded(p)] + [sums])
+    if guard is not None and any(is_sharded(p) for p in params):
+        raise UserError("a guarded gradient step needs whole parameters; it does not run with FSDP sharding")
+    dist.sum_([p.grad for p in params if not is_sharded(p)] + (guard or []) + [sums])
+    out = {} if guard is None else project_conflict([p.grad for p in params], guard, guard_weight)
     norm = full(clip_grad_norm_(params, grad_clip))  # sharded: the norm an unsharded run gets, to the bit
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
-        return {"grad_norm": float(norm), "skipped_update": 1}
+        return {**out, "grad_norm": float(norm), "skipped_update": 1}
     opt.step()
-    return {"grad_norm": float(norm)}
+    return {**out, "grad_norm": float(norm)}
+
+
+def project_conflict(grads: list[torch.Tensor], guard: list[torch.Tensor], weight: float) -> dict:
+    """Gradient surgery in place (PCGrad, Yu et al. 2020; NASViT's rule for a supernet's subnets):
+    when g (``grads``, flattened over every tensor) points against h (``guard``), g loses its
+    component along h, g <- g - (g.h / |h|^2) h; then g <- g + weight x h. To first order the
+    update then never raises the guard's loss, however the two are weighted. Returns the cosine
+    of g and h before the projection and whether it projected (``guard_cos``, ``projected``)."""
+    dot = sum(torch.sum(g.double() * h.double()) for g, h in zip(grads, guard))
+    gg = sum(torch.sum(g.double() ** 2) for g in grads)
+    hh = sum(torch.sum(h.double() ** 2) for h in guard)
+    cos = float(dot / (gg.sqrt() * hh.sqrt())) if gg > 0 and hh > 0 else 0.0
+    c = float(dot / hh) if dot < 0 else 0.0  # NaN dot: no projection, the non-finite norm drops the step
+    for g, h in zip(grads, guard):
+        g.add_(h, alpha=weight - c)
+    return {"guard_cos": cos, "projected": float(c != 0.0)}
 
 
 def check_resume(value: str) -> None:

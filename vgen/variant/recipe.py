@@ -27,6 +27,12 @@ where the full network's loss is flat and are held where it is steep.
 to the AdaLN modulation of the blocks it runs and of the head's norm (``VAR.private``), on top of the
 shared weights: the subnets then need not pull the full network's gains towards their own.
 
+``project`` (a vgen extra, off by default, ``mix: loss`` only) is gradient surgery as NASViT does it for
+a supernet's subnets (PCGrad's rule): where a step's subnet gradient points against the full path's
+(negative inner product over all trainable weights, after summing the whole batch), it loses its
+component along the full path's gradient, so to first order no subnet update raises the full path's
+loss; the full path runs every step for its direction, a stage weight of 0 included.
+
 The loop is the VAR family's (``vgen.vartrain.recipe.train``). Each held-out evaluation also runs
 along every subnet path (``val_loss_d{d}``, ``eval_strict_d{d}``, reports in
 ``eval/step-N/d{d}/``), and the saved folders record ``switch_scale`` in their sampling defaults,
@@ -79,6 +85,9 @@ class VariantConfig(VARTrainConfig):
                                     "(each depth's offsets train on its own share of the steps only, from zero)")
     anchor: float = param(0.0, ge=0, le=1e6, help="vgen extra: subnet steps add anchor x the full path's loss "
                           "increase over the base as the base's diagonal Fisher estimates it (EWC; 0: off)")
+    project: bool = param(False, help="vgen extra, mix=loss only: gradient surgery (PCGrad / NASViT): the subnet's "
+                          "gradient loses its component against the full path's where the two conflict; the full "
+                          "path then runs every step, its stage weight 0 included, as the direction to keep")
     anchor_samples: int = param(64, ge=1, le=100_000, help="anchor > 0: training samples the base's Fisher is "
                                 "averaged over (one forward / backward each, before training)")
     lr: float = param(1e-4, gt=0, le=1.0, help="peak AdamW learning rate")
@@ -110,6 +119,9 @@ class VariantConfig(VARTrainConfig):
                               f"{len(self.stage_ratios)}: one ratio per stage")
         if any(len(r) != 2 for r in self.stage_ratios):
             raise ConfigError("each of stage_ratios is a pair full:subnet, e.g. [2, 8]")
+        if self.project and self.mix != "loss":
+            raise ConfigError("project=true needs mix=loss: the projection sets each step's subnet gradient against "
+                              "the full path's on the same micro-batch")
         if len(set(self.depths)) != len(self.depths):
             raise ConfigError(f"depths {self.depths} repeats a depth")
         self.path_schedule()  # bad ratios / ends are one line here, before any work
@@ -186,18 +198,23 @@ def variant_objective(cfg: VariantConfig, anchored: dict | None = None):
         (the full path's in a stage with no subnet weight); each path's CE is logged on its own."""
         w_full, w_sub = loss_weights_at(sched, step, cfg.iterations)
         d = joint_depth_at(sched, step)
-        full = path(var, vqvae, tokens, labels, pns, None) if w_full else None
+        guarded = cfg.project and w_sub > 0  # the full path's gradient is then the direction to keep
+        full = path(var, vqvae, tokens, labels, pns, None) if w_full or guarded else None
         sub = path(var, vqvae, tokens, labels, pns, d) if w_sub else None
-        loss = sum(w * r.loss for w, r in ((w_full, full), (w_sub, sub)) if r is not None)
         shown, shown_d = (sub, d) if sub is not None else (full, None)
         figures = figures_of(var, shown, pns, shown_d)
-        if sub is not None and cfg.anchor:
-            loss = loss + pull(var, figures, w_sub)
-        figures["loss"] = loss.detach()
+        if guarded:  # the update: project(w_sub * g_subnet) + w_full * g_full (grad_step)
+            loss = w_sub * sub.loss + (pull(var, figures, w_sub) if cfg.anchor else 0)
+            figures["loss"] = (loss + w_full * full.loss).detach()
+        else:
+            loss = sum(w * r.loss for w, r in ((w_full, full), (w_sub, sub)) if r is not None)
+            if sub is not None and cfg.anchor:
+                loss = loss + pull(var, figures, w_sub)
+            figures["loss"] = loss.detach()
         for name, r in (("loss_full", full), ("loss_subnet", sub)):
             if r is not None:  # a path with weight 0 took no pass
                 figures[name] = r.tf.loss.detach()
-        return StepOut(loss, figures)
+        return StepOut(loss, figures, full.loss if guarded else None, w_full)
     return joint if cfg.mix == "loss" else one_path
 
 
@@ -249,6 +266,7 @@ def model_card(cfg: VariantConfig, var, history: dict) -> str:
     ratios = f"full:subnet {cfg.ratio}" if cfg.schedule == "fixed" else \
         f"stages ending at {cfg.stage_ends} of the steps with full:subnet {cfg.stage_ratios}"
     ratios += ", as loss weights on both paths every step" if cfg.mix == "loss" else ", as shares of the steps"
+    ratios += "; the subnet's gradient projected off the full path's where they conflict" if cfg.project else ""
     size = switch_size(cfg, var)
     return f"""# VARiant supernet trained by `vgen train` (recipe variant)
 

@@ -109,6 +109,7 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
         act += b * C * per_token * sum(p * p * len(k) for p, k in zip(var.patch_nums, plan)) + b * L * V * 12
     n_private = sum(p.numel() for p in var.private.parameters())
     anchor = 8 * (n_var - n_private) if getattr(cfg, "anchor", 0) else 0  # variant: base weights + Fisher
+    anchor += 4 * n_var if getattr(cfg, "project", False) else 0  # variant: the full path's gradient, kept apart
     weights = n_vae * 4 + n_var * 16 + anchor
     recipe = "sar" if sar else "variant" if hasattr(cfg, "switch_scale") else "var"
     trained = f"transformer {n_var / 1e6:.1f}M (trained)"
@@ -131,7 +132,9 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
              f"parameters: {trained}, VQ-VAE {n_vae / 1e6:.1f}M (frozen)",
              f"processes {processes}: global batch {cfg.batch}, {cfg.batch // processes} per process in micro-batches "
              f"of {b}; {cfg.iterations} steps = {cfg.iterations * cfg.batch:,} images",
-             f"memory per GPU (estimate): weights + gradients + AdamW{' + anchor' if anchor else ''} "
+             f"memory per GPU (estimate): weights + gradients + AdamW"
+             f"{' + anchor' if getattr(cfg, 'anchor', 0) else ''}"
+             f"{' + the full path gradient' if getattr(cfg, 'project', False) else ''} "
              f"{weights / GIB:.2f} GiB, activations of one "
              f"micro-batch {act / GIB:.2f} GiB{' (SAR ' + cfg.mode + ' mode included)' if sar else ''}, "
              f"total {(weights + act) / GIB:.2f} GiB"]

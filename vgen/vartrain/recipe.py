@@ -330,6 +330,8 @@ class StepOut:
     averaged over the global batch; ``time_*`` ones are seconds, summed over micro-batches."""
     loss: torch.Tensor
     figures: dict[str, torch.Tensor]
+    guard: torch.Tensor | None = None  # a loss the update must not oppose (``grad_step``'s guard), or none
+    guard_weight: float = 1.0          # what of the guard's gradient the update adds after the projection
 
 
 def tf_objective(cfg: VARTrainConfig):
@@ -339,6 +341,17 @@ def tf_objective(cfg: VARTrainConfig):
         return StepOut(r.loss, {"loss": r.loss, "acc": mean_acc(var, r.acc_per_scale, pns),
                                 "ce_scale": r.ce_per_scale, "acc_scale": r.acc_per_scale})
     return objective
+
+
+def set_aside(params: list[torch.Tensor], loss: torch.Tensor, acc: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    """Add ``loss``'s gradient to ``acc`` (one tensor per parameter; zeros when None), not to ``p.grad``."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    if acc is None:
+        acc = [torch.zeros_like(p) for p in params]
+    for a, g in zip(acc, grads):
+        if g is not None:
+            a.add_(g)
+    return acc
 
 
 def mean_acc(var, acc_per_scale: torch.Tensor, pns) -> torch.Tensor:
@@ -456,6 +469,7 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
         pns = flex_scale_list(cfg.run.seed, step, var.patch_nums, cfg.max_mid_scales) if random_scales \
             else var.patch_nums
         sums: dict[str, torch.Tensor] = {}  # figures summed over micro-batches, weighted to global means
+        guard, guard_weight = None, 1.0  # the guard's gradient, summed over micro-batches apart from p.grad
         var.train()
         for lo in range(0, len(idx), micro):
             tokens, labels = train.get(idx[lo:lo + micro], device, pns, step)
@@ -463,13 +477,15 @@ def train(cfg: VARTrainConfig, run_dir: Path, recipe: str, objective, card, eval
             with torch.autocast(**amp):
                 out = objective(var, vqvae, tokens, labels, pns, positions[lo:lo + micro], step)
             w = len(labels) / cfg.batch
+            if out.guard is not None:
+                guard, guard_weight = set_aside(params, out.guard * w, guard), out.guard_weight
             if out.loss.requires_grad:  # else nothing trainable took part (ScaleWeaver: every condition dropped)
                 (out.loss * w).backward()
             for k, v in out.figures.items():
                 v = torch.as_tensor(v, dtype=torch.float32, device=device).detach().reshape(-1)
                 sums[k] = sums.get(k, 0) + (v / dist.world if k.startswith("time_") else w * v)
         flat = torch.cat(list(sums.values()))
-        stepped = grad_step(dist, params, opt, flat, cfg.grad_clip)
+        stepped = grad_step(dist, params, opt, flat, cfg.grad_clip, guard, guard_weight)
         opt.zero_grad(set_to_none=True)
         figures = dict(zip(sums, flat.split([len(v) for v in sums.values()])))
         m = {**step_metrics(figures, pns, random_scales), "lr": lr, **stepped}
