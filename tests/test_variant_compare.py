@@ -143,3 +143,22 @@ def test_a_bad_override_is_a_one_line_error_before_anything_runs(tmp_path, monke
     monkeypatch.setattr(C, "run_all", lambda jobs, cores: pytest.fail("nothing may run"))
     with pytest.raises(SystemExit, match="one ratio per stage"):
         C.main()
+
+
+def test_surgery_summarises_a_projected_runs_log_by_depth(tmp_path):
+    """Share projected and mean cosine over every step and per depth, by hand; a run without the log's
+    fields (project=false) or without a log has none."""
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"step": 1, "path_depth": 16.0, "guard_cos": 0.3, "projected": 0.0},
+            {"step": 2, "path_depth": 2.0, "guard_cos": -0.1, "projected": 1.0},
+            {"step": 3, "path_depth": 16.0, "guard_cos": -0.2, "projected": 1.0},
+            {"step": 4, "path_depth": 2.0, "guard_cos": -0.4, "projected": 1.0}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = C.surgery(run)
+    assert list(got) == ["all", "16", "2"]
+    assert got["all"] == {"steps": 4, "projected": 0.75, "cos": pytest.approx(-0.1)}
+    assert got["16"] == {"steps": 2, "projected": 0.5, "cos": pytest.approx(0.05)}
+    assert got["2"] == {"steps": 2, "projected": 1.0, "cos": pytest.approx(-0.25)}
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "path_depth": 2.0}) + "\n")
+    assert C.surgery(run) is None and C.surgery(tmp_path / "none") is None

@@ -133,6 +133,20 @@ def main() -> None:
         lines.append(f"| {d}{' (full)' if d == D else ''} | {kv[str(d)]:.2f} | {b['fid']:.2f} | {ms(f, 'fid')} | "
                      f"{ms(p, 'fid')} | {wins[str(d)]} of {len(a.seeds)} | {b['strict']:.1%} | "
                      f"{ms(f, 'strict', True)} | {ms(p, 'strict', True)} |")
+    cut = {arm: runs for arm in ARMS if all(runs := [surgery(out / f"{arm}-s{s}") for s in a.seeds])}
+    if cut:  # project=true runs: how often the subnet's gradient opposed the full path's
+        report["surgery"] = cut
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        keys = list(next(iter(cut.values()))[0])
+        lines += ["", "Gradient surgery (`project=true`): share of steps whose subnet gradient pointed against the "
+                  "full path's and was projected, and the mean cosine of the two before projecting; mean over "
+                  "seeds, by the depth the step trained.", "",
+                  "| arm | " + " | ".join("every step" if k == "all" else f"depth {k}" for k in keys) + " |",
+                  "|---|" + "---|" * len(keys)]
+        for arm, runs in cut.items():
+            lines.append(f"| {arm} | " + " | ".join(
+                f"{np.mean([r[k]['projected'] for r in runs]):.0%} (cos {np.mean([r[k]['cos'] for r in runs]):+.3f})"
+                for k in keys) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(out / "pareto.png", table, depths, kv, D)
@@ -143,6 +157,20 @@ def ms(rows: list[dict], key: str, pct: bool = False) -> str:
     x = np.array([r[key] for r in rows]) * (100 if pct else 1)
     mean = f"{x.mean():.{1 if pct else 2}f}{'%' if pct else ''}"
     return mean if len(x) < 2 else f"{mean} +- {x.std(ddof=1):.{1 if pct else 2}f}"  # one seed: no spread
+
+
+def surgery(run: Path) -> dict | None:
+    """A ``project=true`` run's log of its gradient surgery (None for other runs): over every step and per
+    subnet depth trained, the steps, the share projected and the mean cosine of the two paths' gradients."""
+    log = run / "metrics.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+    rows = [r for r in rows if "guard_cos" in r]
+    if not rows:
+        return None
+    groups = {"all": rows} | {str(int(d)): [r for r in rows if r["path_depth"] == d]
+                              for d in sorted({r["path_depth"] for r in rows}, reverse=True)}
+    return {k: {"steps": len(g), "projected": float(np.mean([r["projected"] for r in g])),
+                "cos": float(np.mean([r["guard_cos"] for r in g]))} for k, g in groups.items()}
 
 
 def trained(run: Path) -> bool:
