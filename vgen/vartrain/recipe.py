@@ -24,7 +24,8 @@ checkpointed, so ``resume: auto`` continues exactly as an uninterrupted run on C
 
 The loop itself is :func:`train`, which takes the micro-batch objective: this recipe passes
 teacher forcing (:func:`tf_objective`), SAR its own (``vgen.sar.recipe``); an objective returns a
-:class:`StepOut` (the loss and the figures to log). The other pieces are plain functions:
+:class:`StepOut` (the loss and the figures to log, and optionally a guard loss whose gradient is
+kept apart and which the update must not oppose: VARiant's ``project``). The other pieces are plain functions:
 :func:`token_ce`, :func:`tf_loss_from_tokens`, :func:`tf_loss`, :func:`tokenize`, :func:`lr_at`,
 :func:`make_optimizer`, :func:`sample_grid`.
 """
