@@ -54,3 +54,36 @@ def test_overlapping_sets_or_another_comparison_are_refused(tmp_path):
         S.pooled([a, d])
     with pytest.raises(SystemExit, match="no report.json"):
         S.pooled([a, tmp_path])
+
+
+def test_against_pairs_each_training_seed_with_the_other_comparisons(tmp_path, monkeypatch, capsys):
+    """--against: per arm and depth, this comparison's set-averaged model minus the other's of the same seed,
+    checked by hand; folders of other seed sets, another count or another config are refused."""
+    fids = {"base": [10, 50], "fixed": [[10, 12], [20, 22]], "progressive": [[11, 11], [19, 25]]}
+    a = folder(tmp_path / "a", "100-109", fids, overrides=("mix=loss", "project=true"))
+    b = folder(tmp_path / "b", "300-309", {"base": [8, 52], "fixed": [[12, 10], [22, 20]],
+                                           "progressive": [[9, 9], [21, 21]]}, overrides=("mix=loss", "project=true"))
+    c = folder(tmp_path / "c", "100-109", {"base": [10, 50], "fixed": [[11, 11], [21, 21]],
+                                           "progressive": [[12, 10], [20, 20]]})
+    e = folder(tmp_path / "e", "300-309", {"base": [8, 52], "fixed": [[11, 13], [21, 21]],
+                                           "progressive": [[10, 10], [20, 20]]})
+    diff = S.paired(S.pooled([a, b]), S.pooled([c, e]))
+    # fixed at 30: this (10+12)/2, (12+10)/2 = 11, 11; other (11+11)/2, (11+13)/2 = 11, 12
+    assert [x["fid"] for x in diff["fixed"]["30"]] == pytest.approx([0.0, -1.0])
+    # progressive at 8: this 20, 23; other 20, 20
+    assert [x["fid"] for x in diff["progressive"]["8"]] == pytest.approx([0.0, 3.0])
+    monkeypatch.setattr(sys, "argv", ["variant_seedsets.py", str(a), str(b), "--against", str(c), str(e)])
+    S.main()
+    out = capsys.readouterr().out
+    assert "| 30 (full) | -0.50 +- 0.71 | 1 of 2 | 0.0% +- 0.0 |" in out
+    for against, message in (([e, c], "pair the folders set by set"), ([c], "one per seed set")):
+        monkeypatch.setattr(sys, "argv", ["variant_seedsets.py", str(a), str(b), "--against", *map(str, against)])
+        with pytest.raises(SystemExit, match=message):
+            S.main()
+    r = json.loads((c / "report.json").read_text())
+    r["config"] = "configs/variant/deep.yaml"
+    (c / "report.json").write_text(json.dumps(r))
+    (e / "report.json").write_text((e / "report.json").read_text().replace("d30.yaml", "deep.yaml"))
+    monkeypatch.setattr(sys, "argv", ["variant_seedsets.py", str(a), str(b), "--against", str(c), str(e)])
+    with pytest.raises(SystemExit, match="config configs/variant/deep.yaml differs"):
+        S.main()

@@ -10,6 +10,11 @@ and depths) scored on disjoint seed sets, averages each model's FID and strict a
 and then gives the mean +- std over training seeds, as ``variant_compare.py``'s table does. Progressive
 is "better" for a training seed when its set-averaged FID is below fixed's. Prints the table and,
 with ``--out``, writes ``OUT.md``.
+
+``--against DIR ...``: the same comparison with one setting changed (other overrides, the same config,
+training seeds, depths, sampling and seed sets, in the same order), e.g. without a mechanism the first
+one adds. A second table then gives, per arm and depth, the first minus the second, paired by training
+seed (the two runs of a seed share the base and every batch), as mean +- std of the differences.
 """
 
 from __future__ import annotations
@@ -70,15 +75,36 @@ def average(reports: list[dict]) -> dict:
     return out
 
 
+def paired(t: dict, u: dict) -> dict:
+    """Per arm and depth, the per-training-seed differences t - u of two :func:`average` tables."""
+    return {arm: {d: [{k: x[k] - y[k] for k in ("fid", "strict")} for x, y in zip(t[arm][d], u[arm][d])]
+                  for d in t[arm]} for arm in ("fixed", "progressive")}
+
+
+def check_against(reports: list[dict], other: list[dict], folders: list[Path], against: list[Path]) -> None:
+    """``--against`` must be the same comparison on the same seed sets, one setting apart."""
+    if len(other) != len(reports):
+        sys.exit(f"--against gives {len(other)} folders for {len(reports)}: one per seed set, in the same order")
+    for f, g, r, o in zip(folders, against, reports, other):
+        if r["eval_seeds"] != o["eval_seeds"]:
+            sys.exit(f"{g} scored seeds {o['eval_seeds']}, {f} {r['eval_seeds']}: pair the folders set by set")
+    for k in SAME:
+        if other[0].get(k) != reports[0].get(k):
+            sys.exit(f"{against[0]}: its {k} {other[0].get(k)} differs from {folders[0]}'s {reports[0].get(k)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", type=Path, nargs="+", help="tools/variant_compare.py folders of one comparison")
+    ap.add_argument("--against", type=Path, nargs="+", default=[],
+                    help="the same comparison with one setting changed, one folder per seed set in the same order")
     ap.add_argument("--out", type=Path, help="write OUT.md")
     a = ap.parse_args()
     if len(a.folders) < 2:
         sys.exit("give two or more folders: one comparison scored on different seed sets")
     reports = read(a.folders)
     t = average(reports)
+    other = read(a.against) if a.against else None
     r0 = reports[0]
     D = max(r0["depths"])
     n = len(r0["seeds"])
@@ -94,6 +120,20 @@ def main() -> None:
         wins = sum(x["fid"] < y["fid"] for x, y in zip(p, f))
         lines.append(f"| {d}{' (full)' if int(d) == D else ''} | {b['fid']:.2f} | {ms(f, 'fid')} | {ms(p, 'fid')} | "
                      f"{wins} of {n} | {b['strict']:.1%} | {ms(f, 'strict', True)} | {ms(p, 'strict', True)} |")
+    if other is not None:
+        check_against(reports, other, a.folders, a.against)
+        diff = paired(t, average(other))
+        o0 = other[0]
+        lines += ["", f"Against {', '.join(f'`{f}`' for f in a.against)} ({' '.join(o0['overrides'])}): this "
+                  "comparison's model minus that one's of the same training seed, set-averaged, mean +- std over "
+                  "the seeds; 'lower' counts the seeds whose FID this comparison lowers.", "",
+                  "| depth | fixed: FID change | lower | fixed: strict change | progressive: FID change | lower | "
+                  "progressive: strict change |", "|---|---|---|---|---|---|---|"]
+        for d in map(str, r0["depths"]):
+            f, p = diff["fixed"][d], diff["progressive"][d]
+            lines.append(f"| {d}{' (full)' if int(d) == D else ''} | {ms(f, 'fid')} | "
+                         f"{sum(x['fid'] < 0 for x in f)} of {n} | {ms(f, 'strict', True)} | {ms(p, 'fid')} | "
+                         f"{sum(x['fid'] < 0 for x in p)} of {n} | {ms(p, 'strict', True)} |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if a.out:
