@@ -75,8 +75,9 @@ def grad_step(dist, params: list[torch.Tensor], opt: torch.optim.Optimizer, sums
 def project_conflict(grads: list[torch.Tensor], guard: list[torch.Tensor], weight: float) -> dict:
     """Gradient surgery in place (PCGrad, Yu et al. 2020; NASViT's rule for a supernet's subnets):
     when g (``grads``, flattened over every tensor) points against h (``guard``), g loses its
-    component along h, g <- g - (g.h / |h|^2) h; then g <- g + weight x h. To first order the
-    update then never raises the guard's loss, however the two are weighted. Returns the cosine
+    component along h, g <- g - (g.h / |h|^2) h; then g <- g + weight x h. To first order a plain
+    gradient step then never raises the guard's loss, however the two are weighted (an adaptive
+    optimizer rescales each weight's step, so there it holds only roughly). Returns the cosine
     of g and h before the projection and whether it projected (``guard_cos``, ``projected``)."""
     dot = sum(torch.sum(g.double() * h.double()) for g, h in zip(grads, guard))
     gg = sum(torch.sum(g.double() ** 2) for g in grads)

@@ -21,7 +21,8 @@ The estimate (bytes, documented so it can be checked):
   the deepest subnet's path is held at the same time: + b * sum_k n_k * |plan_k| * C * per-token
   for its blocks, n_k the tokens of scale k and |plan_k| the blocks it runs, and its logits again. VARiant's
   ``anchor`` keeps the base's shared weights and their Fisher in float32 beside the model: + 8 per shared
-  parameter. ScaleWeaver trains
+  parameter; ``project`` keeps the full path's gradient apart from the subnet's: + 4 per trained parameter.
+  ScaleWeaver trains
   only its control adapter (16 per trainable parameter; the frozen base 4 per parameter) and its
   condition sequence runs through the first ``blocks`` blocks as well: + blocks / D of the blocks'
   activations.
@@ -108,9 +109,9 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
         plan = plan_for(D, var.patch_nums, switch_size(cfg, var), max(cfg.depths))
         act += b * C * per_token * sum(p * p * len(k) for p, k in zip(var.patch_nums, plan)) + b * L * V * 12
     n_private = sum(p.numel() for p in var.private.parameters())
-    anchor = 8 * (n_var - n_private) if getattr(cfg, "anchor", 0) else 0  # variant: base weights + Fisher
-    anchor += 4 * n_var if getattr(cfg, "project", False) else 0  # variant: the full path's gradient, kept apart
-    weights = n_vae * 4 + n_var * 16 + anchor
+    anchored, projected = getattr(cfg, "anchor", 0), getattr(cfg, "project", False)  # variant's extras
+    kept = (8 * (n_var - n_private) if anchored else 0) + (4 * n_var if projected else 0)  # base + Fisher; g_full
+    weights = n_vae * 4 + n_var * 16 + kept
     recipe = "sar" if sar else "variant" if hasattr(cfg, "switch_scale") else "var"
     trained = f"transformer {n_var / 1e6:.1f}M (trained)"
     if n_private:
@@ -132,9 +133,8 @@ def dry_run(cfg, processes: int = 1, fsdp: bool = False) -> str:
              f"parameters: {trained}, VQ-VAE {n_vae / 1e6:.1f}M (frozen)",
              f"processes {processes}: global batch {cfg.batch}, {cfg.batch // processes} per process in micro-batches "
              f"of {b}; {cfg.iterations} steps = {cfg.iterations * cfg.batch:,} images",
-             f"memory per GPU (estimate): weights + gradients + AdamW"
-             f"{' + anchor' if getattr(cfg, 'anchor', 0) else ''}"
-             f"{' + the full path gradient' if getattr(cfg, 'project', False) else ''} "
+             f"memory per GPU (estimate): weights + gradients + AdamW{' + anchor' if anchored else ''}"
+             f"{' + the full path gradient' if projected else ''} "
              f"{weights / GIB:.2f} GiB, activations of one "
              f"micro-batch {act / GIB:.2f} GiB{' (SAR ' + cfg.mode + ' mode included)' if sar else ''}, "
              f"total {(weights + act) / GIB:.2f} GiB"]
