@@ -116,9 +116,11 @@ def main() -> None:
     kv = {str(d): kv_share(D, d, patch_nums, switch) for d in depths}
     wins = {str(d): sum(p["fid"] < f["fid"] for p, f in zip(table["progressive"][str(d)], table["fixed"][str(d)]))
             for d in depths}
+    cut = {arm: runs for arm in ARMS if all(runs := [surgery(out / f"{arm}-s{s}") for s in a.seeds])}
     report = {"config": a.config, "overrides": a.overrides, "seeds": a.seeds, "eval_seeds": a.eval_seeds,
               "sampling": sampling,
-              "depths": depths, "kv_peak_share": kv, "table": table, "progressive_fid_wins": wins}
+              "depths": depths, "kv_peak_share": kv, "table": table, "progressive_fid_wins": wins,
+              **({"surgery": cut} if cut else {})}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     lines = [f"# VARiant Pareto table: `{a.config}` {' '.join(a.overrides)}", "",
              f"Held-out sample seeds {a.eval_seeds} x every class, every model sampled with the base's CFG "
@@ -133,10 +135,7 @@ def main() -> None:
         lines.append(f"| {d}{' (full)' if d == D else ''} | {kv[str(d)]:.2f} | {b['fid']:.2f} | {ms(f, 'fid')} | "
                      f"{ms(p, 'fid')} | {wins[str(d)]} of {len(a.seeds)} | {b['strict']:.1%} | "
                      f"{ms(f, 'strict', True)} | {ms(p, 'strict', True)} |")
-    cut = {arm: runs for arm in ARMS if all(runs := [surgery(out / f"{arm}-s{s}") for s in a.seeds])}
     if cut:  # project=true runs: how often the subnet's gradient opposed the full path's
-        report["surgery"] = cut
-        (out / "report.json").write_text(json.dumps(report, indent=1))
         keys = list(next(iter(cut.values()))[0])
         lines += ["", "Gradient surgery (`project=true`): share of steps whose subnet gradient pointed against the "
                   "full path's and was projected, and the mean cosine of the two before projecting; mean over "
