@@ -50,15 +50,20 @@ def read(folders: list[Path]) -> list[dict]:
         reports.append(json.loads((f / "report.json").read_text()))
     first = reports[0]
     for f, r in zip(folders[1:], reports[1:]):
-        for k in SAME:
-            if r.get(k) != first.get(k):  # older reports lack "sampling": two such still match
-                sys.exit(f"{f}: its {k} {r.get(k)} differs from {folders[0]}'s {first.get(k)}: not the same comparison")
+        refuse_other(f, r, folders[0], first)
         if sorted(r["overrides"]) != sorted(first["overrides"]):
             sys.exit(f"{f}: its overrides {r['overrides']} differ from {folders[0]}'s {first['overrides']}")
     sets = [set(parse_seeds(r["eval_seeds"].split())) for r in reports]
     if len(set().union(*sets)) != sum(len(x) for x in sets):
         sys.exit(f"the folders' seed sets {[r['eval_seeds'] for r in reports]} overlap: they must be disjoint")
     return reports
+
+
+def refuse_other(f: Path, r: dict, ref_folder: Path, ref: dict) -> None:
+    """Stop unless report ``r`` (of folder ``f``) shares ``ref``'s config, seeds, depths and sampling."""
+    for k in SAME:
+        if r.get(k) != ref.get(k):  # older reports lack "sampling": two such still match
+            sys.exit(f"{f}: its {k} {r.get(k)} differs from {ref_folder}'s {ref.get(k)}: not the same comparison")
 
 
 def average(reports: list[dict]) -> dict:
@@ -88,9 +93,7 @@ def check_against(reports: list[dict], other: list[dict], folders: list[Path], a
     for f, g, r, o in zip(folders, against, reports, other):
         if r["eval_seeds"] != o["eval_seeds"]:
             sys.exit(f"{g} scored seeds {o['eval_seeds']}, {f} {r['eval_seeds']}: pair the folders set by set")
-    for k in SAME:
-        if other[0].get(k) != reports[0].get(k):
-            sys.exit(f"{against[0]}: its {k} {other[0].get(k)} differs from {folders[0]}'s {reports[0].get(k)}")
+    refuse_other(against[0], other[0], folders[0], reports[0])
 
 
 def main() -> None:
@@ -105,6 +108,8 @@ def main() -> None:
     reports = read(a.folders)
     t = average(reports)
     other = read(a.against) if a.against else None
+    if other is not None:
+        check_against(reports, other, a.folders, a.against)
     r0 = reports[0]
     D = max(r0["depths"])
     n = len(r0["seeds"])
@@ -121,7 +126,6 @@ def main() -> None:
         lines.append(f"| {d}{' (full)' if int(d) == D else ''} | {b['fid']:.2f} | {ms(f, 'fid')} | {ms(p, 'fid')} | "
                      f"{wins} of {n} | {b['strict']:.1%} | {ms(f, 'strict', True)} | {ms(p, 'strict', True)} |")
     if other is not None:
-        check_against(reports, other, a.folders, a.against)
         diff = paired(t, average(other))
         o0 = other[0]
         lines += ["", f"Against {', '.join(f'`{f}`' for f in a.against)} ({' '.join(o0['overrides'])}): this "

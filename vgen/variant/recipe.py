@@ -203,14 +203,12 @@ def variant_objective(cfg: VariantConfig, anchored: dict | None = None):
         sub = path(var, vqvae, tokens, labels, pns, d) if w_sub else None
         shown, shown_d = (sub, d) if sub is not None else (full, None)
         figures = figures_of(var, shown, pns, shown_d)
-        if guarded:  # the update: project(w_sub * g_subnet) + w_full * g_full (grad_step)
-            loss = w_sub * sub.loss + (pull(var, figures, w_sub) if cfg.anchor else 0)
-            figures["loss"] = (loss + w_full * full.loss).detach()
-        else:
-            loss = sum(w * r.loss for w, r in ((w_full, full), (w_sub, sub)) if r is not None)
-            if sub is not None and cfg.anchor:
-                loss = loss + pull(var, figures, w_sub)
-            figures["loss"] = loss.detach()
+        # guarded, the full path is the guard, not part of the loss: project(w_sub g_subnet) + w_full g_full
+        parts = ((w_sub, sub),) if guarded else ((w_full, full), (w_sub, sub))
+        loss = sum(w * r.loss for w, r in parts if r is not None)
+        if sub is not None and cfg.anchor:
+            loss = loss + pull(var, figures, w_sub)
+        figures["loss"] = (loss + w_full * full.loss if guarded else loss).detach()
         for name, r in (("loss_full", full), ("loss_subnet", sub)):
             if r is not None:  # a path with weight 0 took no pass
                 figures[name] = r.tf.loss.detach()
