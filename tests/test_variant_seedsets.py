@@ -87,3 +87,25 @@ def test_against_pairs_each_training_seed_with_the_other_comparisons(tmp_path, m
     monkeypatch.setattr(sys, "argv", ["variant_seedsets.py", str(a), str(b), "--against", str(c), str(e)])
     with pytest.raises(SystemExit, match="config configs/variant/deep.yaml differs"):
         S.main()
+
+
+def test_arms_pairs_only_the_named_arm(tmp_path, monkeypatch, capsys):
+    """--arms fixed: the paired table has the fixed arm's columns only, with the same numbers as both arms give."""
+    fids = {"base": [10, 50], "fixed": [[10, 12], [20, 22]], "progressive": [[11, 11], [19, 25]]}
+    a = folder(tmp_path / "a", "100-109", fids, overrides=("mix=loss", "lr_schedule=cosine"))
+    b = folder(tmp_path / "b", "300-309", fids, overrides=("mix=loss", "lr_schedule=cosine"))
+    c = folder(tmp_path / "c", "100-109", {**fids, "fixed": [[11, 11], [21, 21]]})
+    e = folder(tmp_path / "e", "300-309", {**fids, "fixed": [[11, 13], [21, 21]]})
+    outs = {}
+    for arms in ([], ["--arms", "fixed"]):
+        monkeypatch.setattr(sys, "argv", ["variant_seedsets.py", str(a), str(b), "--against", str(c), str(e), *arms])
+        S.main()
+        outs[bool(arms)] = capsys.readouterr().out
+    # fixed at 30: this 10, 12 against 11, 12 -> -1, 0
+    assert "| 30 (full) | -0.50 +- 0.71 | 1 of 2 | 0.0% +- 0.0 |\n" in outs[True]
+    assert "progressive: FID change" not in outs[True] and "progressive: FID change" in outs[False]
+    assert "| 30 (full) | -0.50 +- 0.71 | 1 of 2 | 0.0% +- 0.0 | 0.00 +- 0.00 |" in outs[False]
+    monkeypatch.setattr(sys, "argv", ["variant_seedsets.py", str(a), str(b), "--against", str(c), str(e),
+                                      "--arms", "best"])
+    with pytest.raises(SystemExit):
+        S.main()

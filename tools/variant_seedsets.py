@@ -15,6 +15,8 @@ with ``--out``, writes ``OUT.md``.
 training seeds, depths, sampling and seed sets, in the same order), e.g. without a mechanism the first
 one adds. A second table then gives, per arm and depth, the first minus the second, paired by training
 seed (the two runs of a seed share the base and every batch), as mean +- std of the differences.
+``--arms fixed`` pairs that arm only: for two comparisons whose other arm runs different schedules (a
+progressive minus another progressive schedule is not the effect of the changed setting).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from variant_compare import ms  # noqa: E402
 
 from vgen.sample import parse_seeds  # noqa: E402
 
+ARMS = ("fixed", "progressive")
 SAME = ("config", "seeds", "depths", "sampling")  # what every folder must share (and the overrides, in any order)
 
 
@@ -74,7 +77,7 @@ def average(reports: list[dict]) -> dict:
         return {k: float(np.mean([r[k] for r in rows])) for k in ("fid", "strict")}
 
     out = {"base": {d: mean([r["table"]["base"][d] for r in reports]) for d in first["table"]["base"]}}
-    for arm in ("fixed", "progressive"):
+    for arm in ARMS:
         out[arm] = {d: [mean([r["table"][arm][d][i] for r in reports]) for i in range(len(first["seeds"]))]
                     for d in first["table"][arm]}
     return out
@@ -83,7 +86,7 @@ def average(reports: list[dict]) -> dict:
 def paired(t: dict, u: dict) -> dict:
     """Per arm and depth, the per-training-seed differences t - u of two :func:`average` tables."""
     return {arm: {d: [{k: x[k] - y[k] for k in ("fid", "strict")} for x, y in zip(t[arm][d], u[arm][d])]
-                  for d in t[arm]} for arm in ("fixed", "progressive")}
+                  for d in t[arm]} for arm in ARMS}
 
 
 def check_against(reports: list[dict], other: list[dict], folders: list[Path], against: list[Path]) -> None:
@@ -101,6 +104,9 @@ def main() -> None:
     ap.add_argument("folders", type=Path, nargs="+", help="tools/variant_compare.py folders of one comparison")
     ap.add_argument("--against", type=Path, nargs="+", default=[],
                     help="the same comparison with one setting changed, one folder per seed set in the same order")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                    help="--against: the arms to pair (default both; name one when the other arm's schedule "
+                    "differs between the two comparisons)")
     ap.add_argument("--out", type=Path, help="write OUT.md")
     a = ap.parse_args()
     if len(a.folders) < 2:
@@ -128,16 +134,16 @@ def main() -> None:
     if other is not None:
         diff = paired(t, average(other))
         o0 = other[0]
+        arms = [arm for arm in ARMS if arm in a.arms]
         lines += ["", f"Against {', '.join(f'`{f}`' for f in a.against)} ({' '.join(o0['overrides'])}): this "
                   "comparison's model minus that one's of the same training seed, set-averaged, mean +- std over "
                   "the seeds; 'lower' counts the seeds whose FID this comparison lowers.", "",
-                  "| depth | fixed: FID change | lower | fixed: strict change | progressive: FID change | lower | "
-                  "progressive: strict change |", "|---|---|---|---|---|---|---|"]
+                  "| depth | " + " | ".join(f"{arm}: FID change | lower | {arm}: strict change" for arm in arms) + " |",
+                  "|---|" + "---|---|---|" * len(arms)]
         for d in map(str, r0["depths"]):
-            f, p = diff["fixed"][d], diff["progressive"][d]
-            lines.append(f"| {d}{' (full)' if int(d) == D else ''} | {ms(f, 'fid')} | "
-                         f"{sum(x['fid'] < 0 for x in f)} of {n} | {ms(f, 'strict', True)} | {ms(p, 'fid')} | "
-                         f"{sum(x['fid'] < 0 for x in p)} of {n} | {ms(p, 'strict', True)} |")
+            cells = [f"{ms(x, 'fid')} | {sum(y['fid'] < 0 for y in x)} of {n} | {ms(x, 'strict', True)}"
+                     for x in (diff[arm][d] for arm in arms)]
+            lines.append(f"| {d}{' (full)' if int(d) == D else ''} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if a.out:
