@@ -109,3 +109,6 @@ def test_arms_pairs_only_the_named_arm(tmp_path, monkeypatch, capsys):
                                       "--arms", "best"])
     with pytest.raises(SystemExit):
         S.main()
+    monkeypatch.setattr(sys, "argv", ["variant_seedsets.py", str(a), str(b), "--arms", "fixed"])
+    with pytest.raises(SystemExit, match="give --against too"):
+        S.main()

@@ -104,13 +104,15 @@ def main() -> None:
     ap.add_argument("folders", type=Path, nargs="+", help="tools/variant_compare.py folders of one comparison")
     ap.add_argument("--against", type=Path, nargs="+", default=[],
                     help="the same comparison with one setting changed, one folder per seed set in the same order")
-    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+    ap.add_argument("--arms", nargs="+", choices=ARMS,
                     help="--against: the arms to pair (default both; name one when the other arm's schedule "
                     "differs between the two comparisons)")
     ap.add_argument("--out", type=Path, help="write OUT.md")
     a = ap.parse_args()
     if len(a.folders) < 2:
         sys.exit("give two or more folders: one comparison scored on different seed sets")
+    if a.arms and not a.against:
+        sys.exit("--arms names the arms that --against pairs: give --against too")
     reports = read(a.folders)
     t = average(reports)
     other = read(a.against) if a.against else None
@@ -134,7 +136,7 @@ def main() -> None:
     if other is not None:
         diff = paired(t, average(other))
         o0 = other[0]
-        arms = [arm for arm in ARMS if arm in a.arms]
+        arms = [arm for arm in ARMS if arm in (a.arms or ARMS)]
         lines += ["", f"Against {', '.join(f'`{f}`' for f in a.against)} ({' '.join(o0['overrides'])}): this "
                   "comparison's model minus that one's of the same training seed, set-averaged, mean +- std over "
                   "the seeds; 'lower' counts the seeds whose FID this comparison lowers.", "",
