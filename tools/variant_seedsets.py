@@ -90,7 +90,8 @@ def paired(t: dict, u: dict) -> dict:
 
 
 def check_against(reports: list[dict], other: list[dict], folders: list[Path], against: list[Path]) -> None:
-    """``--against`` must be the same comparison on the same seed sets, one setting apart."""
+    """``--against`` must be the same comparison on the same seed sets, one setting apart in the arms paired
+    (config, seeds, depths and sampling checked here; the overrides are the user's to choose)."""
     if len(other) != len(reports):
         sys.exit(f"--against gives {len(other)} folders for {len(reports)}: one per seed set, in the same order")
     for f, g, r, o in zip(folders, against, reports, other):
@@ -121,6 +122,10 @@ def main() -> None:
     r0 = reports[0]
     D = max(r0["depths"])
     n = len(r0["seeds"])
+
+    def row(d: str) -> str:  # a table row's first cell
+        return f"| {d}{' (full)' if int(d) == D else ''} | "
+
     sets = ", ".join(r["eval_seeds"] for r in reports)
     lines = [f"# VARiant Pareto table over test seed sets {sets}: `{r0['config']}` {' '.join(r0['overrides'])}", "",
              f"Each model's FID-shapes and GenEval-Shapes strict averaged over the {len(a.folders)} seed sets "
@@ -131,7 +136,7 @@ def main() -> None:
     for d in map(str, r0["depths"]):
         b, f, p = t["base"][d], t["fixed"][d], t["progressive"][d]
         wins = sum(x["fid"] < y["fid"] for x, y in zip(p, f))
-        lines.append(f"| {d}{' (full)' if int(d) == D else ''} | {b['fid']:.2f} | {ms(f, 'fid')} | {ms(p, 'fid')} | "
+        lines.append(f"{row(d)}{b['fid']:.2f} | {ms(f, 'fid')} | {ms(p, 'fid')} | "
                      f"{wins} of {n} | {b['strict']:.1%} | {ms(f, 'strict', True)} | {ms(p, 'strict', True)} |")
     if other is not None:
         diff = paired(t, average(other))
@@ -145,7 +150,7 @@ def main() -> None:
         for d in map(str, r0["depths"]):
             cells = [f"{ms(x, 'fid')} | {sum(y['fid'] < 0 for y in x)} of {n} | {ms(x, 'strict', True)}"
                      for x in (diff[arm][d] for arm in arms)]
-            lines.append(f"| {d}{' (full)' if int(d) == D else ''} | " + " | ".join(cells) + " |")
+            lines.append(row(d) + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if a.out:
