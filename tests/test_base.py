@@ -36,7 +36,7 @@ def test_the_base_is_small_and_documented():
 
 def test_stock_call_draws_recognisable_scenes(pipe):
     info = json.loads((BASE / "vgen_base.json").read_text())
-    prompts = sample_prompts("test", 24, seed=123, categories=("single_object", "colors"))
+    prompts = sample_prompts("test", 12, seed=123, categories=("single_object", "colors"))
     gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     images = pipe(prompts, num_inference_steps=info["eval_steps"], guidance_scale=info["cfg"], generator=gens,
                   height=64, width=64, output_type="np").images

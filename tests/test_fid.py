@@ -148,6 +148,15 @@ def test_frechet_formula_matches_torchmetrics(ref, real, features):
         assert ours == pytest.approx(float(metric.compute()), rel=1e-6)
 
 
+def test_frechet_distance_of_singular_covariances_matches_sqrtm():
+    """Fewer samples than dimensions (rank-deficient covariances, a singular product): the
+    eigendecomposition route gives scipy's sqrtm value, with no offset needed."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 48)), 1.3 * rng.normal(size=(9, 48)) + 0.2
+    args = (x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert frechet_distance(*args) == pytest.approx(closed_form_fid(*args), rel=1e-6)
+
+
 def test_features_accept_every_image_form(features, real):
     x = real[:5]
     base = features(torch.from_numpy(x))

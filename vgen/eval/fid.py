@@ -263,25 +263,23 @@ class _Given(nn.Module):
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^1/2), with scipy's sqrtm (as pytorch-fid).
+    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^1/2), in float64.
 
-    An independent implementation of what torchmetrics computes (tests compare the two); use
-    it with statistics that have no raw features behind them. A singular product gets a
-    1e-6 diagonal offset, as pytorch-fid does.
+    Tr((C1 C2)^1/2) is the sum of the square roots of the eigenvalues of C1^1/2 C2 C1^1/2, a
+    symmetric PSD matrix with the spectrum of C1 C2: two symmetric eigendecompositions instead of
+    scipy's general ``sqrtm`` (pytorch-fid's route), about 6x faster at 2048 dimensions (2.5 s
+    against 15-19 s on 2 cores), and stable where the product is singular (fewer samples than
+    dimensions), where ``sqrtm`` needs a diagonal offset. An independent implementation of what
+    torchmetrics computes (tests compare the two); use it with statistics that have no raw
+    features behind them.
     """
-    from scipy import linalg
-
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-    with warnings.catch_warnings():  # singular products are normal (fewer samples than dimensions, dead units)
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(cov1 @ cov2)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(len(cov1)) * 1e-6
-            covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
-    covmean = covmean.real
+    w, v = np.linalg.eigh(cov1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # round-off can make a zero eigenvalue slightly negative
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ cov2 @ root1), 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_covmean)
 
 
 def _is_stats(real) -> bool:

@@ -97,7 +97,8 @@ class SolRLVARConfig:
     iterations: int = param(20, ge=0, le=10_000_000, help="policy updates")
     eval_every: int = param(10, ge=0, help="held-out evaluation every this many iterations and at the end "
                             "(0: end only); the base is evaluated once before training")
-    eval_seeds: int = param(5, ge=1, le=10_000, help="held-out seeds per class (VAL_SEED + i)")
+    eval_seeds: int = param(5, ge=0, le=10_000, help="held-out seeds per class (VAL_SEED + i); 0: no held-out "
+                            "evaluation (a smoke or timing run)")
     sample_every: int = param(10, ge=0, help="sample sheet of the trained samples every this many iterations "
                               "and at the end (0: end only)")
     checkpoint_every: int = param(5, ge=0, help="checkpoint every this many iterations (0: only at the end)")
@@ -411,7 +412,7 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
     n_explore = cfg.explore_classes or cfg.classes_per_step
     bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.family, unit="it",
                disable=not (cfg.progress and dist.main))
-    if start == 0 and dist.main:
+    if start == 0 and dist.main and cfg.eval_seeds:
         scores = _held_out(cfg, policy, run_dir, 0)
         history["eval"].append([0, scores["eval_strict"]])
         log.write(0, scores)
@@ -479,7 +480,7 @@ def run(cfg: SolRLVARConfig, run_dir: Path) -> int:
         if explore is not None:
             times["refresh"] = refresh(explore[0], policy.var)
         scores = {}
-        if dist.main and due(cfg.eval_every, step, cfg.iterations):
+        if dist.main and cfg.eval_seeds and due(cfg.eval_every, step, cfg.iterations):
             scores = _held_out(cfg, policy, run_dir, step)
             history["eval"].append([step, scores["eval_strict"]])
         all_chosen = gather_rows(dist, chosen) if cfg.family == "sol_rl" else None
