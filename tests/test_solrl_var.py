@@ -360,17 +360,23 @@ def test_a_flexvar_policy_trains_with_an_emulated_nvfp4_explore_copy(tmp_path):
     assert m["trained_samples"] > 0 and np.isfinite(m["loss"]) and "rank_tau" in m
 
 
-def test_explore_copy_is_bf16_and_refreshes_from_the_policy():
+@pytest.mark.parametrize("native", [True, False])
+def test_explore_copy_is_bf16_and_refreshes_from_the_policy(monkeypatch, native):
+    """The transformer is bf16 on any CPU; the VQ-VAE too where the CPU has native bf16, else it stays
+    the policy's fp32 one (emulated bf16 convolutions cost far more than they save)."""
     from vgen.models.load import load
+    from vgen.quant import backends
     from vgen.quant.explore import refresh
     from vgen.solrl.var_recipe import Policy, _explore_copy
 
+    monkeypatch.setattr(backends, "cpu_bf16_native", lambda: native)
     m = load("assets/var-tiny-shapes")
     var = copy.deepcopy(m.var)
     pol = Policy(var, m.vqvae, m.classes, 64, {"cfg": 2.0, "top_k": 40, "top_p": 0.0}, [], False)
     ex_var, ex_vae = _explore_copy(pol, "bf16")
-    assert ex_var.head.weight.dtype == torch.bfloat16 and next(ex_vae.parameters()).dtype == torch.bfloat16
-    assert next(m.vqvae.parameters()).dtype == torch.float32
+    assert ex_var.head.weight.dtype == torch.bfloat16
+    assert next(ex_vae.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
+    assert (ex_vae is m.vqvae) != native and next(m.vqvae.parameters()).dtype == torch.float32
     with torch.no_grad():
         var.head.bias.add_(1.0)
     refresh(ex_var, var)
