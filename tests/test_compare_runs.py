@@ -116,3 +116,11 @@ def test_var_rescored_curve_is_the_base_then_every_kept_checkpoint(tmp_path):
     _report(out / "curve-base", 0.4)
     curves = V.rescored_curves(out, ["sol_rl-s0"], "base-folder", [V.CURVE_SEED])
     assert curves == {"sol_rl-s0": [(0.0, 0.4), (150.0, 0.5), (300.0, 0.6)]}
+
+
+def test_solrl_var_compare_refuses_runs_without_held_out_curves(tmp_path, monkeypatch):
+    argv = ["solrl_var_compare.py", "--out", str(tmp_path / "c"), "--sol-set", "eval_seeds=0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="eval_seeds=0 turns off the held-out curves"):
+        V.main()
+    assert not (tmp_path / "c").exists()  # refused before anything is made

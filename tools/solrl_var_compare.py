@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--sol-set", nargs="*", default=[], help="key=value for the Sol-RL runs")
     ap.add_argument("--baseline-set", nargs="*", default=[], help="key=value for the baseline runs")
     a = ap.parse_args()
+    if any(o.replace(" ", "") == "eval_seeds=0" for o in a.overrides + a.sol_set + a.baseline_set):
+        raise SystemExit("solrl_var_compare: eval_seeds=0 turns off the held-out curves this comparison reads")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     arms = {arm: cfg for arm, cfg in (("sol_rl", a.sol), ("k_in_k", a.baseline)) if arm in a.families}
