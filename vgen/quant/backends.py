@@ -54,6 +54,12 @@ def cpu_bf16_native() -> bool:
         return False
 
 
+def bf16_native(device: str | torch.device) -> bool:
+    """Whether bf16 runs in hardware on ``device`` (a GPU, or a CPU with AVX512-BF16 / AMX): where it
+    does not, bf16 is emulated and slower than fp32, so neither ``auto`` nor an explore copy uses it."""
+    return torch.device(device).type != "cpu" or cpu_bf16_native()
+
+
 def availability(name: str, device: str | torch.device = "cpu") -> Availability:
     """Whether ``name`` can run on ``device``, and why (not)."""
     dev = torch.device(device)
@@ -97,7 +103,7 @@ def resolve(name: str, device: str | torch.device = "cpu") -> tuple[str, str]:
         skipped = []
         for cand in ("nvfp4", "fp8", "bf16"):
             a = availability(cand, device)
-            if a.ok and cand == "bf16" and torch.device(device).type == "cpu" and not cpu_bf16_native():
+            if a.ok and cand == "bf16" and not bf16_native(device):
                 a = Availability(cand, False, "this CPU has no AVX512-BF16 / AMX (emulated bf16 is slower than fp32)")
             if a.ok:
                 why = f"auto -> {cand}: {a.reason}" + (f" ({'; '.join(skipped)})" if skipped else "")

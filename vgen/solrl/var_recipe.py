@@ -180,12 +180,12 @@ def _explore_copy(policy: Policy, backend: str):
     are emulated (the decode of 16 tiny-base images: 9 s against 0.2 s in fp32 on an AVX2 EPYC)."""
     import copy
 
-    from vgen.quant.backends import cpu_bf16_native
+    from vgen.quant.backends import bf16_native
     from vgen.quant.explore import explore_copy
 
     device = policy.var.class_emb.weight.device
     var = explore_copy(policy.var, backend, device)
-    half = var.vgen_backend != "fp32" and (device.type != "cpu" or cpu_bf16_native())
+    half = var.vgen_backend != "fp32" and bf16_native(device)
     vqvae = copy.deepcopy(policy.vqvae).to(torch.bfloat16) if half else policy.vqvae
     return var, vqvae
 
