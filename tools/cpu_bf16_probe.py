@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -19,21 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vgen.bench.timing import best_time  # noqa: E402
 from vgen.engine.scalewise import sample  # noqa: E402
 from vgen.models.load import load  # noqa: E402
 from vgen.quant.backends import cpu_bf16_native  # noqa: E402
 from vgen.sample import var_settings  # noqa: E402
 from vgen.solrl.var_recipe import Policy, _explore_copy  # noqa: E402
-
-
-def best(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` calls, in seconds (the machine is shared and noisy)."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -46,7 +36,7 @@ def main() -> None:
     print(f"native bf16 (AVX512-BF16 / AMX): {cpu_bf16_native()}; {a.threads} thread(s)")
     for dt in (torch.float32, torch.bfloat16):
         x, w = torch.randn(256, 256, dtype=dt), torch.randn(256, 1024, dtype=dt)
-        print(f"matmul 256 x 256 x 1024, {dt}: {1e3 * best(partial(torch.matmul, x, w), 20):.2f} ms")
+        print(f"matmul 256 x 256 x 1024, {dt}: {1e3 * best_time(partial(torch.matmul, x, w), 20):.2f} ms")
     m = load("assets/var-tiny-shapes")
     pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution, var_settings(m.sampling), [], False)
     classes, seeds = [0, 1] * (a.samples // 2), list(range(a.samples))
@@ -55,8 +45,8 @@ def main() -> None:
             "the explore copy (explore_backend=bf16)": (ex_var, ex_vae), "the fp32 policy": (m.var, m.vqvae)}
     for name, (var, vae) in runs.items():
         run = partial(sample, var, vae, classes, seeds, **pol.sampling)
-        tokens = best(partial(run, decode_images=False), a.repeats)
-        decoded = best(run, a.repeats)
+        tokens = best_time(partial(run, decode_images=False), a.repeats)
+        decoded = best_time(run, a.repeats)
         print(f"{name} (VQ-VAE {next(vae.parameters()).dtype}): {a.samples} samples, transformer {tokens:.2f} s, "
               f"decode {decoded - tokens:.2f} s")
 
