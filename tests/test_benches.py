@@ -3,6 +3,7 @@
 import json
 import statistics
 
+import pytest
 import torch
 from conftest import tiny_var_models
 
@@ -104,17 +105,29 @@ def test_the_plain_reference_sampler_is_the_same_procedure(var_model_dir):
     assert torch.allclose(plain, ours.images, atol=1e-5)
 
 
-def test_bench_var_shows_each_depth_lowering_the_peak(tmp_path, capsys):
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                         reason="needs a CUDA GPU")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_bench_var_shows_each_depth_lowering_the_peak(tmp_path, capsys, device):
     """Peak KV bytes per depth against the closed form: after the last scale the subnet's d blocks hold
-    all L tokens; before the switch all D blocks hold the early tokens (here the later peak is larger)."""
+    all L tokens; before the switch all D blocks hold the early tokens (here the later peak is larger).
+    On a GPU each run's peak allocated memory too: a subnet frees caches, so it never needs more."""
     vae, var = tiny_var_models(patch_nums=(1, 2, 3, 4))
     deep = build_var({**var.arch, "depth": 6}).eval()
     save_var_model(tmp_path / "deep", vae, deep, CLASS_PROMPTS, 16)
     rc = main(["bench", "var", f"model={tmp_path / 'deep'}", "batch=2", "repeats=2", "depths=[4,2]",
-               "switch_scale=2", "per_image_batches=[]", f"run.out_dir={tmp_path}", "run.name=v"])
+               "switch_scale=2", "per_image_batches=[]", f"device={device}", f"run.out_dir={tmp_path}", "run.name=v"])
     assert rc == 0
     r = json.loads((tmp_path / "v" / "report.json").read_text())
     v, full = r["variant"], r["full"]
+    if device == "cpu":
+        assert r["device"] == f"cpu, {torch.get_num_threads()} threads" and full["gpu_peak_bytes"] is None
+        assert all(x["gpu_peak_bytes"] is None for x in v["depths"].values())
+    else:
+        assert r["device"] == torch.cuda.get_device_name()
+        assert 0 < v["depths"]["2"]["gpu_peak_bytes"] <= v["depths"]["4"]["gpu_peak_bytes"] <= full["gpu_peak_bytes"]
     assert v["switch_scale"] == 2 and v["depths"]["2"]["subnet"] == [0, 5]
     assert v["depths"]["4"]["subnet"] == [0, 1, 3, 5]
     assert v["depths"]["2"]["freed"] == {"2": [1, 2, 3, 4]}
@@ -145,7 +158,9 @@ def test_bench_var_shows_each_depth_lowering_the_peak(tmp_path, capsys):
     for extra, needle in ((["switch_scale=1"], "switch_scale needs depths"),
                           (["depths=[6]"], "depths must be below the model's 6 blocks"),
                           (["depths=[7]"], "depth 7 must be an integer in 2..6"),
-                          (["depths=[2]", "switch_scale=4"], "switch scale 4 must be an integer in 0..3")):
+                          (["depths=[2]", "switch_scale=4"], "switch scale 4 must be an integer in 0..3"),
+                          (["device=tpu"], "unknown device 'tpu'"),
+                          (["device=cuda:7"], "device 'cuda:7' is not available")):
         assert main(["bench", "var", f"model={tmp_path / 'deep'}", *extra, f"run.out_dir={tmp_path}"]) == 2
         assert needle in capsys.readouterr().err
 

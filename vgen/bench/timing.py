@@ -5,14 +5,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
+
+def _done() -> None:
+    """Wait for queued GPU work, so that a call's time is its work's (CUDA runs asynchronously)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
 
 def best_time(fn, repeats: int) -> float:
     """Seconds of the fastest of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
     fn()
+    _done()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        _done()
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -22,11 +32,13 @@ def round_times(fns: dict, repeats: int) -> dict:
     ``repeats`` rounds of one call of each, so that a slow spell of a noisy machine hits them alike."""
     for fn in fns.values():
         fn()
+    _done()
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
+            _done()
             times[k].append(time.perf_counter() - t)
     return times
 

@@ -27,7 +27,8 @@ CFG / top-k / top-p (CFG overridable), images decoded:
 Each speed is the best of ``repeats`` timed calls after a warm-up. ``precision: bf16`` casts the
 transformer and the VQ-VAE to bf16 first (what a low-precision deployment, or RL's explore copy on
 CPU, samples with); ``uncached: false`` skips the uncached timing, which recomputes the whole prefix at
-every scale and dominates the bench's time at official sizes.
+every scale and dominates the bench's time at official sizes. ``device: cuda`` times on a GPU (every call
+waited for; the paper's own setting) and adds each run's peak GPU memory, weights included.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class VARBenchConfig:
     cfg: float | None = param(None, ge=0.0, le=50.0, help="CFG scale, 0 = off (default: the folder's)")
     repeats: int = param(3, ge=1, le=20, help="timed repeats; the best is kept")
     precision: Literal["fp32", "bf16"] = param("fp32", help="dtype of the transformer and the VQ-VAE while timed")
+    device: str = param("cpu", help="where to sample: cpu, cuda or cuda:N")
     uncached: bool = param(True, help="also time the full network without the KV cache")
     depths: list[int] = param(default_factory=list, max_len=64, ge=2, help="VARiant: subnet depths to run "
                               "side by side with the full network (default: none)")
@@ -116,10 +118,10 @@ def measure(var, vqvae, classes: list[int], seeds: list[int], settings: dict, re
 
 def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     from vgen.engine.scalewise import sample
-    from vgen.sample import default_switch_scale, load_var, var_depth_plan, var_settings
+    from vgen.sample import check_device, default_switch_scale, load_var, var_depth_plan, var_settings
 
     torch.manual_seed(cfg.run.seed)
-    m = load_var(cfg.model)
+    m = load_var(cfg.model, device=check_device(cfg.device))
     vqvae, var = m.vqvae, m.var
     if cfg.precision == "bf16":
         vqvae, var = vqvae.to(torch.bfloat16), var.to(torch.bfloat16)
@@ -134,6 +136,7 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
     classes, seeds = [i % var.num_classes for i in range(cfg.batch)], list(range(cfg.batch))
     full = measure(var, vqvae, classes, seeds, settings, cfg.repeats, cfg.uncached)
     full["kv_formula_bytes"] = kv_bytes_formula(var, full["rows"])
+    full["gpu_peak_bytes"] = gpu_peak(cfg.device, lambda: sample(var, vqvae, classes, seeds, **settings))
 
     per_image, gen = {}, torch.Generator(device=next(var.parameters()).device).manual_seed(cfg.run.seed)
     for b in cfg.per_image_batches:
@@ -142,7 +145,7 @@ def run(cfg: VARBenchConfig, run_dir: Path) -> int:
                             "plain": lambda c=cls: plain_sample(var, vqvae, c, generator=gen, **settings)}, cfg.repeats)
         per_image[str(b)] = {k: t / b for k, t in timed.items()} | {"ratio": timed["vgen"] / timed["plain"]}
     report = {"recipe": RECIPE, "model": cfg.model, "seconds_per_image": per_image, "batch": cfg.batch, **settings,
-              "precision": cfg.precision, "threads": torch.get_num_threads(),
+              "precision": cfg.precision, "threads": torch.get_num_threads(), "device": where(cfg.device),
               "depth": var.depth, "width": var.C, "tokens": var.L, "patch_nums": list(var.patch_nums),
               "full": full, "kv_formula_matches": full["kv_peak_bytes"] == full["kv_formula_bytes"], "variant": None}
     if plans:
@@ -174,6 +177,8 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
     for d, plan in plans.items():
         stats: dict = {}
         freed = sample(var, vqvae, classes, seeds, depth_plan=plan, cache_stats=stats, **settings).freed
+        peak = gpu_peak(var.class_emb.weight.device,
+                        lambda p=plan: sample(var, vqvae, classes, seeds, depth_plan=p, **settings))
         rows["depths"][str(d)] = {
             "subnet": plan[-1], "freed": {str(k): v for k, v in freed.items()},
             "images_per_s": len(classes) / timed[f"d{d}"], "speed_vs_full": timed["full"] / timed[f"d{d}"],
@@ -182,8 +187,26 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
             "token_maps_per_s": len(classes) / tokens[f"d{d}"],
             "token_speed_vs_full": tokens["full"] / tokens[f"d{d}"],
             "kv_peak_bytes": stats["peak_bytes"], "kv_peak_bytes_per_image": stats["peak_bytes"] / len(classes),
-            "peak_vs_full": stats["peak_bytes"] / full["kv_peak_bytes"]}
+            "peak_vs_full": stats["peak_bytes"] / full["kv_peak_bytes"], "gpu_peak_bytes": peak}
     return rows
+
+
+def gpu_peak(device, fn) -> int | None:
+    """The most GPU memory allocated during one call of ``fn`` (weights, caches and activations), or None
+    when ``device`` is not a GPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def where(device: str) -> str:
+    """The device in words: the GPU's name, or the CPU and its threads."""
+    d = torch.device(device)
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else f"{d.type}, {torch.get_num_threads()} threads"
 
 
 def _rate(x: float) -> str:
@@ -194,7 +217,7 @@ def _rate(x: float) -> str:
 
 def _markdown(r: dict) -> str:
     lines = [f"# VAR sampling benchmark: batch {r['batch']}, CFG {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, "
-             f"{r['precision']}, {r['threads']} threads",
+             f"{r['precision']}, {r['device']}",
              "", f"{r['model']}: depth {r['depth']}, width {r['width']}, {r['tokens']} tokens over scales "
              f"{r['patch_nums']}", "",
              "| run | cached images/s | uncached images/s | cache speed-up | KV peak KiB / image |",
@@ -215,6 +238,9 @@ def _markdown(r: dict) -> str:
               f"images; the cache holds {f['rows']} model rows (the batch, doubled when CFG is on)",
               f"- closed form after the last scale, depth x 2 x rows x L x C x bytes: {f['kv_formula_bytes']:,} B, "
               f"measured {f['kv_peak_bytes']:,} B ({'equal' if r['kv_formula_matches'] else 'DIFFERENT'})"]
+    if f["gpu_peak_bytes"] is not None:
+        lines.append(f"- peak GPU memory while the full network samples, weights included: "
+                     f"{f['gpu_peak_bytes'] / 2**20:,.0f} MiB")
     v = r["variant"]
     if v:
         lines += ["", f"## VARiant: run-time depth from scale {v['switch_scale']} on (interleaved with the full "
@@ -232,6 +258,9 @@ def _markdown(r: dict) -> str:
                          f"{statistics.median(rr):.2f}x ({rr[0]:.2f}-{rr[-1]:.2f}) | "
                          f"{_rate(x['token_maps_per_s'])} | {x['token_speed_vs_full']:.2f}x | "
                          f"{x['kv_peak_bytes_per_image'] / 1024:.1f} | {x['peak_vs_full']:.2f} | {freed} |")
+        if f["gpu_peak_bytes"] is not None:
+            lines += ["", "- peak GPU memory while sampling, weights included: " + ", ".join(
+                f"depth {d} {x['gpu_peak_bytes'] / 2**20:,.0f} MiB" for d, x in v["depths"].items())]
         if v["speed_ceiling"] is not None:
             lines += ["", f"- the VQ-VAE decode (decoded minus not decoded) is {v['decode_share']:.0%} of the full "
                       f"network's time and the same at every depth: a subnet that cost nothing else would reach "
