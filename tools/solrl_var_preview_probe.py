@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 taskset -c 0 python tools/solrl_var_preview_probe.py [assets/var-tiny-shapes]
         [--classes 24] [--candidates 16] [--k 4] [--repeats 2] [--seed 3000000]
-        [--backends bf16 fp32] [--draws inverse_cdf gumbel] [--min-scales 3]
+        [--backends bf16 fp32] [--draws inverse_cdf gumbel] [--min-scales 3] [--device cuda]
 
 Sol-RL explores many candidates with a cheap copy of the policy, picks by their rewards, and
 regenerates the picked seeds in full precision: the pick is only as good as the explore sample's
@@ -15,7 +15,8 @@ Against the fp32 policy's full samples of the same seeds and draw rule (what the
 scores), per class: Kendall tau of the rewards, the overlap of the top k/2, and the contrast the
 pick keeps: the mean regenerated reward of the best k/2 minus the worst k/2 as the explore rewards
 pick them, over the same as the regenerated rewards themselves pick them. Times are best of
-``--repeats``, interleaved.
+``--repeats``, interleaved. ``--device cuda`` runs it all on a GPU, where the explore copies that matter are
+fp8 (Hopper) and nvfp4 (Blackwell): ``tools/device_check.py`` runs it so.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 
 def contrast(pick: np.ndarray, full: np.ndarray, h: int) -> np.ndarray:
@@ -48,15 +48,21 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", default=["bf16", "fp32"], help="explore copies")
     ap.add_argument("--draws", nargs="+", default=["inverse_cdf", "gumbel"], help="draw rules")
     ap.add_argument("--min-scales", type=int, default=3, help="fewest scales explored")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a = ap.parse_args()
     from vgen.bench.timing import best_times
+    from vgen.bench.var import where
+    from vgen.errors import UserError
     from vgen.eval.ranking import agreement
     from vgen.models.load import load
-    from vgen.sample import var_settings
+    from vgen.sample import check_device, var_settings
     from vgen.solrl.recipe import build_reward, score_groups
     from vgen.solrl.var_recipe import Policy, _explore_copy, _generate
 
-    m = load(a.model)
+    try:
+        m = load(a.model, device=check_device(a.device))
+    except UserError as e:  # a bad model folder or device: one line
+        sys.exit(f"solrl_var_preview_probe: {e}")
     pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution, var_settings(m.sampling), [], False)
     copies = {b: _explore_copy(pol, b) for b in a.backends}
     pns = m.var.patch_nums
@@ -73,7 +79,7 @@ def main() -> None:
 
     t = best_times({arm: explore(*arm) for arm in arms}, a.repeats)
     print(f"{a.model}: explore pass of {a.classes} classes x {a.candidates} candidates (seeds {a.seed}+), "
-          f"{torch.get_num_threads()} thread(s); against the fp32 policy's full samples, top / bottom {h} "
+          f"{where(a.device)}; against the fp32 policy's full samples, top / bottom {h} "
           "of each class")
     print(f"| draw | explore copy | scales explored | tokens | explore s | faster than {a.backends[0]}, all scales | "
           "tau | top overlap | contrast kept |")
