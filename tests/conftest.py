@@ -8,6 +8,22 @@ import pytest
 import torch
 
 
+def gpu_marks(capability: tuple[int, int] = (0, 0), reason: str = "needs a CUDA GPU") -> list:
+    """Marks of a test (or a parameter) that runs only on a CUDA GPU of at least ``capability``: marked
+    ``gpu`` (``pytest -m gpu`` runs them, tools/device_check.py does so on a lent GPU), skipped elsewhere."""
+    ok = torch.cuda.is_available() and torch.cuda.get_device_capability() >= capability
+    return [pytest.mark.gpu, pytest.mark.skipif(not ok, reason=reason)]
+
+
+def gpu_only(capability: tuple[int, int] = (0, 0), reason: str = "needs a CUDA GPU"):
+    """``gpu_marks`` as a decorator."""
+    def mark(test):
+        for m in gpu_marks(capability, reason):
+            test = m(test)
+        return test
+    return mark
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread_session():
     """Every test runs on one torch thread, like the `vgen` subprocesses the tests compare with

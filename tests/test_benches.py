@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 import torch
-from conftest import tiny_var_models
+from conftest import gpu_marks, tiny_var_models
 
 from vgen.cli import main
 from vgen.models.var.folder import build_var, save_var_model
@@ -105,11 +105,7 @@ def test_the_plain_reference_sampler_is_the_same_procedure(var_model_dir):
     assert torch.allclose(plain, ours.images, atol=1e-5)
 
 
-CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                         reason="needs a CUDA GPU")])
-
-
-@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu_marks())])
 def test_bench_var_shows_each_depth_lowering_the_peak(tmp_path, capsys, device):
     """Peak KV bytes per depth against the closed form: after the last scale the subnet's d blocks hold
     all L tokens; before the switch all D blocks hold the early tokens (here the later peak is larger).

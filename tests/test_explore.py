@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import gpu_only
 
 from vgen.quant.emulate import NVFP4EmuLinear
 from vgen.quant.explore import explore_copy, refresh
@@ -77,8 +78,7 @@ def test_bf16_copy(lora_transformer):
     assert torch.isfinite(clone(**x)[0]).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                    reason="fp8 needs a CUDA GPU with sm_89+")
+@gpu_only((8, 9), "fp8 needs a CUDA GPU with sm_89+")
 @torch.no_grad()
 def test_fp8_copy_on_gpu(lora_transformer):
     tr = lora_transformer.cuda()

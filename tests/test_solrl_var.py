@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_var_models
+from conftest import gpu_only, tiny_var_models
 from safetensors.torch import load_file
 from test_cli import user_error
 from test_var_train import assert_same_metrics, kill_after_first_checkpoint, two_processes
@@ -123,6 +123,45 @@ def test_the_real_base_recomputes_its_own_logprobs():
                decode_images=False)
     lp = token_logprobs(m.var, m.vqvae, list(range(0, 70, 7)), s.tokens, 2.0, 40)
     assert all(torch.equal(a, b) for a, b in zip(lp, s.logprobs))
+
+
+@gpu_only()
+def test_the_real_base_recomputes_its_own_logprobs_on_a_gpu():
+    """On CUDA the same batch recomputes the sampler's log-probs bit for bit (the same kernels on the same
+    shapes); another batch composition within 1e-5 of a ratio of 1, since cuBLAS picks its kernels by
+    shape (on a CPU, batch invariance makes that bit for bit too)."""
+    from vgen.models.load import load
+
+    m = load("assets/var-tiny-shapes", device="cuda")
+    cls, seeds = list(range(0, 70, 7)), list(range(10))
+    for rule in ("inverse_cdf", "gumbel"):
+        s = sample(m.var, m.vqvae, cls, seeds, cfg=2.0, top_k=40, return_logprobs=True, decode_images=False,
+                   draw_rule=rule)
+        lp = token_logprobs(m.var, m.vqvae, cls, s.tokens, 2.0, 40)
+        assert all(torch.equal(a, b) for a, b in zip(lp, s.logprobs))
+        lp = token_logprobs(m.var, m.vqvae, cls[3:6], [t[3:6] for t in s.tokens], 2.0, 40)
+        assert max(float((a - b[3:6]).exp().sub(1).abs().max()) for a, b in zip(lp, s.logprobs)) <= 1e-5
+
+
+@gpu_only((8, 9), "fp8 needs a CUDA GPU with sm_89+")
+def test_the_real_base_fp8_explore_copy_keeps_more_of_a_seeds_tokens_with_gumbel_draws():
+    """The explore copy of a Hopper GPU: fp8 linears (torchao rowwise) and a bf16 VQ-VAE; as the CPU's bf16
+    copy, it shares more of a seed's tokens with the fp32 policy under Gumbel draws."""
+    from vgen.models.load import load
+    from vgen.sample import var_settings
+    from vgen.solrl.var_recipe import Policy, _explore_copy
+
+    m = load("assets/var-tiny-shapes", device="cuda")
+    pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution, var_settings(m.sampling), [], False)
+    explore = _explore_copy(pol, "fp8")
+    assert explore[0].vgen_backend == "fp8" and next(explore[1].parameters()).dtype == torch.bfloat16
+    cls, seeds = [4] * 16 + [60] * 16, list(range(3_000_000, 3_000_032))
+    shared = {}
+    for rule in ("inverse_cdf", "gumbel"):
+        a, b = (sample(v, q, cls, seeds, draw_rule=rule, **pol.sampling) for v, q in (explore, (m.var, m.vqvae)))
+        assert torch.isfinite(a.images).all() and a.images.shape == b.images.shape
+        shared[rule] = float(torch.cat([x == y for x, y in zip(a.tokens, b.tokens)], 1).double().mean())
+    assert shared["gumbel"] > shared["inverse_cdf"], shared
 
 
 def test_logprobs_are_differentiable_through_class_and_null_rows_and_stay_finite_off_support():
