@@ -211,7 +211,8 @@ def write_grid(path: Path, conds: torch.Tensor, images: torch.Tensor, n: int = 1
     """Condition | sample pairs, side by side (PNG)."""
     from PIL import Image
 
-    pairs = [torch.cat([c, i], 2) for c, i in zip(conds[:n], images[:n].clamp(0, 1))]
+    conds, images = conds[:n].float().cpu(), images[:n].float().cpu()  # conditions may live on the GPU
+    pairs = [torch.cat([c, i], 2) for c, i in zip(conds, images.clamp(0, 1))]
     grid = torch.cat([torch.cat(pairs[k:k + 4], 2) for k in range(0, len(pairs) - len(pairs) % 4 or 4, 4)
                       if pairs[k:k + 4]], 1) if len(pairs) >= 4 else torch.cat(pairs, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
