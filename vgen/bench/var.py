@@ -194,13 +194,14 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
 def gpu_peak(device, fn) -> int | None:
     """The most GPU memory allocated during one call of ``fn`` (weights, caches and activations), or None
     when ``device`` is not a GPU."""
-    if torch.device(device).type != "cuda":
+    device = torch.device(device)
+    if device.type != "cuda":
         return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
     fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
 
 
 def where(device: str) -> str:
