@@ -14,7 +14,10 @@ ways interleaved so that the machine's noise hits them alike):
   (what batch invariance costs);
 * the share of the batch decode's time spent in convolutions (torch.profiler);
 * channels-last fp32 and channels-last bf16 autocast: speed-up over fp32 and the largest pixel
-  difference from the fp32 images (images in [-1, 1]), i.e. what each would change in every sample.
+  difference from the fp32 images (images in [-1, 1]), i.e. what each would change in every sample;
+* the sampler's decode with the convolutions run on fixed groups of ``--groups`` images (the last group
+  padded by repeating an image) instead of one image at a time: still batch-invariant (every convolution
+  sees one shape), against the sampler's on the batch and on one image, and how many 8-bit pixels move.
 """
 
 from __future__ import annotations
@@ -45,6 +48,29 @@ def torch_nearest_upsample():
 
 
 @contextmanager
+def grouped_convs(n: int):
+    """Inside the block, batch-invariant convolutions run on groups of exactly n images (the last one padded)
+    instead of one image at a time: one shape per layer still, so still batch-invariant; other numbers."""
+    from vgen.engine import invariance
+
+    ours = invariance._conv_forward
+
+    def conv(forward):
+        def run(x, *args, **kwargs):
+            if x.dim() != 4:
+                return forward(x, *args, **kwargs)
+            return torch.cat([forward(invariance.pad_rows(g, n).contiguous(), *args, **kwargs)[:len(g)]
+                              for g in x.split(n)])
+        return run
+
+    invariance._conv_forward = conv
+    try:
+        yield
+    finally:
+        invariance._conv_forward = ours
+
+
+@contextmanager
 def whole_batch_decode():
     """Inside the block the sampler's decode runs the whole batch in one decoder call, as vgen did before
     2026-12-06: the same numbers, more time on CPU (the activations of 64 images leave the cache)."""
@@ -63,6 +89,7 @@ def main() -> None:
     ap.add_argument("model", nargs="?", default="assets/var-deep-shapes")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--groups", type=int, default=8, help="images per convolution in the grouped variant")
     a = ap.parse_args()
     from torch.profiler import profile
 
@@ -84,6 +111,12 @@ def main() -> None:
         with whole_batch_decode():
             return decode(vq, f)
 
+    def grouped(x):
+        def run():
+            with grouped_convs(a.groups):
+                return decode(vq, x)
+        return run
+
     def sampler_torch_nearest():
         with torch_nearest_upsample():
             return decode(vq, f)
@@ -92,7 +125,8 @@ def main() -> None:
         ref = vq.fhat_to_img(f)
         ways = {"sampler": lambda: decode(vq, f), "one call": one_call, "sampler, torch nearest": sampler_torch_nearest,
                 "fp32": lambda: vq.fhat_to_img(f), "channels-last fp32": lambda: cl.fhat_to_img(f_cl),
-                "channels-last bf16": bf16}
+                "channels-last bf16": bf16, "grouped": grouped(f), "sampler, 1 image": lambda: decode(vq, f[:1]),
+                "grouped, 1 image": grouped(f[:1])}
         t = best_times(ways, 5)
         print(f"{a.model}: decode of {a.batch} latents, {a.threads} thread(s)")
         ours = decode(vq, f)
@@ -113,6 +147,13 @@ def main() -> None:
         for name in ("channels-last fp32", "channels-last bf16"):
             err = (ways[name]().float() - ref).abs().max().item()
             print(f"{name}: {t['fp32'] / t[name]:.2f}x fp32, largest pixel difference {err:.2g}")
+        g = grouped(f)()
+        perm = torch.randperm(a.batch, generator=torch.Generator().manual_seed(1))
+        invariant = torch.equal(grouped(f[perm])(), g[perm]) and torch.equal(grouped(f[:1])(), g[:1])
+        moved = int(((g * 255).round() != (ours * 255).round()).sum())
+        print(f"convolutions on groups of {a.groups} images: {t['sampler'] / t['grouped']:.2f}x the sampler's decode "
+              f"of {a.batch}, {t['sampler, 1 image'] / t['grouped, 1 image']:.2f}x on one image; batch-invariant: "
+              f"{'yes' if invariant else 'NO'}; {moved} of {g.numel()} 8-bit pixel values move")
 
 
 if __name__ == "__main__":
