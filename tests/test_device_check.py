@@ -4,6 +4,7 @@ commands cannot rot before a GPU comes), a failing or overlong part is recorded 
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -16,17 +17,15 @@ sys.path.insert(0, str(ROOT / "tools"))
 import device_check as dc  # noqa: E402
 
 
-def _check(*args):
-    return subprocess.run([sys.executable, str(TOOL), *args], cwd=ROOT, capture_output=True, text=True)
-
-
 def test_the_quick_check_runs_every_cpu_part_and_reports_it(tmp_path):
-    r = _check("--out", str(tmp_path), "--quick")
+    r = subprocess.run([sys.executable, str(TOOL), "--out", str(tmp_path), "--quick"], cwd=ROOT, capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads((tmp_path / "report.json").read_text())
     assert [p["name"] for p in rep["parts"]] == ["info", "train-solrl_var", "explore-var", "bench-var"]
     assert all(p["status"] == "passed" and p["exit"] == 0 for p in rep["parts"])
-    assert rep["environment"]["backends"][0] == "fp32" and rep["environment"]["packages"]["torch"] == torch.__version__
+    env = rep["environment"]
+    assert env["backends"][0] == "fp32" and env["packages"]["torch"] == metadata.version("torch")
     parts = {p["name"]: p for p in rep["parts"]}
     assert "precision backends:" in parts["info"]["tail"]
     assert "| gumbel | fp32 | 6 of 6 (8x8) |" in parts["explore-var"]["tail"]  # the probe's table row

@@ -134,16 +134,16 @@ def run_part(part: Part, limit: float, log) -> dict:
 
 
 def environment(device: str) -> dict:
-    import importlib
+    from importlib import metadata
 
     import torch
 
     have = {}
-    for name in PACKAGES:
+    for name in PACKAGES:  # installed distributions (a wheel put on PYTHONPATH counts), without importing them
         try:
-            have[name] = getattr(importlib.import_module(name), "__version__", "present")
-        except Exception as e:  # noqa: BLE001 - any import failure: missing here
-            have[name] = f"missing ({type(e).__name__})"
+            have[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have[name] = "missing"
     where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu, {os.cpu_count()} cores"
     return {"device": where, "torch": torch.__version__, "cuda": torch.version.cuda, "packages": have,
             "backends": granted(device)}
