@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_var_models
+from conftest import gpu_marks, tiny_var_models
 from safetensors.torch import load_file
 from test_cli import user_error
 from test_solrl import _metrics
@@ -242,10 +242,11 @@ def test_distillation_term_is_the_kl_from_the_full_network():
 # ---------------------------------------------------------------- run-time depth from one model
 
 
-def test_switching_depth_between_calls_touches_no_weights(deep_folder):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu_marks())])
+def test_switching_depth_between_calls_touches_no_weights(deep_folder, device):
     from vgen.models.load import load
 
-    m = load(deep_folder)
+    m = load(deep_folder, device=device)
     before = {k: (v.data_ptr(), v.clone()) for k, v in m.var.state_dict().items()}
     kw = dict(cfg=1.5, top_k=5)
     full = sample(m.var, m.vqvae, [3, 9], [0, 1], **kw)
