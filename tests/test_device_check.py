@@ -2,6 +2,7 @@
 commands cannot rot before a GPU comes), a failing or overlong part is recorded and the next one runs."""
 
 import json
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "device_check.py"
@@ -77,11 +79,12 @@ def test_the_gpu_check_lists_every_recipe_and_the_gpu_test_files(tmp_path):
     files = dc.gpu_test_files()
     assert {"tests/test_benches.py", "tests/test_explore.py", "tests/test_solrl_var.py"} <= set(files)
     assert "tests/test_device_check.py" not in files
-    kept = (ROOT / "tools" / "device_slim.sh").read_text().split("KEEP='^(")[1].split(")$'")[0].split("|")
-    used = {w.split("=")[-1].split("/")[0] + "/" + w.split("=")[-1].split("/")[1]
-            for p in full for c in p.commands for w in c if "assets/" in w}
-    cfgs = {c[c.index("train") + 1] for p in full for c in p.commands if "train" in c}
-    used |= {ln.split(":", 1)[1].strip() for f in cfgs for ln in (ROOT / f).read_text().splitlines()
-             if ln.startswith(("init:", "model:", "tokenizer:"))}
-    used -= {"assets/flexvar-tiny-shapes"}  # the sar part overrides its init with the VAR base
-    assert used and used <= set(kept), (used, kept)
+    kept = re.search(r"KEEP='\^\((.*)\)\$'", (ROOT / "tools" / "device_slim.sh").read_text())[1].split("|")
+    used = set()
+    for cmd in (c for p in full for c in p.commands):
+        used |= {a for w in cmd for a in re.findall(r"assets/[\w-]+", w)}
+        if "train" in cmd:  # the config's own folders, unless the command line overrides them
+            config = yaml.safe_load((ROOT / cmd[cmd.index("train") + 1]).read_text())
+            used |= {config[k] for k in ("init", "model", "tokenizer") if k in config
+                     and not any(w.startswith(f"{k}=") for w in cmd)}
+    assert "assets/var-tiny-shapes" in used and used <= set(kept), (used, kept)

@@ -10,7 +10,7 @@ The whole procedure, from this machine:
     bash tools/device_wheels.sh     # once: the wheels the device image lacks (diffusers, torchao) into .whl/
     bash tools/device_slim.sh hide  # the committed assets are over the 64 MiB a device call may send
     device run, carry [".whl"], timeout 600:
-        python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
         PYTHONPATH=/tmp/site python3 tools/device_check.py --out $OUT
     bash tools/device_slim.sh restore   # at once, before any commit
 
