@@ -34,7 +34,8 @@ def test_the_quick_check_runs_every_cpu_part_and_reports_it(tmp_path):
     assert "## VARiant: run-time depth" in parts["bench-var"]["tail"]
     md, log = (tmp_path / "report.md").read_text(), (tmp_path / "log.txt").read_text()
     assert "| train-solrl_var | passed |" in md and "=== bench-var: " in log
-    assert not (tmp_path / "report.json.tmp").exists()
+    # the three reports (no temporary left), and the quick run's own scratch folder
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["log.txt", "report.json", "report.md", "work"]
 
 
 def test_a_failing_part_is_recorded_and_a_slow_one_stopped(tmp_path):
