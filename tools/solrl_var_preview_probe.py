@@ -50,8 +50,7 @@ def main() -> None:
     ap.add_argument("--min-scales", type=int, default=3, help="fewest scales explored")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a = ap.parse_args()
-    from vgen.bench.timing import best_times
-    from vgen.bench.var import where
+    from vgen.bench.timing import best_times, where
     from vgen.errors import UserError
     from vgen.eval.ranking import agreement
     from vgen.models.load import load

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: best-of-N timing, and writing a report."""
+"""Shared by the benchmarks: best-of-N timing (waiting for the GPU), a call's peak GPU memory, the device
+in words, and writing a report."""
 
 from __future__ import annotations
 
@@ -10,8 +11,27 @@ import torch
 
 def _done() -> None:
     """Wait for queued GPU work, so that a call's time is its work's (CUDA runs asynchronously)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # false until something ran on a GPU
         torch.cuda.synchronize()
+
+
+def gpu_peak(device, fn) -> int | None:
+    """The most GPU memory allocated during one call of ``fn`` (weights, caches and activations), or None
+    when ``device`` is not a GPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def where(device) -> str:
+    """The device in words: the GPU's name, or the CPU and its threads."""
+    d = torch.device(device)
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else f"{d.type}, {torch.get_num_threads()} threads"
 
 
 def best_time(fn, repeats: int) -> float:

@@ -40,7 +40,7 @@ from typing import Literal
 
 import torch
 
-from vgen.bench.timing import best_time, best_times, publish, round_times
+from vgen.bench.timing import best_time, best_times, gpu_peak, publish, round_times, where
 from vgen.config import param
 from vgen.errors import UserError
 from vgen.run import RunConfig
@@ -189,25 +189,6 @@ def variant_rows(var, vqvae, classes, seeds, settings, repeats: int, plans: dict
             "kv_peak_bytes": stats["peak_bytes"], "kv_peak_bytes_per_image": stats["peak_bytes"] / len(classes),
             "peak_vs_full": stats["peak_bytes"] / full["kv_peak_bytes"], "gpu_peak_bytes": peak}
     return rows
-
-
-def gpu_peak(device, fn) -> int | None:
-    """The most GPU memory allocated during one call of ``fn`` (weights, caches and activations), or None
-    when ``device`` is not a GPU."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
-
-
-def where(device: str) -> str:
-    """The device in words: the GPU's name, or the CPU and its threads."""
-    d = torch.device(device)
-    return torch.cuda.get_device_name(d) if d.type == "cuda" else f"{d.type}, {torch.get_num_threads()} threads"
 
 
 def _rate(x: float) -> str:
