@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def granted(device: str) -> list[str]:
 def gpu_test_files() -> list[str]:
     """The test files holding a test marked for a GPU (the others need not even import there)."""
     return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                  if "gpu_only(" in p.read_text() or "gpu_marks(" in p.read_text())
+                  if re.search(r"\bgpu_(only|marks)\(", p.read_text()))
 
 
 def parts(quick: bool, device: str, work: Path) -> list[Part]:
