@@ -34,6 +34,7 @@ def test_the_base_is_small_and_documented():
     assert not list(BASE.rglob("*.bin")) and list(BASE.rglob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_stock_call_draws_recognisable_scenes(pipe):
     info = json.loads((BASE / "vgen_base.json").read_text())
     prompts = sample_prompts("test", 12, seed=123, categories=("single_object", "colors"))

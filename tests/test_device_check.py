@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import device_check as dc  # noqa: E402
 
 
+@pytest.mark.slow
 def test_the_quick_check_runs_every_cpu_part_and_reports_it(tmp_path):
     r = subprocess.run([sys.executable, str(TOOL), "--out", str(tmp_path), "--quick"], cwd=ROOT, capture_output=True,
                        text=True)

@@ -268,6 +268,7 @@ def inception_run(inception_file, real):
     return inc, images, feats.double().numpy(), logits.double()
 
 
+@pytest.mark.slow
 def test_fid_against_own_stats_is_zero_and_shifted_stats_give_the_closed_form(inception_file, inception_run,
                                                                                tmp_path, monkeypatch):
     inc, images, x, logits = inception_run

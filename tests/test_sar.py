@@ -142,6 +142,7 @@ def _args(tmp_path, name, *extra):
     return [TINY_YAML, *QUICK, f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
 
 
+@pytest.mark.slow
 def test_tiny_config_runs_and_logs_both_passes(tmp_path):
     assert main(["train", TINY_YAML, "progress=false", "data_size=64", "val_size=8", f"run.out_dir={tmp_path}",
                  "run.name=t", "mode=all", "tokens=sample", "token_top_k=20"]) == 0
@@ -169,6 +170,7 @@ def test_sigma_zero_trains_exactly_as_the_var_recipe(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     common = ["iterations=6", "checkpoint_every=2", "tokens=sample", "mode=all"]
     assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
@@ -178,6 +180,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     assert _metrics(tmp_path / "k", VOLATILE) == _metrics(tmp_path / "ref", VOLATILE)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     common = ["iterations=2", "tokens=sample", "mode=all", "token_top_p=0.9"]
     two_processes(_args(tmp_path, "two", *common))

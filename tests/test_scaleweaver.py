@@ -482,6 +482,7 @@ def test_vgen_sample_takes_a_control(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys, mode):
     common = ["iterations=4", "checkpoint_every=2", f"mode={mode}", "blocks=2"]
     assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
@@ -491,6 +492,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys, mode
     assert _metrics(tmp_path / "k", VOLATILE) == _metrics(tmp_path / "ref", VOLATILE)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     common = ["iterations=2"]
     two_processes(_args(tmp_path, "two", *common))
@@ -643,6 +645,7 @@ def test_shared_conditions_run_once_and_match_separate_runs():
     torch.testing.assert_close(out[[0, 2]], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_control_reports_every_mode(tmp_path):
     assert main(["bench", "control", "batch=4", "per_condition=2", "train_batch=2", "repeats=1",
                  f"run.out_dir={tmp_path}", "run.name=b"]) == 0

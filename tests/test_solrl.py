@@ -90,7 +90,6 @@ def test_flow_grpo_trains_on_policy_sde_rollouts_and_resumes_exactly(tmp_path, m
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in lora.items())
 
 
-@pytest.mark.slow
 def _first_checkpoint(run):
     return (run / "checkpoints" / "latest").is_file()
 
@@ -113,6 +112,7 @@ def uninterrupted(tmp_path_factory, model_dir):
 
 
 @pytest.mark.parametrize("when", [_first_checkpoint, _writing_a_checkpoint, _mid_iteration])
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches(tmp_path, model_dir, uninterrupted, when):
     """A real SIGKILL at three points (just after a checkpoint, in the middle of writing one, in
     the middle of an iteration); every checkpoint left is complete and the resumed run reports
@@ -166,6 +166,7 @@ def _assert_same_metrics(a: dict, b: dict, steps: list[int]) -> None:
 
 
 @pytest.mark.parametrize("extra", [[], ["family=naive_quant", "explore_prompts=4"]], ids=["sol_rl", "filtered"])
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path, model_dir, extra):
     """Data parallelism (torchrun / accelerate launch, 2 CPU processes on gloo), the denoiser
     replicated: the same global batch gives the same metrics as one process, within float tolerance.
@@ -206,6 +207,7 @@ def test_explore_prompts_trains_on_the_prompts_with_explore_spread(tmp_path, mod
     assert _train(tmp_path, model_dir, "bad", "explore_prompts=1") == 2  # fewer than prompts_per_step
 
 
+@pytest.mark.slow
 def test_fsdp2_sharded_run_matches_one_process_and_resumes_unsharded(tmp_path):
     """FSDP2 over 2 gloo processes gives the same metrics as one process. On the committed base
     with the shapes reward and run.seed=3, some groups have no reward spread: a process is left

@@ -96,6 +96,7 @@ def test_gumbel_drawn_tokens_recompute_their_logprobs(flex):
     assert all(torch.equal(a, b) for a, b in zip(lp, s.logprobs))
 
 
+@pytest.mark.slow
 def test_the_real_base_explore_copy_keeps_more_of_a_seeds_tokens_with_gumbel_draws():
     """What ``draw: gumbel`` is for: the bf16 explore copy and the fp32 policy, same seeds, share more
     of their tokens (on 2 x 16 seeds here: 0.44 of them with the inverse CDF, 0.85 with Gumbel)."""
@@ -267,6 +268,7 @@ def test_one_update_raises_the_positive_samples_logprob_and_lowers_the_negatives
 
 
 @pytest.mark.parametrize("family", ["sol_rl", "k_in_k", "naive_scaling", "naive_quant"])
+@pytest.mark.slow
 def test_each_family_runs_logs_and_checkpoints_a_loadable_model(tmp_path, family, capsys):
     evaluated = family == "sol_rl"  # the held-out evaluation is the same code for every family
     assert main(["train", *_args(tmp_path, family, f"family={family}", "reward={test_brightness: 1.0}",
@@ -319,6 +321,7 @@ def test_the_saved_folder_samples_as_the_trained_policy(tmp_path):
     assert max(float((a - b).abs().max()) for a, b in zip(lp0, s.logprobs)) > 1e-3  # it did train
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     common = ["iterations=4", "checkpoint_every=2", "inner_epochs=2",
               "kl_beta=0.1", "explore_classes=3", NO_EVAL]  # the evaluation's resume: the test below
@@ -333,6 +336,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_resumes_too(tmp_path):
     common = ["iterations=2", "lora_rank=0", "reward={test_brightness: 1.0}", "kl_beta=0.1", "lr=1e-3", "eval_every=1"]
     assert main(["train", *_args(tmp_path, "ref", *common)]) == 0
@@ -342,6 +346,7 @@ def test_full_fine_tuning_resumes_too(tmp_path):
 
 
 @pytest.mark.parametrize("backend, iterations", [("bf16", 1), ("fp32", 2)])
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path, backend, iterations):
     """The gradient sum over 2 processes rounds differently from one process's (weights agree to
     about 1e-6). A bf16 explore copy can turn that into another bf16 weight and another drawn token

@@ -123,6 +123,7 @@ def test_vgen_eval_var_errors_are_one_line(var_model_dir, tmp_path, capsys, extr
     assert needle in msg, msg
 
 
+@pytest.mark.slow
 def test_vgen_eval_ref_stats_fid(var_model_dir, tmp_path, capsys):
     """--ref-stats: FID and IS of the generated classes against an ADM-style .npz (Inception mu /
     sigma) with local Inception weights; a corrupt .npz is a one-line error."""

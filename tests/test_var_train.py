@@ -123,6 +123,7 @@ def kill_after_first_checkpoint(train_args: list[str], run_dir) -> None:
     assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished or failed
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, var_tokenizer_dir, capsys):
     """A real SIGKILL while the run works; the resumed run (same config, so the same lr schedule)
     reports bitwise the metrics of an uninterrupted one and ends with the same weights, because
@@ -306,6 +307,7 @@ def test_label_drops_are_a_function_of_seed_and_step():
 # ---------------------------------------------------------------- data parallel
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path, var_tokenizer_dir):
     """torchrun, 2 CPU processes on gloo: each takes half the global batch, the weighted gradients
     are summed, so the metrics are one process's within float tolerance."""

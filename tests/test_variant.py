@@ -363,6 +363,7 @@ def _args(tmp_path, name, *extra):
     return [TINY_YAML, *QUICK, f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
 
 
+@pytest.mark.slow
 def test_tiny_config_trains_every_path_and_evaluates_every_depth(tmp_path):
     assert main(["train", TINY_YAML, "progress=false", "data_size=64", "val_size=8", "batch=8", "iterations=8",
                  "eval_every=8", "eval_seeds=1", f"run.out_dir={tmp_path}", "run.name=t"]) == 0
@@ -594,6 +595,7 @@ def test_anchor_fisher_is_the_mean_squared_per_sample_gradient_and_the_penalty_i
         assert torch.allclose(params[n].grad, f * (params[n].detach() - c), rtol=1e-5, atol=1e-12), n
 
 
+@pytest.mark.slow
 def test_anchor_pulls_the_subnet_steps_towards_the_base_where_the_full_path_is_steep(tmp_path):
     """anchor > 0: subnet steps log the penalty and add anchor x it to their loss; full steps do not;
     a strong anchor leaves the trained weights far closer to the base in the Fisher's metric."""
@@ -629,6 +631,7 @@ def test_a_loss_mix_anchors_with_the_subnets_weight(tmp_path):
     assert 10000 * m[3]["anchor"] > 1e-4 * m[3]["loss"]  # the term is not lost in the rounding
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     # with private offsets, so the resumed optimizer has their group (at its own lr) too, and the anchor, whose
     # Fisher a resume computes again from the base
@@ -645,6 +648,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra", [["distill=0.5", "anchor=100", "anchor_samples=8"],
                                    ["mix=loss", "project=true", "micro_batch=2"]])
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path, extra):
     """The projection too: it sees the whole batch's summed gradients, micro-batches included."""
     common = ["iterations=2", *extra]
