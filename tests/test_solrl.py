@@ -209,23 +209,31 @@ def test_explore_prompts_trains_on_the_prompts_with_explore_spread(tmp_path, mod
 
 @pytest.mark.slow
 def test_fsdp2_sharded_run_matches_one_process_and_resumes_unsharded(tmp_path):
-    """FSDP2 over 2 gloo processes gives the same metrics as one process. On the committed base
-    with the shapes reward and run.seed=3, some groups have no reward spread: a process is left
-    with fewer kept samples than the other (none at all, at the first iteration), so it pads its
-    micro-batches at zero weight to keep the collectives in step. The sharded run's checkpoint
-    holds the full weights, optimizer moments and EMA: one process resumes it and continues
-    exactly as the one-process run."""
+    """FSDP2 over 2 gloo processes trains exactly as one process, and its checkpoint (full weights,
+    optimizer moments and EMA) resumes in one process. Two sharded iterations on the committed base
+    with the shapes reward and run.seed=3: in the first, 3 of the 4 prompt groups have no reward
+    spread, so one process has no sample at all and pads its micro-batches at zero weight to keep
+    the collectives in step; in the second, each process trains 4 samples, so the gradient sum over
+    processes must not depend on the split (``exact_grad_sum``: without it the adapters differ in
+    their last bits from iteration 2 on). Compared: every logged metric, and the adapter weights
+    bit for bit at every checkpoint, the unsharded third iteration included."""
+    from safetensors.torch import load_file
+
     common = ["configs/solrl/tiny.yaml", "model=assets/sd3-tiny-shapes", "candidates=6", "k=4", "prompts_per_step=4",
               "preview_steps=2", "steps=4", "lora_rank=2", "eval_every=0", "eval_prompts=2", "sample_every=0",
               "checkpoint_every=1", "progress=false", "reward={shapes: 1.0}", "lr=0.01", "train_batch=1",
               "run.seed=3", f"run.out_dir={tmp_path}", "exact_grad_sum=true"]
-    _launch(common, "one", 1, "iterations=2")
-    _launch(common, "fsdp", 2, "iterations=1", "fsdp=true")
-    _launch(common, "fsdp", 1, "iterations=2")  # resumed at 1 without sharding
+    _launch(common, "one", 1, "iterations=3")
+    _launch(common, "fsdp", 2, "iterations=2", "fsdp=true")
+    _launch(common, "fsdp", 1, "iterations=3")  # resumed at 2 without sharding
     one = _metrics(tmp_path / "one")
-    # 3 of the 4 groups flat at iteration 1 (2 per process): one process keeps no sample at all
-    assert [one[s]["degenerate_groups"] for s in (1, 2)] == [3, 2]
-    _assert_same_metrics(_metrics(tmp_path / "fsdp"), one, [0, 1, 2])
+    # flat groups per iteration; a process holds groups (0, 2) or (1, 3): at 1 only group 3 trains
+    assert [one[s]["degenerate_groups"] for s in (1, 2, 3)] == [3, 2, 3]
+    _assert_same_metrics(_metrics(tmp_path / "fsdp"), one, [0, 1, 2, 3])
+    for step in (1, 2, 3):
+        a, b = (load_file(tmp_path / run / "checkpoints" / f"step-{step:06d}" / "adapter_model.safetensors")
+                for run in ("one", "fsdp"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
 
 
 def test_accelerate_fsdp2_config_turns_sharding_on(monkeypatch):
