@@ -36,8 +36,7 @@ def _clip_worker(rank: int, folder: str):
         for w, p in zip(whole, params):
             w.grad = full(p.grad).clone()
         want = torch.nn.utils.clip_grad_norm_(whole, 0.5)
-        torch_own = torch.nn.utils.clip_grad_norm_(params, 1e30)  # a factor of 1: nothing scaled
-        torch_own = torch_own.full_tensor() if hasattr(torch_own, "full_tensor") else torch_own
+        torch_own = full(torch.nn.utils.clip_grad_norm_(params, 1e30))  # a factor of 1: nothing scaled
         got = clip_grad_norm_(params, 0.5)
         clipped = all(torch.equal(full(p.grad), w.grad) for p, w in zip(params, whole))
         rows.append((torch.equal(got, want), clipped, torch.equal(torch_own, want)))
