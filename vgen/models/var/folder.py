@@ -10,7 +10,7 @@
 ``vqvae`` / ``var`` hold the constructor keyword arguments of :class:`VQVAE` / :class:`VAR`, so
 a folder is rebuilt without code of its own (no pickle anywhere: JSON and safetensors). Class
 ``c`` means ``class_prompts[c]``; a class-conditional model has exactly that many classes.
-The models are built on the meta device and the tensors assigned (``official.load_state``:
+The models are built uninitialised and the tensors assigned (``official.load_state``:
 strict, one-line errors), so a damaged folder is a one-line :class:`UserError`, never a traceback.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from vgen.errors import UserError
-from vgen.models.var.official import load_state, read_state_dict
+from vgen.models.var.official import load_state, read_state_dict, uninitialized
 from vgen.models.var.var import VAR
 from vgen.models.var.vqvae import VQVAE
 
@@ -180,10 +180,8 @@ def check_sampling(sampling, where: str) -> None:
 
 def _build(kind, arch: dict, folder: Path):
     try:
-        if kind is build_var:
-            return build_var(arch, "meta")
-        with torch.device("meta"):
-            return kind(**arch)
+        with uninitialized():
+            return build_var(arch) if kind is build_var else kind(**arch)
     except (TypeError, ValueError, AssertionError) as e:
         name = "VAR" if kind is build_var else kind.__name__
         raise UserError(f"{str(folder)!r}: config.json's {name} arguments are invalid: {e}") from None

@@ -13,8 +13,8 @@ expects 20". ``depth=None`` accepts the checkpoint's depth. A file whose key set
 any VAR (a renamed or dropped key) is named by its keys first, before the architecture read from
 them could mislead, e.g. "var_d16.pth: missing key 'blocks.0.attn.scale_mul_1H11'; unexpected key
 'blocks.0.attn.renamed'" (the first of each in model / file order, "(and N more)" for the rest).
-Models are built on the meta device and the checkpoint tensors are assigned, so a d30 model is
-not first built at random.
+Models are built uninitialised (``uninitialized``) and the checkpoint tensors are assigned, so a
+d30 model is not first built at random.
 
 Our module names equal the official ones, so the renaming table ``OFFICIAL_TO_VGEN`` is empty;
 it is the one place to add a rename (official prefix -> ours) should a name ever diverge.
@@ -22,9 +22,11 @@ it is the one place to add a rename (official prefix -> ours) should a name ever
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from vgen.errors import UserError
 from vgen.models.var.var import VAR
@@ -130,6 +132,29 @@ def key_difference(model: torch.nn.Module, sd: dict[str, torch.Tensor], path="ch
     return f"{Path(path).name}: " + "; ".join(parts) if parts else None
 
 
+class _SkipInit(TorchFunctionMode):
+    """Returns the tensor of every ``torch.nn.init`` call untouched (they all dispatch through the mode)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def uninitialized():
+    """Build modules on the CPU with ``torch.nn.init``'s initialisers skipped, for a model whose
+    every tensor ``load_state`` then replaces (strictly, so none is left uninitialised).
+
+    A released 2B-parameter VAR is then neither initialised at random (minutes, and its memory
+    is never written: the pages of ``torch.empty`` are not committed until touched) nor built on
+    the meta device, whose kernels for ops such as ``log`` and ``cat`` are Python references: the
+    first call imports ``torch._dynamo``, 1.3-1.7 s of every ``vgen sample``."""
+    with torch.device("cpu"), _SkipInit():
+        yield
+
+
 def load_state(model: torch.nn.Module, sd: dict[str, torch.Tensor], path="checkpoint") -> torch.nn.Module:
     """Strict load that names missing / unexpected keys, then a wrong shape, in one line."""
     message = key_difference(model, sd, path)
@@ -161,7 +186,7 @@ def load_official(vae_path=None, var_path=None, *, depth: int | None = None, voc
                      vae_path)
         vae_arch = dict(vocab_size=vocab_size, z_channels=z_channels, ch=ch, ch_mult=list(ch_mult),
                         share_quant_resi=share_quant_resi, patch_nums=list(patch_nums), **(vae_kwargs or {}))
-        with torch.device("meta"):
+        with uninitialized():
             vae = VQVAE(**vae_arch)
         hits = sd.get("quantize.ema_vocab_hit_SV")
         if hits is not None and hits.shape[0] != len(patch_nums):  # usage statistics of another scale list
@@ -177,7 +202,7 @@ def load_official(vae_path=None, var_path=None, *, depth: int | None = None, voc
                         embed_dim=kw["embed_dim"], num_heads=kw["num_heads"], tokens=sum(p * p for p in patch_nums),
                         attn_l2_norm=attn_l2_norm, shared_aln=shared_aln)
         arch = dict(vocab_size=vocab_size, Cvae=z_channels, num_classes=num_classes, patch_nums=patch_nums, **kw)
-        with torch.device("meta"):
+        with uninitialized():
             var = VAR(depth=depth, attn_l2_norm=attn_l2_norm, shared_aln=shared_aln, **arch)
         message = key_difference(var, sd, var_path)
         if message:
@@ -185,7 +210,7 @@ def load_official(vae_path=None, var_path=None, *, depth: int | None = None, voc
             # checkpoint's own values, the file is another architecture: name that. Otherwise keys were
             # renamed or dropped, and the inferred architecture would mislead: name the keys.
             if found["depth"]:
-                with torch.device("meta"):
+                with uninitialized():
                     other = VAR(depth=found["depth"], attn_l2_norm=found["attn_l2_norm"],
                                 shared_aln=found["shared_aln"], **arch)
                 if key_difference(other, sd) is None:
