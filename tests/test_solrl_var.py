@@ -428,3 +428,22 @@ def test_explore_copy_is_bf16_and_refreshes_from_the_policy(monkeypatch, native)
     assert torch.equal(ex_var.head.bias, var.head.bias.bfloat16())
     s = sample(ex_var, ex_vae, [0, 1], [0, 1], cfg=2.0, top_k=40)
     assert s.images.shape == (2, 3, 64, 64)
+
+
+def test_int8_explore_probe_ranks_the_fp32_copy_as_the_policy(monkeypatch, capsys):
+    """tools/solrl_var_int8_probe.py: the fp32 copy is the policy itself, so it must rank the regenerated samples
+    perfectly; each int8 copy gets a row with its cost and agreement."""
+    import sys
+    from pathlib import Path
+
+    if not hasattr(torch.ao.quantization, "quantize_dynamic"):  # deprecated by torch; the probe needs it
+        pytest.skip("this torch has no torch.ao.quantization.quantize_dynamic")
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    monkeypatch.syspath_prepend(tools)
+    import solrl_var_int8_probe
+
+    monkeypatch.setattr(sys, "argv", ["probe", "--classes", "2", "--candidates", "4", "--repeats", "1"])
+    solrl_var_int8_probe.main()
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| fp32") or r.startswith("| int8")]
+    assert len(rows) == 4
+    assert rows[0].split(" | ")[3:6] == ["1.000", "1.00", "100% |"]
