@@ -133,11 +133,12 @@ def key_difference(model: torch.nn.Module, sd: dict[str, torch.Tensor], path="ch
 
 
 class _SkipInit(TorchFunctionMode):
-    """Returns the tensor of every ``torch.nn.init`` call untouched (they all dispatch through the mode)."""
+    """Returns the tensor of every in-place initialiser of ``torch.nn.init`` (``normal_``, ``kaiming_uniform_``,
+    ...: they all dispatch through the mode) untouched; its helpers such as ``calculate_gain`` still run."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__module__", None) == "torch.nn.init":
+        if getattr(func, "__module__", None) == "torch.nn.init" and func.__name__.endswith("_"):
             return args[0] if args else kwargs["tensor"]
         return func(*args, **kwargs)
 
