@@ -91,14 +91,15 @@ def launch_failure(stderr: str) -> str:
     return stderr[-4000:] if cut < 0 else stderr[max(0, cut - 4000):cut + 300]
 
 
-def vgen_train(args: list[str], processes: int = 1) -> None:
+def vgen_train(args: list[str], processes: int = 1, env: dict | None = None, script: str | None = None) -> None:
     """`vgen train` in ``processes`` CPU processes (torchrun on gloo beyond one), one thread each.
     Python's fault handler is on, so a rank that aborts (a rare SIGABRT at gloo teardown, seen in
-    CI) prints every thread's stack: where it happened, not only that it did."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    cmd = [sys.executable, "-m", "vgen.cli"] if processes == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m",
-         "vgen.cli"]
+    CI) prints every thread's stack: where it happened, not only that it did. ``script``: a file that
+    runs `vgen` in place of ``-m vgen.cli`` (tests/vgen_test_rewards.py); ``env``: extra variables."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
+    entry = [script] if script else ["-m", "vgen.cli"]
+    cmd = [sys.executable, *entry] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *entry]
     done = subprocess.run([*cmd, "train", *args], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, launch_failure(done.stderr)
 

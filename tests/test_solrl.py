@@ -211,24 +211,39 @@ def test_explore_prompts_trains_on_the_prompts_with_explore_spread(tmp_path, mod
 def test_fsdp2_sharded_run_matches_one_process_and_resumes_unsharded(tmp_path):
     """FSDP2 over 2 gloo processes trains exactly as one process, and its checkpoint (full weights,
     optimizer moments and EMA) resumes in one process. Two sharded iterations on the committed base
-    with the shapes reward and run.seed=3: in the first, 3 of the 4 prompt groups have no reward
-    spread, so one process has no sample at all and pads its micro-batches at zero weight to keep
-    the collectives in step; in the second, each process trains 4 samples, so the gradient sum over
-    processes must not depend on the split (``exact_grad_sum``: without it the adapters differ in
-    their last bits from iteration 2 on). Compared: every logged metric, and the adapter weights
-    bit for bit at every checkpoint, the unsharded third iteration included."""
+    with a reward that is flat on chosen prompts (tests/vgen_test_rewards.py), so the groups trained
+    are set by construction, not by float rounding: in the first, 3 of the 4 prompt groups have no
+    reward spread, so one process has no sample at all and pads its micro-batches at zero weight to
+    keep the collectives in step; in the second, at most one group is flat, so both processes train
+    samples and the gradient sum over processes must not depend on the split (``exact_grad_sum``:
+    with it off, this test fails). Compared: every logged metric, and the adapter weights bit for bit
+    at every checkpoint, the unsharded third iteration included."""
+    from pathlib import Path
+
     from safetensors.torch import load_file
 
+    from vgen.world.grammar import sample_prompts
+
+    seed = 3
+    drawn = {s: sample_prompts("train", 4, seed=seed * 1_000_003 + s) for s in (1, 2, 3)}  # the recipe's draw
+    flat = drawn[1][:3]  # a process holds groups (0, 2) or (1, 3): at iteration 1 only group 3 trains
+    expected = [sum(p in flat for p in drawn[s]) for s in (1, 2, 3)]
+    assert drawn[1][3] not in flat and expected[0] == 3 and expected[1] <= 1
+    script = str(Path(__file__).with_name("vgen_test_rewards.py"))
+    env = {"VGEN_TEST_FLAT_PROMPTS": json.dumps(flat)}
     common = ["configs/solrl/tiny.yaml", "model=assets/sd3-tiny-shapes", "candidates=6", "k=4", "prompts_per_step=4",
               "preview_steps=2", "steps=4", "lora_rank=2", "eval_every=0", "eval_prompts=2", "sample_every=0",
-              "checkpoint_every=1", "progress=false", "reward={shapes: 1.0}", "lr=0.01", "train_batch=1",
-              "run.seed=3", f"run.out_dir={tmp_path}", "exact_grad_sum=true"]
-    _launch(common, "one", 1, "iterations=3")
-    _launch(common, "fsdp", 2, "iterations=2", "fsdp=true")
-    _launch(common, "fsdp", 1, "iterations=3")  # resumed at 2 without sharding
+              "checkpoint_every=1", "progress=false", "reward={flat_prompts: 1.0}", "lr=0.01", "train_batch=1",
+              f"run.seed={seed}", f"run.out_dir={tmp_path}", "exact_grad_sum=true"]
+
+    def launch(name: str, processes: int, *extra: str) -> None:
+        vgen_train([*common, f"run.name={name}", *extra], processes, env=env, script=script)
+
+    launch("one", 1, "iterations=3")
+    launch("fsdp", 2, "iterations=2", "fsdp=true")
+    launch("fsdp", 1, "iterations=3")  # resumed at 2 without sharding
     one = _metrics(tmp_path / "one")
-    # flat groups per iteration; a process holds groups (0, 2) or (1, 3): at 1 only group 3 trains
-    assert [one[s]["degenerate_groups"] for s in (1, 2, 3)] == [3, 2, 3]
+    assert [one[s]["degenerate_groups"] for s in (1, 2, 3)] == expected
     _assert_same_metrics(_metrics(tmp_path / "fsdp"), one, [0, 1, 2, 3])
     for step in (1, 2, 3):
         a, b = (load_file(tmp_path / run / "checkpoints" / f"step-{step:06d}" / "adapter_model.safetensors")
