@@ -442,8 +442,10 @@ def test_int8_explore_probe_ranks_the_fp32_copy_as_the_policy(monkeypatch, capsy
     monkeypatch.syspath_prepend(tools)
     import solrl_var_int8_probe
 
+    from vgen.quant.backends import cpu_bf16_native
+
     monkeypatch.setattr(sys, "argv", ["probe", "--classes", "2", "--candidates", "4", "--repeats", "1"])
     solrl_var_int8_probe.main()
-    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| fp32") or r.startswith("| int8")]
-    assert len(rows) == 4
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(("| fp32", "| bf16", "| int8"))]
+    assert len(rows) == 4 + cpu_bf16_native()  # a bf16 row where the CPU has native bf16
     assert rows[0].split(" | ")[3:6] == ["1.000", "1.00", "100% |"]
