@@ -17,7 +17,6 @@ linears ran slower than fp32 on these CPUs.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import warnings
@@ -26,20 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", nargs="?", default="assets/var-tiny-shapes")
-    ap.add_argument("--classes", type=int, default=24)
-    ap.add_argument("--candidates", type=int, default=16)
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=3_000_000)
-    a = ap.parse_args()
+    from solrl_var_preview_probe import contrast, explore_pass, pass_arguments
+
+    a = pass_arguments(__doc__.split("\n\n")[0]).parse_args()
     import torch
-    from solrl_var_preview_probe import contrast
 
     from vgen.bench.timing import best_times, where
     from vgen.eval.ranking import agreement
@@ -67,11 +58,8 @@ def main() -> None:
     copies |= {"int8, per tensor, all targets": int8(targets, qc.default_dynamic_qconfig),
                "int8, per channel, all targets": int8(targets, qc.per_channel_dynamic_qconfig),
                "int8, per channel, MLP only": int8(mlp, qc.per_channel_dynamic_qconfig)}
-    classes = [int(c) for c in np.random.default_rng(a.seed).permutation(len(m.classes))[:a.classes]]
-    seeds = np.arange(a.seed, a.seed + a.classes * a.candidates).reshape(a.classes, a.candidates)
-    names = [m.classes[c] for c in classes]
+    classes, seeds, names, h = explore_pass(a, m)
     reward = build_reward({"shapes": 1.0}, {})
-    h = max(1, a.k // 2)
 
     def explore(pair):
         return lambda: _generate(*pair, classes, seeds, pol.sampling, logprobs=False, draw_rule="gumbel").images

@@ -37,14 +37,28 @@ def contrast(pick: np.ndarray, full: np.ndarray, h: int) -> np.ndarray:
     return top.mean(1) - bottom.mean(1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def pass_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of one explore pass of learn.yaml's size (this probe's and the int8 probe's)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("model", nargs="?", default="assets/var-tiny-shapes")
     ap.add_argument("--classes", type=int, default=24)
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=3_000_000)
+    return ap
+
+
+def explore_pass(a, m) -> tuple[list[int], np.ndarray, list[str], int]:
+    """(classes, (classes, candidates) seeds, class names, h = k / 2) of the pass: classes and seeds from
+    ``--seed`` alone (never the test seeds)."""
+    classes = [int(c) for c in np.random.default_rng(a.seed).permutation(len(m.classes))[:a.classes]]
+    seeds = np.arange(a.seed, a.seed + a.classes * a.candidates).reshape(a.classes, a.candidates)
+    return classes, seeds, [m.classes[c] for c in classes], max(1, a.k // 2)
+
+
+def main() -> None:
+    ap = pass_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--backends", nargs="+", default=["bf16", "fp32"], help="explore copies")
     ap.add_argument("--draws", nargs="+", default=["inverse_cdf", "gumbel"], help="draw rules")
     ap.add_argument("--min-scales", type=int, default=3, help="fewest scales explored")
@@ -65,11 +79,8 @@ def main() -> None:
     pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution, var_settings(m.sampling), [], False)
     copies = {b: _explore_copy(pol, b) for b in a.backends}
     pns = m.var.patch_nums
-    classes = [int(c) for c in np.random.default_rng(a.seed).permutation(len(m.classes))[:a.classes]]
-    seeds = np.arange(a.seed, a.seed + a.classes * a.candidates).reshape(a.classes, a.candidates)
-    names = [m.classes[c] for c in classes]
+    classes, seeds, names, h = explore_pass(a, m)
     reward = build_reward({"shapes": 1.0}, {})
-    h = max(1, a.k // 2)
     arms = [(b, d, n) for d in a.draws for b in a.backends for n in range(len(pns), a.min_scales - 1, -1)]
 
     def explore(b, d, n):
