@@ -33,6 +33,7 @@ def main() -> None:
     import torch
 
     from vgen.bench.timing import best_times, where
+    from vgen.errors import UserError
     from vgen.eval.ranking import agreement
     from vgen.models.load import load
     from vgen.quant.backends import cpu_bf16_native
@@ -43,7 +44,10 @@ def main() -> None:
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.ao's notices, once per call
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
-    m = load(a.model)
+    try:
+        m = load(a.model)
+    except UserError as e:  # a bad model folder: one line
+        sys.exit(f"solrl_var_int8_probe: {e}")
     pol = Policy(m.var, m.vqvae, list(m.classes), m.resolution, var_settings(m.sampling), [], False)
     targets = [d.name for d in plan(m.var, min_features=64) if d.quantize]
     qc = torch.ao.quantization
