@@ -152,8 +152,8 @@ def test_nan_rewards_are_dropped_and_flat_groups_give_no_gradient(tmp_path, mode
     assert m["degenerate_groups"] == 2 and m["trained_samples"] == 0 and m["loss"] == 0.0
 
 
-def _launch(common: list[str], name: str, processes: int, *extra: str) -> None:
-    vgen_train([*common, f"run.name={name}", *extra], processes)
+def _launch(common: list[str], name: str, processes: int, *extra: str, **launch) -> None:
+    vgen_train([*common, f"run.name={name}", *extra], processes, **launch)
 
 
 def _assert_same_metrics(a: dict, b: dict, steps: list[int]) -> None:
@@ -219,29 +219,27 @@ def test_fsdp2_sharded_run_matches_one_process_and_resumes_unsharded(tmp_path):
     with it off, this test fails). Compared: every logged metric, and the adapter weights bit for bit
     at every checkpoint, the unsharded third iteration included."""
     from pathlib import Path
+    from types import SimpleNamespace
 
     from safetensors.torch import load_file
 
-    from vgen.world.grammar import sample_prompts
+    from vgen.solrl.recipe import _prompts
 
     seed = 3
-    drawn = {s: sample_prompts("train", 4, seed=seed * 1_000_003 + s) for s in (1, 2, 3)}  # the recipe's draw
+    cfg = SimpleNamespace(run=SimpleNamespace(seed=seed), prompts="shapes")
+    drawn = {s: _prompts(cfg, s, 4) for s in (1, 2, 3)}  # the recipe's own draw
     flat = drawn[1][:3]  # a process holds groups (0, 2) or (1, 3): at iteration 1 only group 3 trains
     expected = [sum(p in flat for p in drawn[s]) for s in (1, 2, 3)]
     assert drawn[1][3] not in flat and expected[0] == 3 and expected[1] <= 1
-    script = str(Path(__file__).with_name("vgen_test_rewards.py"))
-    env = {"VGEN_TEST_FLAT_PROMPTS": json.dumps(flat)}
+    launch = dict(env={"VGEN_TEST_FLAT_PROMPTS": json.dumps(flat)},
+                  script=str(Path(__file__).with_name("vgen_test_rewards.py")))
     common = ["configs/solrl/tiny.yaml", "model=assets/sd3-tiny-shapes", "candidates=6", "k=4", "prompts_per_step=4",
               "preview_steps=2", "steps=4", "lora_rank=2", "eval_every=0", "eval_prompts=2", "sample_every=0",
               "checkpoint_every=1", "progress=false", "reward={flat_prompts: 1.0}", "lr=0.01", "train_batch=1",
               f"run.seed={seed}", f"run.out_dir={tmp_path}", "exact_grad_sum=true"]
-
-    def launch(name: str, processes: int, *extra: str) -> None:
-        vgen_train([*common, f"run.name={name}", *extra], processes, env=env, script=script)
-
-    launch("one", 1, "iterations=3")
-    launch("fsdp", 2, "iterations=2", "fsdp=true")
-    launch("fsdp", 1, "iterations=3")  # resumed at 2 without sharding
+    _launch(common, "one", 1, "iterations=3", **launch)
+    _launch(common, "fsdp", 2, "iterations=2", "fsdp=true", **launch)
+    _launch(common, "fsdp", 1, "iterations=3", **launch)  # resumed at 2 without sharding
     one = _metrics(tmp_path / "one")
     assert [one[s]["degenerate_groups"] for s in (1, 2, 3)] == expected
     _assert_same_metrics(_metrics(tmp_path / "fsdp"), one, [0, 1, 2, 3])
