@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from vgen.eval.ranking import agreement, kendall_tau, topk_overlap
+from vgen.eval.ranking import agreement, kendall_tau, tau_text, topk_overlap
 
 
 def tau_b_brute(a, b) -> float:
@@ -61,3 +61,6 @@ def test_constant_groups_have_no_tau_and_are_counted():
     assert a["groups_without_tau"] == 1 and a["per_group_tau"][0] is None
     assert a["kendall_tau_mean"] == pytest.approx(a["per_group_tau"][1]) == pytest.approx(1.0)
     assert a["top2_overlap_mean"] == pytest.approx((0.5 + 1.0) / 2)
+    assert tau_text(a) == "1.000"
+    tied = agreement(cheap[:1], ref[:1], k=2)  # no group with a tau: a table prints n/a, not a crash
+    assert tied["kendall_tau_mean"] is None and tau_text(tied) == "n/a"

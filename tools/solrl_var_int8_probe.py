@@ -34,7 +34,7 @@ def main() -> None:
 
     from vgen.bench.timing import best_times, where
     from vgen.errors import UserError
-    from vgen.eval.ranking import agreement
+    from vgen.eval.ranking import agreement, tau_text
     from vgen.models.load import load
     from vgen.quant.backends import cpu_bf16_native
     from vgen.quant.policy import plan
@@ -79,7 +79,7 @@ def main() -> None:
     for b, pair in copies.items():
         r = score_groups(reward, explore(pair)(), names)
         ag = agreement(r, full, h)
-        print(f"| {b} | {t[b]:.2f} | {t['fp32'] / t[b]:.2f}x | {ag['kendall_tau_mean']:.3f} | "
+        print(f"| {b} | {t[b]:.2f} | {t['fp32'] / t[b]:.2f}x | {tau_text(ag)} | "
               f"{ag[f'top{h}_overlap_mean']:.2f} | {contrast(r, full, h).mean() / max(oracle, 1e-9):.0%} |")
 
 

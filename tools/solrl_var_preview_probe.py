@@ -66,7 +66,7 @@ def main() -> None:
     a = ap.parse_args()
     from vgen.bench.timing import best_times, where
     from vgen.errors import UserError
-    from vgen.eval.ranking import agreement
+    from vgen.eval.ranking import agreement, tau_text
     from vgen.models.load import load
     from vgen.sample import check_device, var_settings
     from vgen.solrl.recipe import build_reward, score_groups
@@ -103,7 +103,7 @@ def main() -> None:
             ag = agreement(r, full, h)
             print(f"| {d} | {b} | {n} of {len(pns)} ({pns[n - 1]}x{pns[n - 1]}) | {sum(p * p for p in pns[:n])} | "
                   f"{t[b, d, n]:.2f} | {t[a.backends[0], d, len(pns)] / t[b, d, n]:.2f}x | "
-                  f"{ag['kendall_tau_mean']:.3f} | {ag[f'top{h}_overlap_mean']:.2f} | "
+                  f"{tau_text(ag)} | {ag[f'top{h}_overlap_mean']:.2f} | "
                   f"{contrast(r, full, h).mean() / max(oracle, 1e-9):.0%} |")
         print(f"(draw {d}: the regenerated samples' mean reward {full.mean():.3f}, the contrast they pick "
               f"themselves {oracle:.3f})")

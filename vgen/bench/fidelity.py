@@ -89,6 +89,8 @@ def run(cfg: FidelityBenchConfig, run_dir: Path) -> int:
 
 
 def _markdown(r: dict) -> str:
+    from vgen.eval.ranking import tau_text
+
     k = r["top_k"]
     lines = [f"# Ranking fidelity: {len(r['prompts'])} prompts x {r['seeds']} seeds, CFG {r['guidance']}", "",
              f"Reference: fp32, {r['reference']['steps']} steps, "
@@ -97,7 +99,6 @@ def _markdown(r: dict) -> str:
              f"| explore | Kendall tau-b (mean over prompts) | top-{k} overlap | prompts without tau | mean reward "
              "| seconds |", "|---|---|---|---|---|---|"]
     for name, v in r["cheap"].items():
-        tau = "n/a" if v["kendall_tau_mean"] is None else f"{v['kendall_tau_mean']:.3f}"
-        lines.append(f"| {name} | {tau} | {v[f'top{k}_overlap_mean']:.1%} | "
+        lines.append(f"| {name} | {tau_text(v)} | {v[f'top{k}_overlap_mean']:.1%} | "
                      f"{v['groups_without_tau']} | {v['reward_mean']:.3f} | {r['seconds'][name]:.0f} |")
     return "\n".join(lines) + "\n"

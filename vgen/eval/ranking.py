@@ -49,3 +49,8 @@ def agreement(cheap: np.ndarray, reference: np.ndarray, k: int) -> dict:
         "per_group_tau": [None if np.isnan(t) else float(t) for t in taus],
         f"per_group_top{k}_overlap": overlaps.tolist(),
     }
+
+
+def tau_text(a: dict) -> str:
+    """``agreement``'s mean tau for a table: "n/a" when no group had one (every group tied on a side)."""
+    return "n/a" if a["kendall_tau_mean"] is None else f"{a['kendall_tau_mean']:.3f}"
