@@ -16,6 +16,7 @@ def _clip_worker(rank: int, folder: str):
     gathered whole (the unsharded run's arithmetic), and torch's own call on the shards."""
     from torch.distributed.fsdp import fully_shard
 
+    from vgen.train.dist import end_rank
     from vgen.train.fsdp import clip_grad_norm_, full
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
@@ -45,6 +46,7 @@ def _clip_worker(rank: int, folder: str):
             json.dump(rows, f)
         os.replace(f"{folder}/rows.tmp", f"{folder}/rows")
     dist.destroy_process_group()
+    end_rank(0)  # as vgen's own ranks: the interpreter's teardown now and then aborts after gloo (SIGABRT)
 
 
 @pytest.mark.slow
