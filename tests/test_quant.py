@@ -33,6 +33,24 @@ def test_auto_on_cpu_needs_native_bf16(monkeypatch, native):
     assert b.availability("bf16", "cpu").ok  # asked for by name, it still runs
 
 
+@pytest.mark.parametrize("onednn, avx512_bf16, amx, machine, want", [
+    (True, False, False, "x86_64", False),  # AVX-512 without BF16: oneDNN says yes and converts in software
+    (True, True, False, "x86_64", True),    # Cooper Lake, Zen 4 and 5
+    (True, False, True, "x86_64", True),    # AMX
+    (False, True, True, "x86_64", False),   # oneDNN held below its bf16 ISA (ONEDNN_MAX_CPU_ISA) or absent
+    (True, False, False, "aarch64", True),  # ARM: oneDNN's check is the BF16 extension itself
+    (False, False, False, "aarch64", False),
+])
+def test_cpu_bf16_native_needs_the_instructions_and_onednn(monkeypatch, onednn, avx512_bf16, amx, machine, want):
+    import platform
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert cpu_bf16_native() is want
+
+
 @pytest.mark.parametrize("name, needle", [("fp8", "sm_89+"), ("nvfp4", "sm_100+"), ("nvfp4-te", "sm_100+")])
 def test_missing_hardware_is_a_one_line_error(name, needle):
     if torch.cuda.is_available():

@@ -15,6 +15,7 @@ Asking for a backend the hardware lacks is a one-line error naming the requireme
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -46,12 +47,22 @@ def _has(module: str, attr: str) -> bool:
 
 
 def cpu_bf16_native() -> bool:
-    """Whether this CPU has bfloat16 matmul instructions (oneDNN's own check: AVX512-BF16 or AMX).
-    Without them torch emulates bf16 matmuls, measured 40x slower than fp32 on an AVX2 EPYC."""
+    """Whether this CPU has bfloat16 matmul instructions: AVX512-BF16 or AMX on x86, BF16 on ARM.
+
+    oneDNN's own check (``_is_mkldnn_bf16_supported``) is also true on any AVX-512 CPU without them
+    (Skylake-SP to Ice Lake server), where it converts to fp32 in software: a bf16 matmul took 2.7x
+    fp32's time and the tiny VAR's explore copy 1.8x (oneDNN limited to AVX-512 without BF16 on an
+    AVX512-BF16 EPYC, ``tools/cpu_bf16_probe.py``). Without AVX-512 torch emulates them itself, 40x
+    slower than fp32 on an AVX2 EPYC. So on x86 both the instructions and oneDNN's check must hold."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return onednn  # ARM: oneDNN's check is the BF16 extension itself
+    cpu = torch.cpu
+    has = [getattr(cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return onednn and any(f is not None and f() for f in has)
 
 
 def bf16_native(device: str | torch.device) -> bool:
