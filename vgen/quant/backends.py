@@ -50,8 +50,8 @@ def cpu_bf16_native() -> bool:
     """Whether this CPU has bfloat16 matmul instructions: AVX512-BF16 or AMX on x86, BF16 on ARM.
 
     oneDNN's own check (``_is_mkldnn_bf16_supported``) is also true on any AVX-512 CPU without them
-    (Skylake-SP to Ice Lake server), where it converts to fp32 in software: a bf16 matmul took 2.7x
-    fp32's time and the tiny VAR's explore copy 1.8x (oneDNN limited to AVX-512 without BF16 on an
+    (Skylake-SP to Ice Lake server), where it converts to fp32 in software: a bf16 matmul took 2.5-2.7x
+    fp32's time and the tiny VAR's explore copy 1.6-2.0x (oneDNN limited to AVX-512 without BF16 on an
     AVX512-BF16 EPYC, ``tools/cpu_bf16_probe.py``). Without AVX-512 torch emulates them itself, 40x
     slower than fp32 on an AVX2 EPYC. So on x86 both the instructions and oneDNN's check must hold."""
     try:
