@@ -60,9 +60,8 @@ def cpu_bf16_native() -> bool:
         return False
     if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
         return onednn  # ARM: oneDNN's check is the BF16 extension itself
-    cpu = torch.cpu
-    has = [getattr(cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return onednn and any(f is not None and f() for f in has)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # absent from a torch: not native
+    return onednn and any(getattr(torch.cpu, c, lambda: False)() for c in checks)
 
 
 def bf16_native(device: str | torch.device) -> bool:
